@@ -1,0 +1,281 @@
+//! What each subcommand does, in-process. The daemon-aware paths arrive with the daemon.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use super::output::{human_bytes, snapshot_line, snapshot_table, table};
+use super::{Cli, Command, Refused, UsageError};
+use crate::config::{self, Config, DatabaseConfig};
+use crate::pg::PgTools;
+use crate::restore::{Progress, RestoreOptions, Restorer};
+use crate::snapshot::{self, Request, Snapshotter};
+use crate::storage::{self, Storage};
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let cfg = Arc::new(Config::load(&cli.config)?);
+    match cli.command {
+        Command::CheckConfig => {
+            print!("{}", config::render_redacted(&cfg));
+            Ok(())
+        }
+        Command::Snapshot { db, reason, json } => {
+            cmd_snapshot(&cfg, db.as_deref(), &reason, json).await
+        }
+        Command::Snapshots { db, json } => {
+            let storage = open_storage(&cfg).await?;
+            let name = db
+                .as_deref()
+                .map(|n| database(&cfg, n).map(|d| d.name.as_str()))
+                .transpose()?;
+            let list = snapshot::list(&storage, name).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else if list.is_empty() {
+                println!("no complete snapshots in {}", storage.location());
+            } else {
+                print!("{}", snapshot_table(&list));
+            }
+            Ok(())
+        }
+        Command::Restore {
+            snapshot_id,
+            target,
+            create,
+            clean,
+            jobs,
+            yes,
+            json,
+        } => {
+            let opts = RestoreOptions {
+                target,
+                create,
+                clean,
+                jobs: jobs.max(1),
+            };
+            cmd_restore(&cfg, &snapshot_id, opts, yes, json).await
+        }
+        Command::Verify {
+            snapshot_id,
+            deep,
+            json,
+        } => cmd_verify(&cfg, &snapshot_id, deep, json).await,
+        Command::Prune { db, dry_run, json } => cmd_prune(&cfg, db.as_deref(), dry_run, json).await,
+    }
+}
+
+async fn open_storage(cfg: &Config) -> anyhow::Result<Arc<dyn Storage>> {
+    storage::open(&cfg.storage)
+        .await
+        .context("cannot open snapshot storage")
+}
+
+fn database<'a>(cfg: &'a Config, name: &str) -> Result<&'a DatabaseConfig, UsageError> {
+    cfg.database(name).ok_or_else(|| {
+        let known: Vec<&str> = cfg.databases.iter().map(|d| d.name.as_str()).collect();
+        UsageError(format!(
+            "database `{name}` is not in {} (known: {})",
+            cfg.source.display(),
+            known.join(", ")
+        ))
+    })
+}
+
+/// Cancels `token` on SIGINT or SIGTERM so an upload in flight is aborted, not left behind.
+fn cancel_on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            return;
+        };
+        tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+        tracing::warn!("interrupted: aborting the work in flight");
+        token.cancel();
+    });
+}
+
+fn invoking_user() -> String {
+    std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_else(|_| format!("uid {}", unsafe { libc::getuid() }))
+}
+
+async fn cmd_snapshot(
+    cfg: &Config,
+    db: Option<&str>,
+    reason: &str,
+    json: bool,
+) -> anyhow::Result<()> {
+    let targets: Vec<&DatabaseConfig> = match db {
+        Some(n) => vec![database(cfg, n)?],
+        None => cfg.databases.iter().collect(),
+    };
+    let snapshotter = Snapshotter {
+        storage: open_storage(cfg).await?,
+        tools: PgTools::new(cfg.snapshot.pg_bin_dir.clone()),
+        cfg: cfg.snapshot.clone(),
+    };
+    let cancel = CancellationToken::new();
+    cancel_on_signal(cancel.clone());
+    let req = Request {
+        reason: reason.to_string(),
+        trigger: format!("cli:{}", invoking_user()),
+    };
+    let mut taken = Vec::new();
+    for db in targets {
+        let m = snapshotter.take(db, &req, &cancel).await?;
+        if !json {
+            println!("{}", snapshot_line(&m));
+        }
+        taken.push(m);
+    }
+    if json {
+        let out = if taken.len() == 1 {
+            serde_json::to_string_pretty(&taken[0])?
+        } else {
+            serde_json::to_string_pretty(&taken)?
+        };
+        println!("{out}");
+    }
+    Ok(())
+}
+
+async fn cmd_restore(
+    cfg: &Arc<Config>,
+    id: &str,
+    opts: RestoreOptions,
+    yes: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let storage = open_storage(cfg).await?;
+    let m = snapshot::find(&storage, id).await?;
+    if opts.clean && !yes {
+        confirm_clean(&opts.target)?;
+    }
+    let restorer = Restorer {
+        storage,
+        tools: PgTools::new(cfg.snapshot.pg_bin_dir.clone()),
+        config: cfg.clone(),
+    };
+    let progress = Progress::start(format!("restoring {id}"), m.stored_bytes, !json);
+    let report = restorer.restore(&m, &opts, &progress).await?;
+    drop(progress);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "restored {} ({} from {}) into {} in {:.1}s{}",
+            report.id,
+            human_bytes(report.raw_bytes),
+            report.database,
+            report.target,
+            report.seconds,
+            if report.created { " (created it)" } else { "" }
+        );
+    }
+    Ok(())
+}
+
+/// `--clean` replaces data: a terminal must type the target's name, a script must say --yes.
+fn confirm_clean(target: &str) -> Result<(), Refused> {
+    let name = target
+        .rsplit(['/', '='])
+        .next()
+        .unwrap_or(target)
+        .split('?')
+        .next()
+        .unwrap_or(target);
+    if !std::io::stdin().is_terminal() {
+        return Err(Refused(format!(
+            "--clean replaces the contents of {name}: confirm with --yes"
+        )));
+    }
+    eprint!(
+        "--clean replaces what the snapshot holds in database {name}. Type its name to go on: "
+    );
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut line);
+    if line.trim() == name {
+        Ok(())
+    } else {
+        Err(Refused(format!("not confirmed: {name} was left as it is")))
+    }
+}
+
+async fn cmd_verify(cfg: &Arc<Config>, id: &str, deep: bool, json: bool) -> anyhow::Result<()> {
+    let storage = open_storage(cfg).await?;
+    let m = snapshot::find(&storage, id).await?;
+    let restorer = Restorer {
+        storage,
+        tools: PgTools::new(cfg.snapshot.pg_bin_dir.clone()),
+        config: cfg.clone(),
+    };
+    let progress = Progress::start(format!("verifying {id}"), m.stored_bytes, !json);
+    let report = restorer.verify(&m, deep, &progress).await?;
+    drop(progress);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!(
+        "snapshot {} is intact: sha256 {} over {}, {} decompressed, {} archive entries",
+        report.id,
+        &report.sha256[..12.min(report.sha256.len())],
+        human_bytes(report.stored_bytes),
+        human_bytes(report.raw_bytes),
+        report.toc_entries
+    );
+    if let Some(d) = &report.deep {
+        println!(
+            "deep: restored into {} ({} tables) in {:.1}s and dropped it",
+            d.scratch_database, d.tables, d.seconds
+        );
+    }
+    Ok(())
+}
+
+async fn cmd_prune(
+    cfg: &Config,
+    db: Option<&str>,
+    dry_run: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let storage = open_storage(cfg).await?;
+    let name = db
+        .map(|n| database(cfg, n).map(|d| d.name.as_str()))
+        .transpose()?;
+    let report = snapshot::prune(&storage, &cfg.snapshot.retention, name, dry_run).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    let verb = if dry_run { "would delete" } else { "deleted" };
+    let mut rows = vec![vec![
+        "ID".to_string(),
+        "DATABASE".into(),
+        "ACTION".into(),
+        "WHY KEPT".into(),
+    ]];
+    for d in &report.decisions {
+        let action = if d.keep { "keep" } else { verb };
+        rows.push(vec![
+            d.id.clone(),
+            d.database.clone(),
+            action.into(),
+            d.reasons.join(", "),
+        ]);
+    }
+    print!("{}", table(&rows));
+    let gone = report.decisions.iter().filter(|d| !d.keep).count();
+    println!(
+        "{gone} snapshot(s) {verb}, {} kept",
+        report.decisions.len() - gone
+    );
+    Ok(())
+}

@@ -1,0 +1,179 @@
+//! The command line: parsing, logging set-up, and the one place where errors become exit
+//! codes (0 ok, 1 failed, 2 bad usage or configuration, 3 refused for safety).
+
+mod commands;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::{ConfigError, DEFAULT_CONFIG_PATH};
+use crate::restore::RestoreError;
+use crate::snapshot::SnapshotError;
+
+pub use output::human_bytes;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pgmedic",
+    version,
+    about = "Snapshots, migration repair and restore for PostgreSQL hosts"
+)]
+pub struct Cli {
+    /// Configuration file.
+    #[arg(long, global = true, env = "PGMEDIC_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+    /// Log line format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load and validate the configuration, print the effective result (secrets redacted).
+    CheckConfig,
+    /// Take a snapshot now.
+    Snapshot {
+        /// A `[[databases]]` name; every database when absent.
+        #[arg(long)]
+        db: Option<String>,
+        #[arg(long, default_value = "manual")]
+        reason: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List complete snapshots, oldest first.
+    Snapshots {
+        #[arg(long)]
+        db: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a snapshot into a database; refuses a non-empty target unless --clean.
+    Restore {
+        snapshot_id: String,
+        /// A database name on the snapshot's server, or a connection URL.
+        #[arg(long)]
+        target: String,
+        /// Create the target database when it does not exist.
+        #[arg(long)]
+        create: bool,
+        /// Replace what the snapshot holds in a non-empty target (needs --yes or a typed confirmation).
+        #[arg(long)]
+        clean: bool,
+        /// Parallel pg_restore jobs (decompresses to a file in the state directory first).
+        #[arg(long, default_value_t = 1)]
+        jobs: u32,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-hash a stored snapshot and read its table of contents; --deep also restores it into a scratch database.
+    Verify {
+        snapshot_id: String,
+        #[arg(long)]
+        deep: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply the retention policy.
+    Prune {
+        #[arg(long)]
+        db: Option<String>,
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// A bad command line that clap could not catch (an unknown `--db`, say): exit 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// The operator did not confirm something destructive: exit 3.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
+
+/// Parses arguments, runs the command, and returns the exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(commands::run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", error_text(&e));
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("PGMEDIC_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// The error and its causes, each said once (our messages often already include their source).
+pub fn error_text(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !text.contains(&c) {
+            text.push_str(": ");
+            text.push_str(&c);
+        }
+    }
+    text
+}
+
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    for cause in e.chain() {
+        if cause.is::<ConfigError>() || cause.is::<UsageError>() {
+            return 2;
+        }
+        if cause.is::<Refused>()
+            || cause
+                .downcast_ref::<SnapshotError>()
+                .is_some_and(SnapshotError::is_refusal)
+            || cause
+                .downcast_ref::<RestoreError>()
+                .is_some_and(RestoreError::is_refusal)
+        {
+            return 3;
+        }
+    }
+    1
+}

@@ -1,0 +1,245 @@
+//! Database connection strings, parsed once and kept with their password apart: the password
+//! only ever reaches PostgreSQL through a connection or a 0600 passfile, never argv or a log.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use tokio_postgres::config::{Host, SslMode};
+
+/// Where libpq looks when a URL names no host (Debian's default socket directory).
+const DEFAULT_SOCKET_DIR: &str = "/var/run/postgresql";
+
+/// A value that must not be printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+/// A PostgreSQL connection target: libpq URL or `key=value` string.
+#[derive(Clone)]
+pub struct DbUrl {
+    config: tokio_postgres::Config,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct DbUrlError(String);
+
+impl FromStr for DbUrl {
+    type Err = DbUrlError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut config = tokio_postgres::Config::from_str(s.trim())
+            // tokio-postgres echoes the offending text, which may hold the password.
+            .map_err(|e| DbUrlError(redact_message(&e.to_string(), s)))?;
+        if config.get_hosts().is_empty() {
+            config.host_path(DEFAULT_SOCKET_DIR);
+        }
+        if config.get_user().is_none() {
+            config.user(current_user().as_str());
+        }
+        if config.get_dbname().is_none() {
+            let user = config.get_user().unwrap_or_default().to_string();
+            config.dbname(&user);
+        }
+        Ok(DbUrl { config })
+    }
+}
+
+fn redact_message(message: &str, source: &str) -> String {
+    match password_text(source) {
+        Some(pw) if !pw.is_empty() => message.replace(pw, "***"),
+        _ => message.to_string(),
+    }
+}
+
+/// The password as written in a URL's userinfo or a `password=` pair, found without parsing
+/// the rest (which is what failed).
+fn password_text(source: &str) -> Option<&str> {
+    if let Some((_, rest)) = source.split_once("://") {
+        let authority = rest.split(['/', '?']).next().unwrap_or(rest);
+        let userinfo = authority.rsplit_once('@')?.0;
+        return userinfo.split_once(':').map(|(_, pw)| pw);
+    }
+    let start = source.find("password=")? + "password=".len();
+    source[start..].split_whitespace().next()
+}
+
+fn current_user() -> String {
+    std::env::var("USER")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| "postgres".into())
+}
+
+impl DbUrl {
+    pub fn dbname(&self) -> &str {
+        self.config.get_dbname().unwrap_or_default()
+    }
+
+    pub fn user(&self) -> &str {
+        self.config.get_user().unwrap_or_default()
+    }
+
+    pub fn password(&self) -> Option<Secret> {
+        self.config
+            .get_password()
+            .map(|p| Secret(String::from_utf8_lossy(p).into_owned()))
+    }
+
+    /// The same server and credentials, another database.
+    pub fn with_dbname(&self, dbname: &str) -> DbUrl {
+        let mut config = self.config.clone();
+        config.dbname(dbname);
+        DbUrl { config }
+    }
+
+    pub fn pg_config(&self) -> &tokio_postgres::Config {
+        &self.config
+    }
+
+    /// A libpq `key=value` string without the password, for pg_dump and friends.
+    pub fn conninfo(&self) -> String {
+        let c = &self.config;
+        let mut parts = Vec::new();
+        let hosts: Vec<String> = c.get_hosts().iter().map(host_text).collect();
+        parts.push(kv("host", &hosts.join(",")));
+        if !c.get_ports().is_empty() {
+            let ports: Vec<String> = c.get_ports().iter().map(u16::to_string).collect();
+            parts.push(kv("port", &ports.join(",")));
+        }
+        parts.push(kv("user", self.user()));
+        parts.push(kv("dbname", self.dbname()));
+        if let Some(o) = c.get_options() {
+            parts.push(kv("options", o));
+        }
+        if let Some(a) = c.get_application_name() {
+            parts.push(kv("application_name", a));
+        }
+        if let Some(t) = c.get_connect_timeout() {
+            parts.push(kv("connect_timeout", &t.as_secs().max(1).to_string()));
+        }
+        parts.push(kv("sslmode", ssl_mode_text(c.get_ssl_mode())));
+        parts.join(" ")
+    }
+
+    /// `postgresql://user:***@host:port/db`, safe for logs and check-config.
+    pub fn redacted(&self) -> String {
+        let c = &self.config;
+        let pw = if c.get_password().is_some() {
+            ":***"
+        } else {
+            ""
+        };
+        let host = c.get_hosts().first().map(host_text).unwrap_or_default();
+        let port = c
+            .get_ports()
+            .first()
+            .map(|p| format!(":{p}"))
+            .unwrap_or_default();
+        if host.starts_with('/') {
+            format!(
+                "postgresql://{}{pw}@/{}?host={host}{port}",
+                self.user(),
+                self.dbname()
+            )
+        } else {
+            format!(
+                "postgresql://{}{pw}@{host}{port}/{}",
+                self.user(),
+                self.dbname()
+            )
+        }
+    }
+
+    /// A short `host:port/db` name for messages.
+    pub fn display_target(&self) -> String {
+        let host = self
+            .config
+            .get_hosts()
+            .first()
+            .map(host_text)
+            .unwrap_or_default();
+        let port = self.config.get_ports().first().copied().unwrap_or(5432);
+        format!("{host}:{port}/{}", self.dbname())
+    }
+}
+
+impl fmt::Debug for DbUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+fn host_text(h: &Host) -> String {
+    match h {
+        Host::Tcp(name) => name.clone(),
+        Host::Unix(path) => PathBuf::from(path).display().to_string(),
+    }
+}
+
+fn ssl_mode_text(m: SslMode) -> &'static str {
+    match m {
+        SslMode::Disable => "disable",
+        SslMode::Require => "require",
+        _ => "prefer",
+    }
+}
+
+/// Quotes a libpq conninfo value: single quotes, with `\` and `'` escaped.
+fn kv(key: &str, value: &str) -> String {
+    let escaped = value.replace('\\', "\\\\").replace('\'', "\\'");
+    format!("{key}='{escaped}'")
+}
+
+/// The line for a libpq passfile that matches any host, port, database and user.
+pub fn passfile_line(password: &Secret) -> String {
+    let escaped = password.expose().replace('\\', "\\\\").replace(':', "\\:");
+    format!("*:*:*:*:{escaped}\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_password_is_kept_apart() {
+        let u: DbUrl = "postgresql://app:s3cr%3At@db.example:6432/shop"
+            .parse()
+            .unwrap();
+        assert_eq!(u.password().unwrap().expose(), "s3cr:t");
+        assert!(!u.conninfo().contains("s3cr"));
+        assert_eq!(u.redacted(), "postgresql://app:***@db.example:6432/shop");
+        assert!(!format!("{u:?}").contains("s3cr"));
+        assert_eq!(passfile_line(&u.password().unwrap()), "*:*:*:*:s3cr\\:t\n");
+    }
+
+    #[test]
+    fn socket_url_without_host() {
+        let u: DbUrl = "postgresql://pgmedic@/app?host=/var/run/postgresql"
+            .parse()
+            .unwrap();
+        assert_eq!(u.dbname(), "app");
+        assert!(u.conninfo().contains("host='/var/run/postgresql'"));
+        assert_eq!(u.with_dbname("other").dbname(), "other");
+    }
+
+    #[test]
+    fn bad_url_error_hides_password() {
+        let err = "postgresql://u:hunter2@h/db?bogus=1"
+            .parse::<DbUrl>()
+            .unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+}

@@ -1,0 +1,250 @@
+//! pgmedic's one configuration file: where it is, how environment variables override it, and
+//! the typed, validated values the rest of the program uses. Validation happens here, once, so
+//! that every other module can trust what it is given.
+
+mod dburl;
+mod raw;
+mod validate;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use dburl::{DbUrl, DbUrlError, Secret, passfile_line};
+pub use validate::validate;
+
+/// Where the configuration is read from when neither `--config` nor `$PGMEDIC_CONFIG` says.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/pgmedic/pgmedic.toml";
+const ENV_PREFIX: &str = "PGMEDIC_";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("configuration file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("configuration key `{key}` in {path}: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub source: PathBuf,
+    pub daemon: DaemonConfig,
+    pub storage: StorageConfig,
+    pub snapshot: SnapshotConfig,
+    pub databases: Vec<DatabaseConfig>,
+    pub notify: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    pub shutdown_timeout: Duration,
+    pub allowed_uids: Vec<u32>,
+}
+
+#[derive(Debug, Clone)]
+pub enum StorageBackend {
+    Local { path: PathBuf },
+    S3(S3Config),
+}
+
+#[derive(Debug, Clone)]
+pub struct S3Config {
+    pub bucket: String,
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub force_path_style: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    pub backend: StorageBackend,
+    /// Key prefix without leading or trailing slashes; may be empty.
+    pub prefix: String,
+    pub timeout: Duration,
+    pub upload_concurrency: usize,
+    pub part_size: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct SnapshotConfig {
+    pub compression_level: i32,
+    pub compression_threads: u32,
+    pub pg_bin_dir: Option<PathBuf>,
+    pub retention: Retention,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub keep_last: u32,
+    pub keep_daily: u32,
+    pub keep_weekly: u32,
+    pub keep_monthly: u32,
+    pub keep_pre_repair_days: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    pub name: String,
+    pub url: DbUrl,
+    pub schedule: Option<String>,
+    pub migrations: Option<MigrationsConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct MigrationsConfig {
+    pub tool: String,
+    pub table: String,
+    pub schema: String,
+    pub dir: Option<PathBuf>,
+    pub watch_interval: Duration,
+    pub on_failure: OnFailure,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFailure {
+    Repair,
+    Snapshot,
+    Notify,
+}
+
+impl Config {
+    /// Reads, overrides from the environment, and validates.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        Self::from_toml(&text, path, &env)
+    }
+
+    /// The same as `load`, from text and an explicit environment (what tests use).
+    pub fn from_toml(
+        text: &str,
+        path: &Path,
+        env: &[(String, String)],
+    ) -> Result<Config, ConfigError> {
+        let mut table: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    path: path.to_path_buf(),
+                    message: e.to_string().trim().to_string(),
+                })?;
+        let applied = apply_env_overrides(&mut table, env)?;
+        let raw: raw::RawConfig =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| {
+                    let mut message = e.to_string().trim().to_string();
+                    if !applied.is_empty() {
+                        message.push_str(&format!(
+                            " (after environment overrides {})",
+                            applied.join(", ")
+                        ));
+                    }
+                    ConfigError::Parse {
+                        path: path.to_path_buf(),
+                        message,
+                    }
+                })?;
+        validate(raw, path)
+    }
+
+    pub fn database(&self, name: &str) -> Option<&DatabaseConfig> {
+        self.databases.iter().find(|d| d.name == name)
+    }
+}
+
+/// Applies `PGMEDIC_<SECTION>__<KEY>[__<KEY>…]`; a numeric segment indexes an array
+/// (`PGMEDIC_DATABASES__0__URL`). Returns the variables applied.
+fn apply_env_overrides(
+    table: &mut toml::Table,
+    env: &[(String, String)],
+) -> Result<Vec<String>, ConfigError> {
+    let mut applied = Vec::new();
+    for (var, value) in env {
+        let Some(rest) = var.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        if !rest.contains("__") {
+            continue; // PGMEDIC_CONFIG, PGMEDIC_LOG and the like are not keys
+        }
+        let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+        set_path(table, &path, value).map_err(|message| ConfigError::Env {
+            var: var.clone(),
+            message,
+        })?;
+        applied.push(var.clone());
+    }
+    applied.sort();
+    Ok(applied)
+}
+
+fn set_path(table: &mut toml::Table, path: &[String], value: &str) -> Result<(), String> {
+    let (last, parents) = path.split_last().ok_or("empty key")?;
+    let mut node = table;
+    let mut i = 0;
+    while i < parents.len() {
+        let seg = &parents[i];
+        let next = node
+            .entry(seg.clone())
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+        node = match next {
+            toml::Value::Table(t) => t,
+            toml::Value::Array(items) => {
+                let index: usize =
+                    parents
+                        .get(i + 1)
+                        .and_then(|n| n.parse().ok())
+                        .ok_or_else(|| {
+                            format!(
+                                "`{seg}` is an array: name an index, e.g. {}__0__…",
+                                seg.to_uppercase()
+                            )
+                        })?;
+                i += 1;
+                let len = items.len();
+                match items.get_mut(index) {
+                    Some(toml::Value::Table(t)) => t,
+                    _ => return Err(format!("`{seg}` has {len} entries, no index {index}")),
+                }
+            }
+            _ => return Err(format!("`{seg}` is not a table")),
+        };
+        i += 1;
+    }
+    let existing_is_string = matches!(node.get(last), Some(toml::Value::String(_)));
+    node.insert(last.clone(), env_value(value, existing_is_string));
+    Ok(())
+}
+
+/// A TOML scalar when the text is one (numbers, booleans), else a string; a key that holds a
+/// string in the file stays a string.
+fn env_value(value: &str, keep_string: bool) -> toml::Value {
+    if !keep_string {
+        if let Ok(toml::Value::Table(mut t)) = format!("v = {value}").parse::<toml::Value>() {
+            if let Some(v) = t.remove("v") {
+                return v;
+            }
+        }
+    }
+    toml::Value::String(value.to_string())
+}
+
+/// The effective configuration as TOML, with secrets redacted, for `check-config`.
+pub fn render_redacted(cfg: &Config) -> String {
+    validate::render(cfg)
+}

@@ -1,0 +1,99 @@
+//! The configuration file as written: serde structures that mirror the TOML exactly and reject
+//! unknown keys. Nothing here is trusted; `validate` turns it into typed values.
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub daemon: RawDaemon,
+    #[serde(default)]
+    pub storage: RawStorage,
+    #[serde(default)]
+    pub snapshot: RawSnapshot,
+    #[serde(default)]
+    pub databases: Vec<RawDatabase>,
+    /// Checked by the repair issue; kept as tables so a file written for it already loads.
+    #[serde(default)]
+    pub playbooks: Vec<toml::Table>,
+    #[serde(default)]
+    pub notify: Vec<RawNotify>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDaemon {
+    pub socket: Option<String>,
+    pub state_dir: Option<String>,
+    pub metrics_listen: Option<String>,
+    pub shutdown_timeout: Option<String>,
+    pub allowed_uids: Option<Vec<u32>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStorage {
+    pub backend: Option<String>,
+    pub path: Option<String>,
+    pub bucket: Option<String>,
+    pub prefix: Option<String>,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub force_path_style: Option<bool>,
+    /// Per-request attempt timeout for the object store.
+    pub timeout: Option<String>,
+    /// Parts uploaded at once.
+    pub upload_concurrency: Option<usize>,
+    /// Size of the first multipart parts, in MiB; it doubles every 1,000 parts.
+    pub part_size_mib: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSnapshot {
+    pub compression_level: Option<i32>,
+    /// zstd worker threads; 0 means one per core.
+    pub compression_threads: Option<u32>,
+    /// Where pg_dump, pg_dumpall, pg_restore and psql live; PATH when absent.
+    pub pg_bin_dir: Option<String>,
+    #[serde(default)]
+    pub retention: RawRetention,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetention {
+    pub keep_last: Option<u32>,
+    pub keep_daily: Option<u32>,
+    pub keep_weekly: Option<u32>,
+    pub keep_monthly: Option<u32>,
+    pub keep_pre_repair_days: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDatabase {
+    pub name: String,
+    pub url: Option<String>,
+    pub url_file: Option<String>,
+    pub schedule: Option<String>,
+    pub migrations: Option<RawMigrations>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMigrations {
+    pub tool: Option<String>,
+    pub table: Option<String>,
+    pub schema: Option<String>,
+    pub dir: Option<String>,
+    pub watch_interval: Option<String>,
+    pub on_failure: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNotify {
+    pub webhook: String,
+}

@@ -1,0 +1,420 @@
+//! Turns the raw file into typed values, naming the key at fault when it cannot, and renders
+//! the effective configuration back with secrets redacted.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::raw::{RawConfig, RawDatabase, RawMigrations, RawRetention, RawStorage};
+use super::*;
+
+const DEFAULT_SOCKET: &str = "/run/pgmedic/pgmedic.sock";
+const DEFAULT_STATE_DIR: &str = "/var/lib/pgmedic";
+const MIB: u64 = 1024 * 1024;
+
+struct Ctx<'a> {
+    path: &'a Path,
+}
+
+impl Ctx<'_> {
+    fn err(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_path_buf(),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    fn duration(
+        &self,
+        key: &str,
+        value: Option<&str>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        match value {
+            None => Ok(default),
+            Some(v) => humantime::parse_duration(v).map_err(|e| {
+                self.err(
+                    key,
+                    format!("`{v}` is not a duration like \"30s\" or \"10m\": {e}"),
+                )
+            }),
+        }
+    }
+}
+
+pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
+    let ctx = Ctx { path };
+    let daemon = DaemonConfig {
+        socket: PathBuf::from(raw.daemon.socket.as_deref().unwrap_or(DEFAULT_SOCKET)),
+        state_dir: PathBuf::from(raw.daemon.state_dir.as_deref().unwrap_or(DEFAULT_STATE_DIR)),
+        metrics_listen: match raw.daemon.metrics_listen.as_deref() {
+            None | Some("") => None,
+            Some(a) => Some(a.parse().map_err(|_| {
+                ctx.err(
+                    "daemon.metrics_listen",
+                    format!("`{a}` is not an address like \"127.0.0.1:9832\""),
+                )
+            })?),
+        },
+        shutdown_timeout: ctx.duration(
+            "daemon.shutdown_timeout",
+            raw.daemon.shutdown_timeout.as_deref(),
+            Duration::from_secs(60),
+        )?,
+        allowed_uids: raw.daemon.allowed_uids.unwrap_or_default(),
+    };
+    let storage = storage(&ctx, raw.storage)?;
+    let snapshot = SnapshotConfig {
+        compression_level: match raw.snapshot.compression_level.unwrap_or(3) {
+            l @ 1..=19 => l,
+            l => {
+                return Err(ctx.err(
+                    "snapshot.compression_level",
+                    format!("{l} is outside 1..=19"),
+                ));
+            }
+        },
+        compression_threads: raw.snapshot.compression_threads.unwrap_or(0),
+        pg_bin_dir: raw.snapshot.pg_bin_dir.map(PathBuf::from),
+        retention: retention(raw.snapshot.retention),
+    };
+    if raw.databases.is_empty() {
+        return Err(ctx.err(
+            "databases",
+            "no [[databases]] entry: add one with `name` and `url`",
+        ));
+    }
+    let mut names = HashSet::new();
+    let mut databases = Vec::new();
+    for (i, db) in raw.databases.into_iter().enumerate() {
+        let db = database(&ctx, i, db)?;
+        if !names.insert(db.name.clone()) {
+            return Err(ctx.err(
+                format!("databases[{i}].name"),
+                format!("`{}` is used twice", db.name),
+            ));
+        }
+        databases.push(db);
+    }
+    let notify = raw.notify.into_iter().map(|n| n.webhook).collect();
+    Ok(Config {
+        source: path.to_path_buf(),
+        daemon,
+        storage,
+        snapshot,
+        databases,
+        notify,
+    })
+}
+
+fn storage(ctx: &Ctx, raw: RawStorage) -> Result<StorageConfig, ConfigError> {
+    let backend = match raw.backend.as_deref().unwrap_or("local") {
+        "local" => {
+            let path = raw
+                .path
+                .ok_or_else(|| ctx.err("storage.path", "required when backend = \"local\""))?;
+            StorageBackend::Local {
+                path: PathBuf::from(path),
+            }
+        }
+        "s3" => {
+            let bucket = raw.bucket.filter(|b| !b.is_empty());
+            let bucket = bucket
+                .ok_or_else(|| ctx.err("storage.bucket", "required when backend = \"s3\""))?;
+            if let Some(e) = &raw.endpoint {
+                url::Url::parse(e).map_err(|err| {
+                    ctx.err("storage.endpoint", format!("`{e}` is not a URL: {err}"))
+                })?;
+            }
+            StorageBackend::S3(S3Config {
+                bucket,
+                endpoint: raw.endpoint,
+                region: raw.region.unwrap_or_else(|| "us-east-1".into()),
+                force_path_style: raw.force_path_style.unwrap_or(false),
+            })
+        }
+        other => {
+            return Err(ctx.err(
+                "storage.backend",
+                format!("`{other}` is not \"local\" or \"s3\""),
+            ));
+        }
+    };
+    let prefix = raw.prefix.unwrap_or_default().trim_matches('/').to_string();
+    if prefix.split('/').any(|s| s == ".." || s == ".") {
+        return Err(ctx.err("storage.prefix", "must not contain `.` or `..` segments"));
+    }
+    let upload_concurrency = raw.upload_concurrency.unwrap_or(2);
+    if !(1..=16).contains(&upload_concurrency) {
+        return Err(ctx.err(
+            "storage.upload_concurrency",
+            format!("{upload_concurrency} is outside 1..=16"),
+        ));
+    }
+    let part_mib = raw.part_size_mib.unwrap_or(8);
+    if !(5..=512).contains(&part_mib) {
+        return Err(ctx.err(
+            "storage.part_size_mib",
+            format!("{part_mib} is outside 5..=512 (S3's minimum part is 5 MiB)"),
+        ));
+    }
+    Ok(StorageConfig {
+        backend,
+        prefix,
+        timeout: ctx.duration(
+            "storage.timeout",
+            raw.timeout.as_deref(),
+            Duration::from_secs(60),
+        )?,
+        upload_concurrency,
+        part_size: part_mib * MIB,
+    })
+}
+
+fn retention(raw: RawRetention) -> Retention {
+    Retention {
+        keep_last: raw.keep_last.unwrap_or(7),
+        keep_daily: raw.keep_daily.unwrap_or(7),
+        keep_weekly: raw.keep_weekly.unwrap_or(4),
+        keep_monthly: raw.keep_monthly.unwrap_or(6),
+        keep_pre_repair_days: raw.keep_pre_repair_days.unwrap_or(30),
+    }
+}
+
+fn database(ctx: &Ctx, i: usize, raw: RawDatabase) -> Result<DatabaseConfig, ConfigError> {
+    let key = |k: &str| format!("databases[{i}].{k}");
+    let valid_name = !raw.name.is_empty()
+        && raw.name.len() <= 63
+        && raw
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if !valid_name {
+        return Err(ctx.err(
+            key("name"),
+            format!("`{}` must be 1-63 letters, digits, `_` or `-`", raw.name),
+        ));
+    }
+    let text = match (raw.url, raw.url_file) {
+        (Some(u), None) => u,
+        (None, Some(f)) => std::fs::read_to_string(&f)
+            .map_err(|e| ctx.err(key("url_file"), format!("cannot read {f}: {e}")))?
+            .trim()
+            .to_string(),
+        (Some(_), Some(_)) => return Err(ctx.err(key("url"), "give `url` or `url_file`, not both")),
+        (None, None) => return Err(ctx.err(key("url"), "required (or `url_file`)")),
+    };
+    let url: DbUrl = text.parse().map_err(|e| {
+        ctx.err(
+            key("url"),
+            format!("not a PostgreSQL connection string: {e}"),
+        )
+    })?;
+    if let Some(s) = &raw.schedule {
+        if s.split_whitespace().count() != 6 {
+            return Err(ctx.err(
+                key("schedule"),
+                format!("`{s}` is not a 6-field cron (sec min hour day month weekday)"),
+            ));
+        }
+    }
+    let migrations = raw.migrations.map(|m| migrations(ctx, i, m)).transpose()?;
+    Ok(DatabaseConfig {
+        name: raw.name,
+        url,
+        schedule: raw.schedule,
+        migrations,
+    })
+}
+
+fn migrations(ctx: &Ctx, i: usize, raw: RawMigrations) -> Result<MigrationsConfig, ConfigError> {
+    let key = |k: &str| format!("databases[{i}].migrations.{k}");
+    let tool = raw.tool.unwrap_or_else(|| "prisma".into());
+    let default_table = match tool.as_str() {
+        "prisma" => "_prisma_migrations",
+        other => {
+            return Err(ctx.err(
+                key("tool"),
+                format!("`{other}` is not supported (supported: \"prisma\")"),
+            ));
+        }
+    };
+    let on_failure = match raw.on_failure.as_deref().unwrap_or("notify") {
+        "repair" => OnFailure::Repair,
+        "snapshot" => OnFailure::Snapshot,
+        "notify" => OnFailure::Notify,
+        other => {
+            return Err(ctx.err(
+                key("on_failure"),
+                format!("`{other}` is not \"repair\", \"snapshot\" or \"notify\""),
+            ));
+        }
+    };
+    Ok(MigrationsConfig {
+        table: raw.table.unwrap_or_else(|| default_table.into()),
+        schema: raw.schema.unwrap_or_else(|| "public".into()),
+        dir: raw.dir.map(PathBuf::from),
+        watch_interval: ctx.duration(
+            &key("watch_interval"),
+            raw.watch_interval.as_deref(),
+            Duration::from_secs(30),
+        )?,
+        on_failure,
+        tool,
+    })
+}
+
+pub fn render(cfg: &Config) -> String {
+    let mut out = format!("# effective configuration from {}\n", cfg.source.display());
+    let d = &cfg.daemon;
+    out += &format!(
+        "[daemon]\nsocket = {:?}\nstate_dir = {:?}\nmetrics_listen = {:?}\nshutdown_timeout = {:?}\nallowed_uids = {:?}\n\n",
+        d.socket.display().to_string(),
+        d.state_dir.display().to_string(),
+        d.metrics_listen.map(|a| a.to_string()).unwrap_or_default(),
+        humantime::format_duration(d.shutdown_timeout).to_string(),
+        d.allowed_uids,
+    );
+    let s = &cfg.storage;
+    out += "[storage]\n";
+    match &s.backend {
+        StorageBackend::Local { path } => {
+            out += &format!(
+                "backend = \"local\"\npath = {:?}\n",
+                path.display().to_string()
+            )
+        }
+        StorageBackend::S3(c) => {
+            out += &format!(
+                "backend = \"s3\"\nbucket = {:?}\nendpoint = {:?}\nregion = {:?}\nforce_path_style = {}\n",
+                c.bucket,
+                c.endpoint.clone().unwrap_or_default(),
+                c.region,
+                c.force_path_style
+            )
+        }
+    }
+    out += &format!(
+        "prefix = {:?}\ntimeout = {:?}\nupload_concurrency = {}\npart_size_mib = {}\n\n",
+        s.prefix,
+        humantime::format_duration(s.timeout).to_string(),
+        s.upload_concurrency,
+        s.part_size / MIB
+    );
+    let n = &cfg.snapshot;
+    let r = &n.retention;
+    out += &format!(
+        "[snapshot]\ncompression_level = {}\ncompression_threads = {}\npg_bin_dir = {:?}\nretention = {{ keep_last = {}, keep_daily = {}, keep_weekly = {}, keep_monthly = {}, keep_pre_repair_days = {} }}\n",
+        n.compression_level,
+        n.compression_threads,
+        n.pg_bin_dir
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        r.keep_last,
+        r.keep_daily,
+        r.keep_weekly,
+        r.keep_monthly,
+        r.keep_pre_repair_days
+    );
+    for db in &cfg.databases {
+        out += &format!(
+            "\n[[databases]]\nname = {:?}\nurl = {:?}\n",
+            db.name,
+            db.url.redacted()
+        );
+        if let Some(s) = &db.schedule {
+            out += &format!("schedule = {s:?}\n");
+        }
+        if let Some(m) = &db.migrations {
+            out += &format!(
+                "[databases.migrations]\ntool = {:?}\ntable = {:?}\nschema = {:?}\ndir = {:?}\nwatch_interval = {:?}\non_failure = {:?}\n",
+                m.tool,
+                m.table,
+                m.schema,
+                m.dir
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                humantime::format_duration(m.watch_interval).to_string(),
+                format!("{:?}", m.on_failure).to_lowercase()
+            );
+        }
+    }
+    for w in &cfg.notify {
+        out += &format!("\n[[notify]]\nwebhook = {:?}\n", redact_webhook(w));
+    }
+    out
+}
+
+/// Webhook URLs carry their token in the path (Slack, Teams): keep only scheme and host.
+fn redact_webhook(w: &str) -> String {
+    match url::Url::parse(w) {
+        Ok(u) => format!("{}://{}/***", u.scheme(), u.host_str().unwrap_or("")),
+        Err(_) => "***".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Config;
+    use std::path::Path;
+
+    const BASE: &str = r#"
+[storage]
+path = "snaps"
+[[databases]]
+name = "app"
+url = "postgresql://app:pw@127.0.0.1/app"
+"#;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, String> {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        Config::from_toml(text, Path::new("t.toml"), &env).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = load(&format!("{BASE}\n[snapshot]\ncompresion_level = 3\n"), &[]).unwrap_err();
+        assert!(err.contains("compresion_level"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_names_key() {
+        let err = load(
+            &format!("{BASE}\n[snapshot]\ncompression_level = 40\n"),
+            &[],
+        )
+        .unwrap_err();
+        assert!(err.contains("snapshot.compression_level"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_sections_and_arrays() {
+        let cfg = load(
+            BASE,
+            &[
+                ("PGMEDIC_SNAPSHOT__COMPRESSION_LEVEL", "9"),
+                ("PGMEDIC_DATABASES__0__NAME", "main"),
+                ("PGMEDIC_SNAPSHOT__RETENTION__KEEP_LAST", "2"),
+                ("PGMEDIC_CONFIG", "/ignored"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(cfg.snapshot.compression_level, 9);
+        assert_eq!(cfg.snapshot.retention.keep_last, 2);
+        assert_eq!(cfg.databases[0].name, "main");
+    }
+
+    #[test]
+    fn render_hides_password() {
+        let cfg = load(BASE, &[]).unwrap();
+        let text = super::render(&cfg);
+        assert!(!text.contains("pw@"), "{text}");
+        assert!(text.contains("app:***@"), "{text}");
+    }
+}

@@ -1,0 +1,17 @@
+//! pgmedic: compressed pg_dump snapshots streamed to S3-compatible or local storage, verified
+//! restores, and (in later modules) migration watching and repair for PostgreSQL hosts.
+//!
+//! The binary is a thin shell over [`cli::main`]; the modules below are the architecture:
+//! `config` (one validated configuration), `storage` (local and S3 backends), `snapshot`
+//! (taking, listing, pruning), `restore` (restore and verify), and `pg` (PostgreSQL access).
+
+pub mod cli;
+pub mod config;
+mod pg;
+pub mod restore;
+pub mod snapshot;
+pub mod storage;
+
+pub use config::Config;
+pub use restore::{RestoreOptions, Restorer};
+pub use snapshot::{Manifest, Request, Snapshotter};

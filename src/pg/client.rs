@@ -1,0 +1,186 @@
+//! A SQL session on one database and the catalogue queries pgmedic needs. Errors name the
+//! database (never its password) and carry the server's message.
+
+use tokio::task::JoinHandle;
+use tokio_postgres::{Client, NoTls};
+
+use crate::config::DbUrl;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("cannot connect to {target}: {message}")]
+    Connect {
+        target: String,
+        message: String,
+        missing_database: bool,
+    },
+    #[error("query on {target} failed ({what}): {message}")]
+    Query {
+        target: String,
+        what: &'static str,
+        message: String,
+    },
+}
+
+/// The full text of a driver error, including the server's message and detail.
+pub fn error_text(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut s = format!("{}: {}", db.severity(), db.message());
+            if let Some(d) = db.detail() {
+                s.push_str(&format!(" ({d})"));
+            }
+            s
+        }
+        None => {
+            let mut s = e.to_string();
+            let mut src = std::error::Error::source(e);
+            while let Some(inner) = src {
+                s.push_str(&format!(": {inner}"));
+                src = inner.source();
+            }
+            s
+        }
+    }
+}
+
+pub struct Session {
+    client: Client,
+    target: String,
+    conn: JoinHandle<()>,
+}
+
+pub async fn connect(url: &DbUrl) -> Result<Session, DbError> {
+    let target = url.display_target();
+    let (client, connection) =
+        url.pg_config()
+            .connect(NoTls)
+            .await
+            .map_err(|e| DbError::Connect {
+                target: target.clone(),
+                message: error_text(&e),
+                missing_database: e.code()
+                    == Some(&tokio_postgres::error::SqlState::INVALID_CATALOG_NAME),
+            })?;
+    let conn = tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "database connection closed");
+        }
+    });
+    Ok(Session {
+        client,
+        target,
+        conn,
+    })
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.conn.abort();
+    }
+}
+
+/// `"name"` with embedded quotes doubled.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+impl Session {
+    fn err(&self, what: &'static str, e: tokio_postgres::Error) -> DbError {
+        DbError::Query {
+            target: self.target.clone(),
+            what,
+            message: error_text(&e),
+        }
+    }
+
+    pub async fn server_version(&self) -> Result<String, DbError> {
+        let row = self
+            .client
+            .query_one("SHOW server_version", &[])
+            .await
+            .map_err(|e| self.err("server version", e))?;
+        Ok(row.get(0))
+    }
+
+    /// Up to five user tables (schema-qualified) and how many there are in all.
+    pub async fn user_tables(&self) -> Result<(i64, Vec<String>), DbError> {
+        let sql = "SELECT count(*) OVER (), format('%I.%I', n.nspname, c.relname) \
+                   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                   WHERE c.relkind IN ('r', 'p') \
+                     AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+                     AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' \
+                   ORDER BY 2 LIMIT 5";
+        let rows = self
+            .client
+            .query(sql, &[])
+            .await
+            .map_err(|e| self.err("list user tables", e))?;
+        let count = rows.first().map(|r| r.get::<_, i64>(0)).unwrap_or(0);
+        Ok((count, rows.iter().map(|r| r.get(1)).collect()))
+    }
+
+    /// Every row of `schema.table` as JSON objects, or `None` when the table does not exist.
+    pub async fn table_rows(
+        &self,
+        schema: &str,
+        table: &str,
+        order_by: &str,
+    ) -> Result<Option<Vec<serde_json::Value>>, DbError> {
+        let qualified = format!("{}.{}", quote_ident(schema), quote_ident(table));
+        let exists = self
+            .client
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&qualified])
+            .await
+            .map_err(|e| self.err("look up the migrations table", e))?;
+        if !exists.get::<_, bool>(0) {
+            return Ok(None);
+        }
+        let sql = format!("SELECT to_jsonb(t) FROM {qualified} t ORDER BY {order_by}");
+        let rows = self
+            .client
+            .query(&sql, &[])
+            .await
+            .map_err(|e| self.err("read the migrations table", e))?;
+        Ok(Some(rows.iter().map(|r| r.get(0)).collect()))
+    }
+
+    /// `pg_try_advisory_lock(class, id)`: true when taken; held until this session ends.
+    pub async fn try_advisory_lock(&self, class: i32, id: i32) -> Result<bool, DbError> {
+        let row = self
+            .client
+            .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&class, &id])
+            .await
+            .map_err(|e| self.err("take an advisory lock", e))?;
+        Ok(row.get(0))
+    }
+
+    pub async fn database_exists(&self, name: &str) -> Result<bool, DbError> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)",
+                &[&name],
+            )
+            .await
+            .map_err(|e| self.err("look up a database", e))?;
+        Ok(row.get(0))
+    }
+
+    pub async fn create_database(&self, name: &str) -> Result<(), DbError> {
+        let sql = format!("CREATE DATABASE {}", quote_ident(name));
+        self.client
+            .batch_execute(&sql)
+            .await
+            .map_err(|e| self.err("create database", e))
+    }
+
+    /// Drops `name`, ending its other sessions first.
+    pub async fn drop_database(&self, name: &str) -> Result<(), DbError> {
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(name));
+        self.client
+            .batch_execute(&sql)
+            .await
+            .map_err(|e| self.err("drop database", e))
+    }
+}

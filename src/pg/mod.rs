@@ -1,0 +1,8 @@
+//! Everything that talks to PostgreSQL: the SQL client (connections, the few catalogue queries
+//! pgmedic needs, advisory locks) and the client tools as typed processes.
+
+mod client;
+mod tools;
+
+pub use client::{DbError, Session, connect};
+pub use tools::{PgTools, Pipes, ToolError};

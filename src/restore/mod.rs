@@ -1,0 +1,334 @@
+//! Restoring a snapshot into a database, and verifying one without touching any database. A
+//! restore refuses a target that has user tables unless told to clean it, checks the stored
+//! object against its manifest before anything can be committed, and drops a database it
+//! created if the restore fails.
+
+mod progress;
+mod stream;
+mod verify;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::config::{Config, DbUrl};
+use crate::pg::{self, DbError, PgTools, Pipes, ToolError};
+use crate::snapshot::{Manifest, SnapshotError};
+use crate::storage::{Storage, StorageError};
+
+pub use progress::Progress;
+pub use verify::{DeepReport, VerifyReport};
+
+use stream::{SinkMode, stream_object};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(
+        "restore refused: target database {target} is not empty ({count} user tables, e.g. {examples}); pass --clean to replace what the snapshot holds, or restore into a new database with --create"
+    )]
+    NotEmpty {
+        target: String,
+        count: i64,
+        examples: String,
+    },
+    #[error("target database {target} does not exist; pass --create to make it")]
+    TargetMissing { target: String },
+    #[error(
+        "snapshot {id} is of database `{database}`, which is not in the configuration: give --target as a connection URL"
+    )]
+    UnknownSource { id: String, database: String },
+    #[error("--target `{target}` is not a database name or connection URL: {message}")]
+    BadTarget { target: String, message: String },
+    #[error(
+        "snapshot {id} does not match its manifest: sha256 {actual} ({actual_bytes} bytes), manifest says {expected} ({expected_bytes} bytes); the stored object is damaged and nothing from it was committed"
+    )]
+    Mismatch {
+        id: String,
+        expected: String,
+        actual: String,
+        expected_bytes: u64,
+        actual_bytes: u64,
+    },
+    #[error(
+        "snapshot {id} could not be decompressed (the stored object is corrupt or the reader stopped): {message}"
+    )]
+    Decode { id: String, message: String },
+    #[error("reading snapshot {id} from storage failed: {message}")]
+    Read { id: String, message: String },
+    #[error("pg_restore into {target} failed: {message}")]
+    Restore { target: String, message: String },
+    #[error(transparent)]
+    Tool(#[from] ToolError),
+    #[error("{what} {path}: {message}")]
+    Local {
+        what: &'static str,
+        path: PathBuf,
+        message: String,
+    },
+    #[error("snapshot {id} decompressed to {actual} bytes, the manifest says {expected}")]
+    RawSize {
+        id: String,
+        expected: u64,
+        actual: u64,
+    },
+}
+
+impl RestoreError {
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, RestoreError::NotEmpty { .. })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    pub target: String,
+    pub create: bool,
+    pub clean: bool,
+    pub jobs: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreReport {
+    pub id: String,
+    pub database: String,
+    pub target: String,
+    pub created: bool,
+    pub cleaned: bool,
+    pub stored_bytes: u64,
+    pub raw_bytes: u64,
+    pub seconds: f64,
+}
+
+#[derive(Clone)]
+pub struct Restorer {
+    pub storage: Arc<dyn Storage>,
+    pub tools: PgTools,
+    pub config: Arc<Config>,
+}
+
+impl Restorer {
+    pub async fn restore(
+        &self,
+        m: &Manifest,
+        opts: &RestoreOptions,
+        progress: &Progress,
+    ) -> Result<RestoreReport, RestoreError> {
+        let started = Instant::now();
+        let url = self.resolve_target(m, &opts.target)?;
+        let created = self.prepare_target(&url, opts).await?;
+        let result = if opts.jobs <= 1 {
+            self.restore_streaming(m, &url, opts.clean, progress).await
+        } else {
+            self.restore_parallel(m, &url, opts, progress).await
+        };
+        match result {
+            Ok(s) => Ok(RestoreReport {
+                id: m.id.clone(),
+                database: m.database.clone(),
+                target: url.display_target(),
+                created,
+                cleaned: opts.clean,
+                stored_bytes: s.stored_bytes,
+                raw_bytes: s.raw_bytes,
+                seconds: started.elapsed().as_secs_f64(),
+            }),
+            Err(e) => {
+                if created {
+                    self.drop_created(&url).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// A URL stays a URL; a bare name is a database on the snapshot's own server.
+    fn resolve_target(&self, m: &Manifest, target: &str) -> Result<DbUrl, RestoreError> {
+        if target.contains("://") || target.contains('=') {
+            return target.parse().map_err(|e: crate::config::DbUrlError| {
+                RestoreError::BadTarget {
+                    target: "(connection string)".into(),
+                    message: e.to_string(),
+                }
+            });
+        }
+        if target.is_empty() || target.contains('/') {
+            return Err(RestoreError::BadTarget {
+                target: target.into(),
+                message: "empty or contains `/`".into(),
+            });
+        }
+        let source =
+            self.config
+                .database(&m.database)
+                .ok_or_else(|| RestoreError::UnknownSource {
+                    id: m.id.clone(),
+                    database: m.database.clone(),
+                })?;
+        Ok(source.url.with_dbname(target))
+    }
+
+    /// Creates the target if asked and missing; refuses a non-empty one without `clean`.
+    /// Returns whether this restore created it.
+    async fn prepare_target(
+        &self,
+        url: &DbUrl,
+        opts: &RestoreOptions,
+    ) -> Result<bool, RestoreError> {
+        let mut created = false;
+        if opts.create {
+            let admin = pg::connect(&url.with_dbname("postgres")).await?;
+            if !admin.database_exists(url.dbname()).await? {
+                admin.create_database(url.dbname()).await?;
+                created = true;
+            }
+        }
+        let check = async {
+            let session = match pg::connect(url).await {
+                Err(DbError::Connect {
+                    missing_database: true,
+                    ..
+                }) => {
+                    return Err(RestoreError::TargetMissing {
+                        target: url.display_target(),
+                    });
+                }
+                other => other?,
+            };
+            let (count, examples) = session.user_tables().await?;
+            if count > 0 && !opts.clean {
+                return Err(RestoreError::NotEmpty {
+                    target: url.display_target(),
+                    count,
+                    examples: examples.join(", "),
+                });
+            }
+            Ok(())
+        };
+        if let Err(e) = check.await {
+            if created {
+                self.drop_created(url).await;
+            }
+            return Err(e);
+        }
+        Ok(created)
+    }
+
+    async fn drop_created(&self, url: &DbUrl) {
+        let dropped = async {
+            pg::connect(&url.with_dbname("postgres"))
+                .await?
+                .drop_database(url.dbname())
+                .await
+        };
+        match dropped.await {
+            Ok(()) => {
+                tracing::info!(database = %url.dbname(), "dropped the database this failed restore had created")
+            }
+            Err(e) => {
+                tracing::error!(database = %url.dbname(), error = %e, "could not drop the database this failed restore created")
+            }
+        }
+    }
+
+    /// One transaction, fed straight from storage; the hold-back in `stream` keeps a damaged
+    /// object from ever being committed.
+    async fn restore_streaming(
+        &self,
+        m: &Manifest,
+        url: &DbUrl,
+        clean: bool,
+        progress: &Progress,
+    ) -> Result<stream::Streamed, RestoreError> {
+        let mut args: Vec<OsString> = vec!["--single-transaction".into(), "--exit-on-error".into()];
+        if clean {
+            args.extend(["--clean".into(), "--if-exists".into()]);
+        }
+        let mut proc = self.tools.spawn(
+            "pg_restore",
+            Some(url),
+            &args,
+            Pipes {
+                stdin: true,
+                ..Pipes::default()
+            },
+        )?;
+        let stdin = proc.take_stdin()?;
+        match stream_object(&self.storage, m, stdin, SinkMode::Strict, progress).await {
+            Ok(s) => match proc.wait().await {
+                Ok(_) => Ok(s),
+                Err(e) => Err(RestoreError::Restore {
+                    target: url.display_target(),
+                    message: format!("{e} (one transaction: nothing was committed)"),
+                }),
+            },
+            Err(RestoreError::Decode { id, message }) => {
+                // A reader that died first explains the broken stream better than the stream does.
+                let stderr = proc.kill().await;
+                if stderr.is_empty() {
+                    Err(RestoreError::Decode { id, message })
+                } else {
+                    Err(RestoreError::Restore {
+                        target: url.display_target(),
+                        message: format!("{stderr} (one transaction: nothing was committed)"),
+                    })
+                }
+            }
+            Err(e) => {
+                proc.kill().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// `--jobs N` needs a seekable file: decompress into the state dir, verified before use.
+    async fn restore_parallel(
+        &self,
+        m: &Manifest,
+        url: &DbUrl,
+        opts: &RestoreOptions,
+        progress: &Progress,
+    ) -> Result<stream::Streamed, RestoreError> {
+        let dir = self.config.daemon.state_dir.clone();
+        let local = |what, message: String| RestoreError::Local {
+            what,
+            path: dir.clone(),
+            message,
+        };
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| local("cannot create state directory", e.to_string()))?;
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!("restore-{}-", m.id))
+            .suffix(".dump")
+            .tempfile_in(&dir)
+            .map_err(|e| local("cannot create a temporary dump in", e.to_string()))?;
+        let file = tmp
+            .reopen()
+            .map_err(|e| local("cannot open the temporary dump in", e.to_string()))?;
+        let streamed = stream_object(&self.storage, m, file, SinkMode::Strict, progress).await?;
+        let mut args: Vec<OsString> = vec![
+            format!("--jobs={}", opts.jobs).into(),
+            "--exit-on-error".into(),
+        ];
+        if opts.clean {
+            args.extend(["--clean".into(), "--if-exists".into()]);
+        }
+        args.push(tmp.path().into());
+        let proc = self
+            .tools
+            .spawn("pg_restore", Some(url), &args, Pipes::default())?;
+        proc.wait().await.map_err(|e| RestoreError::Restore {
+            target: url.display_target(),
+            message: e.to_string(),
+        })?;
+        Ok(streamed)
+    }
+}

@@ -1,0 +1,113 @@
+//! `verify`: re-hash the stored object, decompress it whole, and have pg_restore read the
+//! archive's table of contents, all without a database; `--deep` also restores it into a
+//! scratch database on the source server and drops that again.
+
+use std::ffi::OsString;
+
+use serde::Serialize;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use super::stream::{SinkMode, stream_object};
+use super::{Progress, RestoreError, RestoreOptions, Restorer};
+use crate::pg::{self, Pipes};
+use crate::snapshot::Manifest;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    pub id: String,
+    pub database: String,
+    pub sha256: String,
+    pub stored_bytes: u64,
+    pub raw_bytes: u64,
+    pub toc_entries: u64,
+    pub deep: Option<DeepReport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeepReport {
+    pub scratch_database: String,
+    pub tables: i64,
+    pub seconds: f64,
+}
+
+impl Restorer {
+    pub async fn verify(
+        &self,
+        m: &Manifest,
+        deep: bool,
+        progress: &Progress,
+    ) -> Result<VerifyReport, RestoreError> {
+        let args: Vec<OsString> = vec!["--list".into()];
+        let mut proc = self.tools.spawn(
+            "pg_restore",
+            None,
+            &args,
+            Pipes {
+                stdin: true,
+                stdout: true,
+            },
+        )?;
+        let stdin = proc.take_stdin()?;
+        let stdout = proc.take_async_stdout().expect("stdout was piped");
+        let toc = tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            let mut entries = 0u64;
+            while let Ok(Some(line)) = lines.next_line().await {
+                if !line.is_empty() && !line.starts_with(';') {
+                    entries += 1;
+                }
+            }
+            entries
+        });
+        let streamed =
+            match stream_object(&self.storage, m, stdin, SinkMode::MayClose, progress).await {
+                Ok(s) => s,
+                Err(e) => {
+                    proc.kill().await;
+                    return Err(e);
+                }
+            };
+        proc.wait().await?;
+        let toc_entries = toc.await.unwrap_or(0);
+        if streamed.raw_bytes != m.raw_bytes {
+            return Err(RestoreError::RawSize {
+                id: m.id.clone(),
+                expected: m.raw_bytes,
+                actual: streamed.raw_bytes,
+            });
+        }
+        let deep = if deep {
+            Some(self.verify_deep(m).await?)
+        } else {
+            None
+        };
+        Ok(VerifyReport {
+            id: m.id.clone(),
+            database: m.database.clone(),
+            sha256: m.sha256.clone(),
+            stored_bytes: streamed.stored_bytes,
+            raw_bytes: streamed.raw_bytes,
+            toc_entries,
+            deep,
+        })
+    }
+
+    async fn verify_deep(&self, m: &Manifest) -> Result<DeepReport, RestoreError> {
+        let scratch = format!("pgmedic_verify_{:06x}", rand::random::<u32>() & 0xff_ffff);
+        let opts = RestoreOptions {
+            target: scratch.clone(),
+            create: true,
+            clean: false,
+            jobs: 1,
+        };
+        let report = self.restore(m, &opts, &Progress::hidden()).await?;
+        let url = self.resolve_target(m, &scratch)?;
+        let tables = async { pg::connect(&url).await?.user_tables().await.map(|(n, _)| n) }.await;
+        self.drop_created(&url).await;
+        Ok(DeepReport {
+            scratch_database: scratch,
+            tables: tables?,
+            seconds: report.seconds,
+        })
+    }
+}

@@ -1,0 +1,132 @@
+//! The manifest: written last, it is what makes a snapshot exist. This file also owns the
+//! catalogue, which is nothing but the manifests found in storage.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::SnapshotError;
+use crate::storage::{Storage, StorageError, layout};
+
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format_version: u32,
+    pub id: String,
+    pub database: String,
+    pub reason: String,
+    pub trigger: String,
+    pub taken_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub host: String,
+    pub pg_dump_version: String,
+    pub server_version: String,
+    pub format: String,
+    pub compression: Compression,
+    /// The dump object's key, relative to the snapshot's folder.
+    pub object: String,
+    pub raw_bytes: u64,
+    pub stored_bytes: u64,
+    /// SHA-256 of the stored (compressed) object, lowercase hex.
+    pub sha256: String,
+    pub globals: Option<StoredObject>,
+    pub migrations: Option<MigrationRows>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Compression {
+    pub algorithm: String,
+    pub level: i32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredObject {
+    pub object: String,
+    pub raw_bytes: u64,
+    pub stored_bytes: u64,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MigrationRows {
+    pub tool: String,
+    pub schema: String,
+    pub table: String,
+    pub rows: Vec<serde_json::Value>,
+}
+
+impl Manifest {
+    pub fn object_key(&self) -> String {
+        layout::object(&self.database, &self.id, &self.object)
+    }
+
+    pub fn manifest_key(&self) -> String {
+        layout::object(&self.database, &self.id, layout::MANIFEST)
+    }
+
+    /// Every key of this snapshot, the manifest first (the order deletion must follow).
+    pub fn keys(&self) -> Vec<String> {
+        let mut keys = vec![self.manifest_key(), self.object_key()];
+        if let Some(g) = &self.globals {
+            keys.push(layout::object(&self.database, &self.id, &g.object));
+        }
+        keys
+    }
+}
+
+/// Complete snapshots, oldest first; `database` narrows the listing.
+pub async fn list(
+    storage: &Arc<dyn Storage>,
+    database: Option<&str>,
+) -> Result<Vec<Manifest>, SnapshotError> {
+    let prefix = database.map(|d| format!("{d}/")).unwrap_or_default();
+    let keys = storage.list(&prefix).await?;
+    let mut out = Vec::new();
+    for key in keys.iter().filter(|k| is_manifest_key(k)) {
+        match load(storage, key).await {
+            Ok(m) => out.push(m),
+            Err(SnapshotError::Storage(StorageError::NotFound { .. })) => {} // deleted meanwhile
+            Err(e) => tracing::warn!(key = %key, error = %e, "skipping an unreadable manifest"),
+        }
+    }
+    out.sort_by(|a, b| (a.taken_at, &a.id).cmp(&(b.taken_at, &b.id)));
+    Ok(out)
+}
+
+/// `<database>/<id>/manifest.json`, and not an audit record.
+fn is_manifest_key(key: &str) -> bool {
+    let parts: Vec<&str> = key.split('/').collect();
+    parts.len() == 3
+        && parts[0] != "audit"
+        && parts[2] == layout::MANIFEST
+        && super::id::is_valid(parts[1])
+}
+
+async fn load(storage: &Arc<dyn Storage>, key: &str) -> Result<Manifest, SnapshotError> {
+    let bytes = storage.get(key).await?;
+    serde_json::from_slice(&bytes).map_err(|e| SnapshotError::BadManifest {
+        key: key.into(),
+        message: e.to_string(),
+    })
+}
+
+/// The complete snapshot `id`, wherever its database is.
+pub async fn find(storage: &Arc<dyn Storage>, id: &str) -> Result<Manifest, SnapshotError> {
+    if !super::id::is_valid(id) {
+        return Err(SnapshotError::BadId { id: id.into() });
+    }
+    let keys = storage.list("").await?;
+    let suffix = format!("/{id}/{}", layout::MANIFEST);
+    match keys
+        .iter()
+        .find(|k| k.ends_with(&suffix) && is_manifest_key(k))
+    {
+        Some(key) => load(storage, key).await,
+        None => Err(SnapshotError::NotFound {
+            id: id.into(),
+            location: storage.location(),
+        }),
+    }
+}

@@ -1,0 +1,219 @@
+//! Retention: which complete snapshots to keep, per database. Buckets follow restic's rule (the
+//! newest snapshot of each of the last N days, ISO weeks and months that have snapshots), so a
+//! daemon that was down for a week does not lose its older dailies. Pre-repair snapshots are
+//! kept for `keep_pre_repair_days`, and the newest snapshot is never deleted. Deletion removes
+//! the manifest first, so a half-deleted snapshot is already invisible.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Datelike, Duration, Utc};
+use serde::Serialize;
+
+use super::{Manifest, SnapshotError, list};
+use crate::config::Retention;
+use crate::storage::Storage;
+
+pub const PRE_REPAIR: &str = "pre-repair";
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Decision {
+    pub id: String,
+    pub database: String,
+    pub taken_at: DateTime<Utc>,
+    pub keep: bool,
+    /// Why it is kept (empty when it goes).
+    pub reasons: Vec<String>,
+}
+
+/// Decisions for `snapshots` (any order, any databases), newest first per database.
+pub fn plan(snapshots: &[Manifest], policy: &Retention, now: DateTime<Utc>) -> Vec<Decision> {
+    let mut by_db: BTreeMap<&str, Vec<&Manifest>> = BTreeMap::new();
+    for m in snapshots {
+        by_db.entry(m.database.as_str()).or_default().push(m);
+    }
+    let mut out = Vec::new();
+    for (_, mut list) in by_db {
+        list.sort_by(|a, b| (b.taken_at, &b.id).cmp(&(a.taken_at, &a.id)));
+        out.extend(plan_one(&list, policy, now));
+    }
+    out
+}
+
+fn plan_one(newest_first: &[&Manifest], policy: &Retention, now: DateTime<Utc>) -> Vec<Decision> {
+    let mut reasons: Vec<Vec<String>> = vec![Vec::new(); newest_first.len()];
+    if let Some(first) = reasons.first_mut() {
+        first.push("newest".into());
+    }
+    for (i, r) in reasons
+        .iter_mut()
+        .enumerate()
+        .take(policy.keep_last as usize)
+    {
+        r.push(format!("last {}", i + 1));
+    }
+    let buckets: [(&str, u32, fn(&DateTime<Utc>) -> (i32, u32)); 3] = [
+        ("daily", policy.keep_daily, |t| (t.year(), t.ordinal())),
+        ("weekly", policy.keep_weekly, |t| {
+            (t.iso_week().year(), t.iso_week().week())
+        }),
+        ("monthly", policy.keep_monthly, |t| (t.year(), t.month())),
+    ];
+    for (name, keep, key) in buckets {
+        let mut last = None;
+        let mut kept = 0;
+        for (i, m) in newest_first.iter().enumerate() {
+            let k = key(&m.taken_at);
+            if kept < keep && last != Some(k) {
+                reasons[i].push(format!("{name} {}", kept + 1));
+                kept += 1;
+            }
+            last = Some(k);
+        }
+    }
+    let cutoff = now - Duration::days(policy.keep_pre_repair_days as i64);
+    for (i, m) in newest_first.iter().enumerate() {
+        if m.reason == PRE_REPAIR && m.taken_at >= cutoff {
+            reasons[i].push(format!(
+                "pre-repair within {} days",
+                policy.keep_pre_repair_days
+            ));
+        }
+    }
+    newest_first
+        .iter()
+        .zip(reasons)
+        .map(|(m, reasons)| Decision {
+            id: m.id.clone(),
+            database: m.database.clone(),
+            taken_at: m.taken_at,
+            keep: !reasons.is_empty(),
+            reasons,
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PruneReport {
+    pub dry_run: bool,
+    pub decisions: Vec<Decision>,
+}
+
+/// Applies `policy` to the snapshots of `database` (or all); with `dry_run` deletes nothing.
+pub async fn prune(
+    storage: &Arc<dyn Storage>,
+    policy: &Retention,
+    database: Option<&str>,
+    dry_run: bool,
+) -> Result<PruneReport, SnapshotError> {
+    let snapshots = list(storage, database).await?;
+    let decisions = plan(&snapshots, policy, Utc::now());
+    if !dry_run {
+        for d in decisions.iter().filter(|d| !d.keep) {
+            let m = snapshots
+                .iter()
+                .find(|m| m.id == d.id && m.database == d.database)
+                .expect("planned from this list");
+            for key in m.keys() {
+                storage.delete(&key).await?;
+            }
+            tracing::info!(id = %m.id, database = %m.database, "pruned snapshot");
+        }
+    }
+    Ok(PruneReport { dry_run, decisions })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::{Compression, FORMAT_VERSION};
+
+    fn snap(days_ago: i64, hour: u32, reason: &str, now: DateTime<Utc>) -> Manifest {
+        let t = (now - Duration::days(days_ago))
+            .date_naive()
+            .and_hms_opt(hour, 0, 0)
+            .unwrap()
+            .and_utc();
+        Manifest {
+            format_version: FORMAT_VERSION,
+            id: format!("{}-{reason}-000000", t.format("%Y%m%dT%H%M%SZ")),
+            database: "app".into(),
+            reason: reason.into(),
+            trigger: "test".into(),
+            taken_at: t,
+            finished_at: t,
+            host: String::new(),
+            pg_dump_version: String::new(),
+            server_version: String::new(),
+            format: String::new(),
+            compression: Compression {
+                algorithm: "zstd".into(),
+                level: 3,
+            },
+            object: "dump.zst".into(),
+            raw_bytes: 0,
+            stored_bytes: 0,
+            sha256: String::new(),
+            globals: None,
+            migrations: None,
+        }
+    }
+
+    fn policy(last: u32, daily: u32, weekly: u32, monthly: u32, pre: u32) -> Retention {
+        Retention {
+            keep_last: last,
+            keep_daily: daily,
+            keep_weekly: weekly,
+            keep_monthly: monthly,
+            keep_pre_repair_days: pre,
+        }
+    }
+
+    fn kept(d: &[Decision]) -> Vec<String> {
+        d.iter()
+            .filter(|d| d.keep)
+            .map(|d| d.id[..11].to_string())
+            .collect()
+    }
+
+    #[test]
+    fn daily_keeps_newest_of_each_day() {
+        let now = DateTime::parse_from_rfc3339("2026-11-21T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let snaps: Vec<Manifest> = (0..5)
+            .flat_map(|d| [snap(d, 3, "scheduled", now), snap(d, 9, "scheduled", now)])
+            .collect();
+        let d = plan(&snaps, &policy(0, 3, 0, 0, 0), now);
+        assert_eq!(kept(&d), ["20261121T09", "20261120T09", "20261119T09"]);
+        assert_eq!(d.iter().filter(|d| !d.keep).count(), 7);
+    }
+
+    #[test]
+    fn newest_is_never_deleted_and_pre_repair_expires() {
+        let now = DateTime::parse_from_rfc3339("2026-11-21T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let snaps = vec![
+            snap(40, 3, PRE_REPAIR, now),
+            snap(10, 3, PRE_REPAIR, now),
+            snap(1, 3, "scheduled", now),
+        ];
+        let d = plan(&snaps, &policy(0, 0, 0, 0, 30), now);
+        assert_eq!(kept(&d), ["20261120T03", "20261111T03"]);
+    }
+
+    #[test]
+    fn weekly_and_monthly_buckets() {
+        let now = DateTime::parse_from_rfc3339("2026-11-21T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let snaps: Vec<Manifest> = (0..70).map(|d| snap(d, 3, "scheduled", now)).collect();
+        let d = plan(&snaps, &policy(1, 0, 2, 3, 0), now);
+        // newest; Sat 21 Nov (this ISO week) and Sun 15 Nov (last week); 21 Nov, 31 Oct, 30 Sep.
+        assert_eq!(
+            kept(&d),
+            ["20261121T03", "20261115T03", "20261031T03", "20260930T03"]
+        );
+    }
+}
