@@ -86,7 +86,7 @@ fn database<'a>(cfg: &'a Config, name: &str) -> Result<&'a DatabaseConfig, Usage
 /// Cancels `token` on SIGINT or SIGTERM so an upload in flight is aborted, not left behind.
 fn cancel_on_signal(token: CancellationToken) {
     tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
+        use tokio::signal::unix::{signal, SignalKind};
         let (Ok(mut int), Ok(mut term)) = (
             signal(SignalKind::interrupt()),
             signal(SignalKind::terminate()),
@@ -273,9 +273,11 @@ async fn cmd_prune(
     }
     print!("{}", table(&rows));
     let gone = report.decisions.iter().filter(|d| !d.keep).count();
-    println!(
-        "{gone} snapshot(s) {verb}, {} kept",
-        report.decisions.len() - gone
-    );
+    let kept = report.decisions.len() - gone;
+    if dry_run {
+        println!("{gone} snapshot(s) to delete (dry run), {kept} kept");
+    } else {
+        println!("{gone} snapshot(s) deleted, {kept} kept");
+    }
     Ok(())
 }

@@ -30,18 +30,16 @@ pub fn snapshot_line(m: &Manifest) -> String {
 }
 
 pub fn snapshot_table(list: &[Manifest]) -> String {
-    let mut rows = vec![
-        [
-            "ID",
-            "DATABASE",
-            "TAKEN AT (UTC)",
-            "REASON",
-            "STORED",
-            "SHA256",
-        ]
-        .map(String::from)
-        .to_vec(),
-    ];
+    let mut rows = vec![[
+        "ID",
+        "DATABASE",
+        "TAKEN AT (UTC)",
+        "REASON",
+        "STORED",
+        "SHA256",
+    ]
+    .map(String::from)
+    .to_vec()];
     for m in list {
         rows.push(vec![
             m.id.clone(),

@@ -9,7 +9,7 @@ mod validate;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use dburl::{DbUrl, DbUrlError, Secret, passfile_line};
+pub use dburl::{passfile_line, DbUrl, DbUrlError, Secret};
 pub use validate::validate;
 
 /// Where the configuration is read from when neither `--config` nor `$PGMEDIC_CONFIG` says.
@@ -235,7 +235,7 @@ fn set_path(table: &mut toml::Table, path: &[String], value: &str) -> Result<(),
 /// string in the file stays a string.
 fn env_value(value: &str, keep_string: bool) -> toml::Value {
     if !keep_string {
-        if let Ok(toml::Value::Table(mut t)) = format!("v = {value}").parse::<toml::Value>() {
+        if let Ok(mut t) = format!("v = {value}").parse::<toml::Table>() {
             if let Some(v) = t.remove("v") {
                 return v;
             }

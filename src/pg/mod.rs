@@ -4,5 +4,5 @@
 mod client;
 mod tools;
 
-pub use client::{DbError, Session, connect};
+pub use client::{connect, DbError, Session};
 pub use tools::{PgTools, Pipes, ToolError};

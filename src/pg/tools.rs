@@ -12,7 +12,7 @@ use tokio::io::AsyncReadExt;
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
-use crate::config::{DbUrl, passfile_line};
+use crate::config::{passfile_line, DbUrl};
 
 const STDERR_CAP: usize = 64 * 1024;
 

@@ -22,7 +22,7 @@ use crate::storage::{Storage, StorageError};
 pub use progress::Progress;
 pub use verify::{DeepReport, VerifyReport};
 
-use stream::{SinkMode, stream_object};
+use stream::{stream_object, SinkMode};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {

@@ -2,8 +2,8 @@
 //! one stderr line. Silent when stderr is not a terminal (services, pipes, tests).
 
 use std::io::{IsTerminal, Write};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;

@@ -12,9 +12,9 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
-use super::RestoreError;
 use super::progress::Progress;
-use crate::snapshot::{CHUNK, Manifest};
+use super::RestoreError;
+use crate::snapshot::{Manifest, CHUNK};
 use crate::storage::Storage;
 
 /// Enough to hold back the end of pg_restore's last data block and the archive's trailer.

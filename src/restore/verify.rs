@@ -7,7 +7,7 @@ use std::ffi::OsString;
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use super::stream::{SinkMode, stream_object};
+use super::stream::{stream_object, SinkMode};
 use super::{Progress, RestoreError, RestoreOptions, Restorer};
 use crate::pg::{self, Pipes};
 use crate::snapshot::Manifest;

@@ -27,7 +27,11 @@ pub fn slug(reason: &str) -> String {
         }
     }
     let out = out.trim_matches('-').to_string();
-    if out.is_empty() { "manual".into() } else { out }
+    if out.is_empty() {
+        "manual".into()
+    } else {
+        out
+    }
 }
 
 /// The time encoded in an id, if it is one.

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::SnapshotError;
-use crate::storage::{Storage, StorageError, layout};
+use crate::storage::{layout, Storage, StorageError};
 
 pub const FORMAT_VERSION: u32 = 1;
 

@@ -18,13 +18,13 @@ use tracing::Instrument;
 
 use crate::config::{DatabaseConfig, SnapshotConfig};
 use crate::pg::{self, DbError, PgTools, Pipes, ToolError};
-use crate::storage::{ObjectWriter, Storage, StorageError, layout};
+use crate::storage::{layout, ObjectWriter, Storage, StorageError};
 
 pub use manifest::{
-    Compression, FORMAT_VERSION, Manifest, MigrationRows, StoredObject, find, list,
+    find, list, Compression, Manifest, MigrationRows, StoredObject, FORMAT_VERSION,
 };
-pub use pipeline::{CHUNK, cores};
-pub use retention::{Decision, PruneReport, plan, prune};
+pub use pipeline::{cores, CHUNK};
+pub use retention::{plan, prune, Decision, PruneReport};
 
 const GLOBALS_CAP: u64 = 64 * 1024 * 1024;
 
@@ -99,7 +99,9 @@ impl Snapshotter {
         let taken_at = Utc::now();
         let id = id::new_id(taken_at, &req.reason);
         let span = tracing::info_span!("snapshot", id = %id, database = %db.name);
-        self.take_as(db, req, &id, cancel).instrument(span).await
+        self.take_as(db, req, &id, taken_at, cancel)
+            .instrument(span)
+            .await
     }
 
     async fn take_as(
@@ -107,9 +109,9 @@ impl Snapshotter {
         db: &DatabaseConfig,
         req: &Request,
         id: &str,
+        taken_at: chrono::DateTime<Utc>,
         cancel: &CancellationToken,
     ) -> Result<Manifest, SnapshotError> {
-        let taken_at = id::time_of(id).unwrap_or_else(Utc::now);
         let session = pg::connect(&db.url).await?;
         if !session
             .try_advisory_lock(locks::CLASS, locks::SNAPSHOT)

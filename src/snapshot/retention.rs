@@ -10,7 +10,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Datelike, Duration, Utc};
 use serde::Serialize;
 
-use super::{Manifest, SnapshotError, list};
+use super::{list, Manifest, SnapshotError};
 use crate::config::Retention;
 use crate::storage::Storage;
 
