@@ -14,11 +14,7 @@ fn write_config(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
     p
 }
 
-fn run_with_config(
-    config: &std::path::Path,
-    args: &[&str],
-    env: &[(&str, &str)],
-) -> (i32, String, String) {
+fn run_with_config(config: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_pgmedic"));
     cmd.arg("--config").arg(config).args(args);
     for (k, v) in env {
@@ -40,39 +36,21 @@ fn bad_config_names_the_key_and_exits_2() {
     let typo = write_config(&dir, &format!("{GOOD}\n[snapshot]\ncompresion_level = 3\n"));
     let (code, _, err) = run_with_config(&typo, &["check-config"], &[]);
     assert_eq!(code, 2, "{err}");
-    assert!(
-        err.contains("compresion_level") && err.contains("bad.toml"),
-        "{err}"
-    );
+    assert!(err.contains("compresion_level") && err.contains("bad.toml"), "{err}");
 
-    let range = write_config(
-        &dir,
-        &format!("{GOOD}\n[snapshot]\ncompression_level = 99\n"),
-    );
+    let range = write_config(&dir, &format!("{GOOD}\n[snapshot]\ncompression_level = 99\n"));
     let (code, _, err) = run_with_config(&range, &["snapshot"], &[]);
     assert_eq!(code, 2, "{err}");
-    assert!(
-        err.contains("snapshot.compression_level") && err.contains("99"),
-        "{err}"
-    );
+    assert!(err.contains("snapshot.compression_level") && err.contains("99"), "{err}");
 
     let good = write_config(&dir, GOOD);
-    let (code, _, err) = run_with_config(
-        &good,
-        &["check-config"],
-        &[("PGMEDIC_SNAPSHOT__COMPRESSION_LEVEL", "fast")],
-    );
+    let (code, _, err) =
+        run_with_config(&good, &["check-config"], &[("PGMEDIC_SNAPSHOT__COMPRESSION_LEVEL", "fast")]);
     assert_eq!(code, 2, "{err}");
-    assert!(
-        err.contains("PGMEDIC_SNAPSHOT__COMPRESSION_LEVEL"),
-        "the override at fault is named: {err}"
-    );
+    assert!(err.contains("PGMEDIC_SNAPSHOT__COMPRESSION_LEVEL"), "the override at fault is named: {err}");
 
-    let (code, out, err) = run_with_config(
-        &good,
-        &["check-config"],
-        &[("PGMEDIC_SNAPSHOT__COMPRESSION_LEVEL", "7")],
-    );
+    let (code, out, err) =
+        run_with_config(&good, &["check-config"], &[("PGMEDIC_SNAPSHOT__COMPRESSION_LEVEL", "7")]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("compression_level = 7"), "{out}");
 
@@ -90,25 +68,13 @@ fn password_never_reaches_logs_or_argv() {
     const SECRET: &str = "Sup3r:S3cret-pw";
     let db = TestDb::new("secret");
     db.sql("CREATE TABLE t(x int); INSERT INTO t VALUES (1)");
-    let url = format!(
-        "postgresql://postgres:{}@{PG_HOST}:{PG_PORT}/{}",
-        SECRET.replace(':', "%3A"),
-        db.name
-    );
+    let url = format!("postgresql://postgres:{}@{PG_HOST}:{PG_PORT}/{}", SECRET.replace(':', "%3A"), db.name);
     let gated = GatedTools::new();
-    let pgm = Pgmedic::new(
-        Backend::Local,
-        &[("app", &url)],
-        "",
-        &gated.snapshot_extra(),
-    );
+    let pgm = Pgmedic::new(Backend::Local, &[("app", &url)], "", &gated.snapshot_extra());
 
     let check = pgm.run(&["check-config"]);
     assert_eq!(check.code, 0, "{check:?}");
-    assert!(
-        !check.stdout.contains("S3cret") && check.stdout.contains(":***@"),
-        "{check:?}"
-    );
+    assert!(!check.stdout.contains("S3cret") && check.stdout.contains(":***@"), "{check:?}");
 
     // While pg_dump is held at the gate, no process on the machine shows the password.
     let child = pgm
@@ -130,29 +96,16 @@ fn password_never_reaches_logs_or_argv() {
     });
     gated.open();
     let out = child.wait_with_output().unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.status.code(), Some(0), "{stderr}");
-    assert!(
-        !stdout.contains("S3cret") && !stderr.contains("S3cret"),
-        "{stdout}\n{stderr}"
-    );
+    assert!(!stdout.contains("S3cret") && !stderr.contains("S3cret"), "{stdout}\n{stderr}");
 
     // A connection error names the server, not the password.
-    let bad = format!(
-        "postgresql://postgres:{}@127.0.0.1:1/{}",
-        SECRET.replace(':', "%3A"),
-        db.name
-    );
+    let bad = format!("postgresql://postgres:{}@127.0.0.1:1/{}", SECRET.replace(':', "%3A"), db.name);
     let pgm = Pgmedic::new(Backend::Local, &[("app", &bad)], "", "");
     let run = pgm.run_env(&["snapshot"], &[("PGMEDIC_LOG", "debug")]);
     assert_eq!(run.code, 1, "{run:?}");
-    assert!(
-        run.stderr.contains("127.0.0.1:1") && !run.stderr.contains("S3cret"),
-        "{run:?}"
-    );
+    assert!(run.stderr.contains("127.0.0.1:1") && !run.stderr.contains("S3cret"), "{run:?}");
 }
 
 #[test]
@@ -171,17 +124,9 @@ fn prune_applies_retention_and_dry_run_deletes_nothing() {
 
     let dry = pgm.run(&["prune", "--dry-run"]);
     assert_eq!(dry.code, 0, "{dry:?}");
-    let line = dry
-        .stdout
-        .lines()
-        .find(|l| l.starts_with(&ids[0]))
-        .unwrap_or_default();
+    let line = dry.stdout.lines().find(|l| l.starts_with(&ids[0])).unwrap_or_default();
     assert!(line.contains("would delete"), "{dry:?}");
-    assert!(
-        dry.stdout
-            .contains("1 snapshot(s) to delete (dry run), 3 kept"),
-        "{dry:?}"
-    );
+    assert!(dry.stdout.contains("1 snapshot(s) to delete (dry run), 3 kept"), "{dry:?}");
     assert_eq!(pgm.snapshot_ids().len(), 4, "a dry run deletes nothing");
 
     let run = pgm.run(&["prune", "--json"]);
@@ -194,62 +139,29 @@ fn prune_applies_retention_and_dry_run_deletes_nothing() {
         .map(|d| d["id"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(deleted, vec![ids[0].clone()]);
-    assert_eq!(
-        pgm.snapshot_ids(),
-        ids[1..].to_vec(),
-        "the pre-repair snapshot is kept for its days"
-    );
-    assert!(
-        !pgm.snapshots_dir().join("app").join(&ids[0]).exists(),
-        "its files are gone"
-    );
+    assert_eq!(pgm.snapshot_ids(), ids[1..].to_vec(), "the pre-repair snapshot is kept for its days");
+    assert!(!pgm.snapshots_dir().join("app").join(&ids[0]).exists(), "its files are gone");
 }
 
 #[test]
 fn snapshot_of_every_database_and_json_shapes() {
     let a = TestDb::new("a");
     let b = TestDb::new("b");
-    let pgm = Pgmedic::new(
-        Backend::Local,
-        &[("one", &a.url()), ("two", &b.url())],
-        "",
-        "",
-    );
+    let pgm = Pgmedic::new(Backend::Local, &[("one", &a.url()), ("two", &b.url())], "", "");
     let run = pgm.run(&["snapshot", "--json", "--reason", "before upgrade"]);
     assert_eq!(run.code, 0, "{run:?}");
     let taken = run.json();
     let taken = taken.as_array().expect("several databases give an array");
     assert_eq!(taken.len(), 2);
-    assert!(
-        taken[0]["id"]
-            .as_str()
-            .unwrap()
-            .contains("-before-upgrade-"),
-        "{}",
-        taken[0]
-    );
+    assert!(taken[0]["id"].as_str().unwrap().contains("-before-upgrade-"), "{}", taken[0]);
     assert_eq!(taken[0]["reason"], "before upgrade");
     let run = pgm.run(&["snapshots", "--db", "two", "--json"]);
     let list = run.json();
     let list = list.as_array().unwrap();
     assert_eq!(list.len(), 1);
-    for field in [
-        "id",
-        "database",
-        "reason",
-        "taken_at",
-        "stored_bytes",
-        "sha256",
-    ] {
-        assert!(
-            !list[0][field].is_null(),
-            "snapshots --json lacks {field}: {}",
-            list[0]
-        );
+    for field in ["id", "database", "reason", "taken_at", "stored_bytes", "sha256"] {
+        assert!(!list[0][field].is_null(), "snapshots --json lacks {field}: {}", list[0]);
     }
     let human = pgm.run(&["snapshots"]);
-    assert!(
-        human.stdout.lines().count() == 3 && human.stdout.contains("before upgrade"),
-        "{human:?}"
-    );
+    assert!(human.stdout.lines().count() == 3 && human.stdout.contains("before upgrade"), "{human:?}");
 }

@@ -40,14 +40,8 @@ fn pg_dump_failure(backend: Backend) {
     let run = pgm.run(&["snapshot", "--db", "app"]);
     assert_eq!(run.code, 1, "{run:?}");
     assert!(run.stderr.contains("pg_dump failed"), "{run:?}");
-    assert!(
-        run.stderr.contains("permission denied for table secret"),
-        "pg_dump's stderr is kept: {run:?}"
-    );
-    assert!(
-        pgm.snapshot_ids().is_empty(),
-        "a failed snapshot must not be listed"
-    );
+    assert!(run.stderr.contains("permission denied for table secret"), "pg_dump's stderr is kept: {run:?}");
+    assert!(pgm.snapshot_ids().is_empty(), "a failed snapshot must not be listed");
     drop(db);
 }
 
@@ -62,9 +56,7 @@ fn pg_dump_failure_leaves_nothing_s3() {
     pg_dump_failure(Backend::S3(&s3));
     assert_eq!(s3.uploads(), 0, "the multipart upload was aborted");
     assert!(
-        !s3.keys()
-            .iter()
-            .any(|k| k.ends_with("dump.zst") || k.ends_with("manifest.json")),
+        !s3.keys().iter().any(|k| k.ends_with("dump.zst") || k.ends_with("manifest.json")),
         "{:?}",
         s3.keys()
     );
@@ -76,37 +68,23 @@ fn s3_server_stopped_mid_upload() {
     let db = TestDb::new("stop");
     fill_random(&db, 4); // compresses below one part: pg_dump can finish while S3 is frozen
     let gated = GatedTools::new();
-    let pgm = Pgmedic::new(
-        Backend::S3(&s3),
-        &[("app", &db.url())],
-        "timeout = \"1s\"\n",
-        &gated.snapshot_extra(),
-    );
+    let pgm =
+        Pgmedic::new(Backend::S3(&s3), &[("app", &db.url())], "timeout = \"1s\"\n", &gated.snapshot_extra());
     let child = pgm
         .command(&["snapshot", "--db", "app"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_for(
-        "the multipart upload to start",
-        Duration::from_secs(60),
-        || s3.uploads() == 1,
-    );
+    wait_for("the multipart upload to start", Duration::from_secs(60), || s3.uploads() == 1);
     unsafe { libc::kill(s3.pid(), libc::SIGSTOP) };
     gated.open(); // pg_dump ends now: the last part and the completion meet a frozen server
     let out = child.wait_with_output().unwrap();
     unsafe { libc::kill(s3.pid(), libc::SIGCONT) };
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("storage s3://"),
-        "the error names the storage: {stderr}"
-    );
-    assert!(
-        pgm.snapshot_ids().is_empty(),
-        "nothing listed after a failed upload"
-    );
+    assert!(stderr.contains("storage s3://"), "the error names the storage: {stderr}");
+    assert!(pgm.snapshot_ids().is_empty(), "nothing listed after a failed upload");
 
     // The next snapshot of the database clears whatever upload the failure could not abort.
     assert_next_snapshot_cleans(&pgm);
@@ -130,11 +108,7 @@ fn kill_mid_upload(pgm: &Pgmedic, in_flight: impl FnMut() -> bool) {
         .process_group(0)
         .spawn()
         .unwrap();
-    wait_for(
-        "the upload to be in flight",
-        Duration::from_secs(60),
-        in_flight,
-    );
+    wait_for("the upload to be in flight", Duration::from_secs(60), in_flight);
     unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
     child.wait().unwrap();
 }
@@ -145,33 +119,20 @@ fn killed_mid_upload_s3() {
     let db = TestDb::new("kill");
     fill_random(&db, 40); // zstd hands over whole jobs (~8 MiB in): enough for parts before the gate
     let gated = GatedTools::new();
-    let pgm = Pgmedic::new(
-        Backend::S3(&s3),
-        &[("app", &db.url())],
-        "part_size_mib = 5\n",
-        &gated.snapshot_extra(),
-    );
+    let pgm =
+        Pgmedic::new(Backend::S3(&s3), &[("app", &db.url())], "part_size_mib = 5\n", &gated.snapshot_extra());
     kill_mid_upload(&pgm, || s3.parts() >= 1);
     assert!(pgm.snapshot_ids().is_empty());
     assert_eq!(s3.uploads(), 1, "the killed process left its upload open");
 
     assert_next_snapshot_cleans(&pgm);
-    assert_eq!(
-        s3.uploads(),
-        0,
-        "the next snapshot aborted the orphaned upload"
-    );
+    assert_eq!(s3.uploads(), 0, "the next snapshot aborted the orphaned upload");
 }
 
 fn temp_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut found = Vec::new();
     for entry in walk(dir) {
-        if entry
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .contains(".pgmedic-tmp-")
-        {
+        if entry.file_name().unwrap().to_string_lossy().contains(".pgmedic-tmp-") {
             found.push(entry);
         }
     }
@@ -198,30 +159,16 @@ fn killed_mid_upload_local() {
     let db = TestDb::new("kill_local");
     fill_random(&db, 24);
     let gated = GatedTools::new();
-    let pgm = Pgmedic::new(
-        Backend::Local,
-        &[("app", &db.url())],
-        "",
-        &gated.snapshot_extra(),
-    );
+    let pgm = Pgmedic::new(Backend::Local, &[("app", &db.url())], "", &gated.snapshot_extra());
     let dir = pgm.snapshots_dir();
     kill_mid_upload(&pgm, || {
-        temp_files(&dir)
-            .iter()
-            .any(|f| f.metadata().map(|m| m.len() > 0).unwrap_or(false))
+        temp_files(&dir).iter().any(|f| f.metadata().map(|m| m.len() > 0).unwrap_or(false))
     });
     assert!(pgm.snapshot_ids().is_empty());
-    assert_eq!(
-        temp_files(&dir).len(),
-        1,
-        "the killed process left its partial file"
-    );
+    assert_eq!(temp_files(&dir).len(), 1, "the killed process left its partial file");
 
     assert_next_snapshot_cleans(&pgm);
-    assert!(
-        temp_files(&dir).is_empty(),
-        "the next snapshot removed the partial file"
-    );
+    assert!(temp_files(&dir).is_empty(), "the next snapshot removed the partial file");
 }
 
 #[test]
@@ -240,44 +187,25 @@ fn flipped_byte_fails_verify_and_restore() {
 
     let run = pgm.run(&["verify", &id]);
     assert_eq!(run.code, 1, "{run:?}");
-    assert!(
-        run.stderr.contains(&id) && run.stderr.contains("does not match its manifest"),
-        "{run:?}"
-    );
+    assert!(run.stderr.contains(&id) && run.stderr.contains("does not match its manifest"), "{run:?}");
 
     // A new target is dropped again; an existing one keeps every row, even with --clean.
     let fresh = TestDb::reserved("flip_new");
     let run = pgm.run(&["restore", &id, "--target", &fresh.name, "--create"]);
     assert_eq!(run.code, 1, "{run:?}");
-    assert!(
-        !fresh.exists(),
-        "the database this restore created was dropped"
-    );
+    assert!(!fresh.exists(), "the database this restore created was dropped");
 
     let existing = TestDb::new("flip_old");
     existing.sql("CREATE TABLE keep(x int); INSERT INTO keep SELECT generate_series(1, 10)");
-    let run = pgm.run(&[
-        "restore",
-        &id,
-        "--target",
-        &existing.name,
-        "--clean",
-        "--yes",
-    ]);
+    let run = pgm.run(&["restore", &id, "--target", &existing.name, "--clean", "--yes"]);
     assert_eq!(run.code, 1, "{run:?}");
-    assert!(
-        run.stderr.contains("does not match its manifest"),
-        "{run:?}"
-    );
+    assert!(run.stderr.contains("does not match its manifest"), "{run:?}");
     assert_eq!(
         existing.sql("SELECT count(*) FROM keep"),
         "10",
         "nothing of the damaged snapshot was committed"
     );
-    assert_eq!(
-        existing.sql("SELECT count(*) FROM pg_tables WHERE tablename = 'filler'"),
-        "0"
-    );
+    assert_eq!(existing.sql("SELECT count(*) FROM pg_tables WHERE tablename = 'filler'"), "0");
 }
 
 #[test]
@@ -291,37 +219,21 @@ fn non_empty_target_is_refused_without_clean() {
     let run = pgm.run(&["restore", &id, "--target", &src.name]);
     assert_eq!(run.code, 3, "{run:?}");
     assert!(
-        run.stderr.contains("not empty")
-            && run.stderr.contains("public.t")
-            && run.stderr.contains("--clean"),
+        run.stderr.contains("not empty") && run.stderr.contains("public.t") && run.stderr.contains("--clean"),
         "{run:?}"
     );
-    assert_eq!(
-        src.sql("SELECT count(*) FROM t"),
-        "3",
-        "a refused restore changes nothing"
-    );
+    assert_eq!(src.sql("SELECT count(*) FROM t"), "3", "a refused restore changes nothing");
 
     let run = pgm.run(&["restore", &id, "--target", &src.name, "--clean"]);
-    assert_eq!(
-        run.code, 3,
-        "--clean without --yes from a script is refused: {run:?}"
-    );
+    assert_eq!(run.code, 3, "--clean without --yes from a script is refused: {run:?}");
     assert_eq!(src.sql("SELECT count(*) FROM t"), "3");
 
     let run = pgm.run(&["restore", &id, "--target", &src.name, "--clean", "--yes"]);
     assert_eq!(run.code, 0, "{run:?}");
-    assert_eq!(
-        src.sql("SELECT count(*) FROM t"),
-        "2",
-        "--clean put back the snapshot's rows"
-    );
+    assert_eq!(src.sql("SELECT count(*) FROM t"), "2", "--clean put back the snapshot's rows");
 
     let missing = TestDb::reserved("missing");
     let run = pgm.run(&["restore", &id, "--target", &missing.name]);
     assert_eq!(run.code, 1, "{run:?}");
-    assert!(
-        run.stderr.contains("does not exist") && run.stderr.contains("--create"),
-        "{run:?}"
-    );
+    assert!(run.stderr.contains("does not exist") && run.stderr.contains("--create"), "{run:?}");
 }

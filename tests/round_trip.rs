@@ -8,10 +8,7 @@ use common::*;
 
 fn many_types_db() -> TestDb {
     let db = TestDb::new("src");
-    psql_file(
-        &db.name,
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/many_types.sql"),
-    );
+    psql_file(&db.name, &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/many_types.sql"));
     db
 }
 
@@ -23,25 +20,17 @@ fn round_trip(backend: Backend, jobs: &str) {
     let id = m["id"].as_str().unwrap();
     assert_eq!(m["database"], "app");
     assert_eq!(m["reason"], "manual");
-    assert!(
-        m["stored_bytes"].as_u64().unwrap() > 0
-            && m["stored_bytes"].as_u64() < m["raw_bytes"].as_u64()
-    );
+    assert!(m["stored_bytes"].as_u64().unwrap() > 0 && m["stored_bytes"].as_u64() < m["raw_bytes"].as_u64());
     assert_eq!(m["sha256"].as_str().unwrap().len(), 64);
     assert_eq!(pgm.snapshot_ids(), vec![id.to_string()]);
 
-    let run = pgm.run(&[
-        "restore", id, "--target", &dst.name, "--create", "--jobs", jobs, "--json",
-    ]);
+    let run = pgm.run(&["restore", id, "--target", &dst.name, "--create", "--jobs", jobs, "--json"]);
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(run.json()["created"], true);
     assert!(dst.exists());
     // Schema, rows, sequences, comments: pg_dump of both must be the same text.
     let (before, after) = (src.plain_dump(), dst.plain_dump());
-    assert!(
-        before.contains("all nulls") && before.contains("ünïcödé"),
-        "fixture did not load"
-    );
+    assert!(before.contains("all nulls") && before.contains("ünïcödé"), "fixture did not load");
     assert!(before == after, "restored database differs from its source");
     assert_eq!(dst.sql("SELECT count(*) FROM shop.customer"), "2001");
     assert_eq!(dst.sql("SELECT last_value FROM shop.invoice_no"), "4242");
@@ -57,13 +46,9 @@ fn round_trip_s3() {
     let s3 = S3Server::start();
     round_trip(Backend::S3(&s3), "1");
     let keys = s3.keys();
+    assert!(keys.iter().all(|k| k.starts_with("test/prod/app/")), "{keys:?}");
     assert!(
-        keys.iter().all(|k| k.starts_with("test/prod/app/")),
-        "{keys:?}"
-    );
-    assert!(
-        keys.iter().any(|k| k.ends_with("/dump.zst"))
-            && keys.iter().any(|k| k.ends_with("/manifest.json"))
+        keys.iter().any(|k| k.ends_with("/dump.zst")) && keys.iter().any(|k| k.ends_with("/manifest.json"))
     );
     assert_eq!(s3.uploads(), 0, "no multipart upload may stay open");
 }
@@ -79,24 +64,10 @@ fn multipart_upload_of_many_parts_round_trips() {
     let src = TestDb::new("big");
     fill_random(&src, 24);
     let dst = TestDb::reserved("big_dst");
-    let pgm = Pgmedic::new(
-        Backend::S3(&s3),
-        &[("big", &src.url())],
-        "part_size_mib = 5\n",
-        "",
-    );
+    let pgm = Pgmedic::new(Backend::S3(&s3), &[("big", &src.url())], "part_size_mib = 5\n", "");
     let m = pgm.snapshot("big");
-    assert!(
-        m["stored_bytes"].as_u64().unwrap() > 10 * 1024 * 1024,
-        "want several 5 MiB parts: {m}"
-    );
-    let run = pgm.run(&[
-        "restore",
-        m["id"].as_str().unwrap(),
-        "--target",
-        &dst.name,
-        "--create",
-    ]);
+    assert!(m["stored_bytes"].as_u64().unwrap() > 10 * 1024 * 1024, "want several 5 MiB parts: {m}");
+    let run = pgm.run(&["restore", m["id"].as_str().unwrap(), "--target", &dst.name, "--create"]);
     assert_eq!(run.code, 0, "{run:?}");
     let sum = "SELECT md5(string_agg(payload, '' ORDER BY id)) FROM filler";
     assert_eq!(src.sql(sum), dst.sql(sum));
@@ -113,13 +84,7 @@ fn manifest_records_versions_and_migration_rows() {
     let m = pgm.snapshot("app");
     let id = m["id"].as_str().unwrap();
     let on_disk: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(
-            pgm.snapshots_dir()
-                .join("app")
-                .join(id)
-                .join("manifest.json"),
-        )
-        .unwrap(),
+        &std::fs::read(pgm.snapshots_dir().join("app").join(id).join("manifest.json")).unwrap(),
     )
     .unwrap();
     assert_eq!(on_disk, m, "the manifest printed is the manifest stored");
@@ -129,18 +94,12 @@ fn manifest_records_versions_and_migration_rows() {
     assert_eq!(m["compression"]["algorithm"], "zstd");
     let rows = m["migrations"]["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 2);
-    assert_eq!(
-        rows[1]["migration_name"],
-        "20250520130900_add_plugin_credential_model"
-    );
+    assert_eq!(rows[1]["migration_name"], "20250520130900_add_plugin_credential_model");
     assert!(
         rows[1]["finished_at"].is_null() && rows[1]["rolled_back_at"].is_null(),
         "the failed row: {}",
         rows[1]
     );
-    assert!(
-        m["globals"]["stored_bytes"].as_u64().unwrap() > 0,
-        "roles kept with the snapshot: {m}"
-    );
+    assert!(m["globals"]["stored_bytes"].as_u64().unwrap() > 0, "roles kept with the snapshot: {m}");
     assert!(id.starts_with(&m["taken_at"].as_str().unwrap()[..4]));
 }

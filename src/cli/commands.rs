@@ -21,15 +21,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", config::render_redacted(&cfg));
             Ok(())
         }
-        Command::Snapshot { db, reason, json } => {
-            cmd_snapshot(&cfg, db.as_deref(), &reason, json).await
-        }
+        Command::Snapshot { db, reason, json } => cmd_snapshot(&cfg, db.as_deref(), &reason, json).await,
         Command::Snapshots { db, json } => {
             let storage = open_storage(&cfg).await?;
-            let name = db
-                .as_deref()
-                .map(|n| database(&cfg, n).map(|d| d.name.as_str()))
-                .transpose()?;
+            let name = db.as_deref().map(|n| database(&cfg, n).map(|d| d.name.as_str())).transpose()?;
             let list = snapshot::list(&storage, name).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
@@ -40,36 +35,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Restore {
-            snapshot_id,
-            target,
-            create,
-            clean,
-            jobs,
-            yes,
-            json,
-        } => {
-            let opts = RestoreOptions {
-                target,
-                create,
-                clean,
-                jobs: jobs.max(1),
-            };
+        Command::Restore { snapshot_id, target, create, clean, jobs, yes, json } => {
+            let opts = RestoreOptions { target, create, clean, jobs: jobs.max(1) };
             cmd_restore(&cfg, &snapshot_id, opts, yes, json).await
         }
-        Command::Verify {
-            snapshot_id,
-            deep,
-            json,
-        } => cmd_verify(&cfg, &snapshot_id, deep, json).await,
+        Command::Verify { snapshot_id, deep, json } => cmd_verify(&cfg, &snapshot_id, deep, json).await,
         Command::Prune { db, dry_run, json } => cmd_prune(&cfg, db.as_deref(), dry_run, json).await,
     }
 }
 
 async fn open_storage(cfg: &Config) -> anyhow::Result<Arc<dyn Storage>> {
-    storage::open(&cfg.storage)
-        .await
-        .context("cannot open snapshot storage")
+    storage::open(&cfg.storage).await.context("cannot open snapshot storage")
 }
 
 fn database<'a>(cfg: &'a Config, name: &str) -> Result<&'a DatabaseConfig, UsageError> {
@@ -87,10 +63,8 @@ fn database<'a>(cfg: &'a Config, name: &str) -> Result<&'a DatabaseConfig, Usage
 fn cancel_on_signal(token: CancellationToken) {
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut int), Ok(mut term)) = (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-        ) else {
+        let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
+        else {
             return;
         };
         tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
@@ -105,12 +79,7 @@ fn invoking_user() -> String {
         .unwrap_or_else(|_| format!("uid {}", unsafe { libc::getuid() }))
 }
 
-async fn cmd_snapshot(
-    cfg: &Config,
-    db: Option<&str>,
-    reason: &str,
-    json: bool,
-) -> anyhow::Result<()> {
+async fn cmd_snapshot(cfg: &Config, db: Option<&str>, reason: &str, json: bool) -> anyhow::Result<()> {
     let targets: Vec<&DatabaseConfig> = match db {
         Some(n) => vec![database(cfg, n)?],
         None => cfg.databases.iter().collect(),
@@ -122,10 +91,7 @@ async fn cmd_snapshot(
     };
     let cancel = CancellationToken::new();
     cancel_on_signal(cancel.clone());
-    let req = Request {
-        reason: reason.to_string(),
-        trigger: format!("cli:{}", invoking_user()),
-    };
+    let req = Request { reason: reason.to_string(), trigger: format!("cli:{}", invoking_user()) };
     let mut taken = Vec::new();
     for db in targets {
         let m = snapshotter.take(db, &req, &cancel).await?;
@@ -157,11 +123,8 @@ async fn cmd_restore(
     if opts.clean && !yes {
         confirm_clean(&opts.target)?;
     }
-    let restorer = Restorer {
-        storage,
-        tools: PgTools::new(cfg.snapshot.pg_bin_dir.clone()),
-        config: cfg.clone(),
-    };
+    let restorer =
+        Restorer { storage, tools: PgTools::new(cfg.snapshot.pg_bin_dir.clone()), config: cfg.clone() };
     let progress = Progress::start(format!("restoring {id}"), m.stored_bytes, !json);
     let report = restorer.restore(&m, &opts, &progress).await?;
     drop(progress);
@@ -183,21 +146,11 @@ async fn cmd_restore(
 
 /// `--clean` replaces data: a terminal must type the target's name, a script must say --yes.
 fn confirm_clean(target: &str) -> Result<(), Refused> {
-    let name = target
-        .rsplit(['/', '='])
-        .next()
-        .unwrap_or(target)
-        .split('?')
-        .next()
-        .unwrap_or(target);
+    let name = target.rsplit(['/', '=']).next().unwrap_or(target).split('?').next().unwrap_or(target);
     if !std::io::stdin().is_terminal() {
-        return Err(Refused(format!(
-            "--clean replaces the contents of {name}: confirm with --yes"
-        )));
+        return Err(Refused(format!("--clean replaces the contents of {name}: confirm with --yes")));
     }
-    eprint!(
-        "--clean replaces what the snapshot holds in database {name}. Type its name to go on: "
-    );
+    eprint!("--clean replaces what the snapshot holds in database {name}. Type its name to go on: ");
     let _ = std::io::stderr().flush();
     let mut line = String::new();
     let _ = std::io::stdin().lock().read_line(&mut line);
@@ -211,11 +164,8 @@ fn confirm_clean(target: &str) -> Result<(), Refused> {
 async fn cmd_verify(cfg: &Arc<Config>, id: &str, deep: bool, json: bool) -> anyhow::Result<()> {
     let storage = open_storage(cfg).await?;
     let m = snapshot::find(&storage, id).await?;
-    let restorer = Restorer {
-        storage,
-        tools: PgTools::new(cfg.snapshot.pg_bin_dir.clone()),
-        config: cfg.clone(),
-    };
+    let restorer =
+        Restorer { storage, tools: PgTools::new(cfg.snapshot.pg_bin_dir.clone()), config: cfg.clone() };
     let progress = Progress::start(format!("verifying {id}"), m.stored_bytes, !json);
     let report = restorer.verify(&m, deep, &progress).await?;
     drop(progress);
@@ -240,36 +190,19 @@ async fn cmd_verify(cfg: &Arc<Config>, id: &str, deep: bool, json: bool) -> anyh
     Ok(())
 }
 
-async fn cmd_prune(
-    cfg: &Config,
-    db: Option<&str>,
-    dry_run: bool,
-    json: bool,
-) -> anyhow::Result<()> {
+async fn cmd_prune(cfg: &Config, db: Option<&str>, dry_run: bool, json: bool) -> anyhow::Result<()> {
     let storage = open_storage(cfg).await?;
-    let name = db
-        .map(|n| database(cfg, n).map(|d| d.name.as_str()))
-        .transpose()?;
+    let name = db.map(|n| database(cfg, n).map(|d| d.name.as_str())).transpose()?;
     let report = snapshot::prune(&storage, &cfg.snapshot.retention, name, dry_run).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
     let verb = if dry_run { "would delete" } else { "deleted" };
-    let mut rows = vec![vec![
-        "ID".to_string(),
-        "DATABASE".into(),
-        "ACTION".into(),
-        "WHY KEPT".into(),
-    ]];
+    let mut rows = vec![vec!["ID".to_string(), "DATABASE".into(), "ACTION".into(), "WHY KEPT".into()]];
     for d in &report.decisions {
         let action = if d.keep { "keep" } else { verb };
-        rows.push(vec![
-            d.id.clone(),
-            d.database.clone(),
-            action.into(),
-            d.reasons.join(", "),
-        ]);
+        rows.push(vec![d.id.clone(), d.database.clone(), action.into(), d.reasons.join(", ")]);
     }
     print!("{}", table(&rows));
     let gone = report.decisions.iter().filter(|d| !d.keep).count();

@@ -16,11 +16,7 @@ use crate::snapshot::SnapshotError;
 pub use output::human_bytes;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "pgmedic",
-    version,
-    about = "Snapshots, migration repair and restore for PostgreSQL hosts"
-)]
+#[command(name = "pgmedic", version, about = "Snapshots, migration repair and restore for PostgreSQL hosts")]
 pub struct Cli {
     /// Configuration file.
     #[arg(long, global = true, env = "PGMEDIC_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
@@ -113,10 +109,7 @@ pub struct Refused(pub String);
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -136,10 +129,8 @@ fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("PGMEDIC_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi);
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -165,12 +156,8 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
             return 2;
         }
         if cause.is::<Refused>()
-            || cause
-                .downcast_ref::<SnapshotError>()
-                .is_some_and(SnapshotError::is_refusal)
-            || cause
-                .downcast_ref::<RestoreError>()
-                .is_some_and(RestoreError::is_refusal)
+            || cause.downcast_ref::<SnapshotError>().is_some_and(SnapshotError::is_refusal)
+            || cause.downcast_ref::<RestoreError>().is_some_and(RestoreError::is_refusal)
         {
             return 3;
         }

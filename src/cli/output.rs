@@ -30,16 +30,8 @@ pub fn snapshot_line(m: &Manifest) -> String {
 }
 
 pub fn snapshot_table(list: &[Manifest]) -> String {
-    let mut rows = vec![[
-        "ID",
-        "DATABASE",
-        "TAKEN AT (UTC)",
-        "REASON",
-        "STORED",
-        "SHA256",
-    ]
-    .map(String::from)
-    .to_vec()];
+    let mut rows =
+        vec![["ID", "DATABASE", "TAKEN AT (UTC)", "REASON", "STORED", "SHA256"].map(String::from).to_vec()];
     for m in list {
         rows.push(vec![
             m.id.clone(),
@@ -56,21 +48,12 @@ pub fn snapshot_table(list: &[Manifest]) -> String {
 pub fn table(rows: &[Vec<String>]) -> String {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
-        .map(|c| {
-            rows.iter()
-                .filter_map(|r| r.get(c))
-                .map(|s| s.chars().count())
-                .max()
-                .unwrap_or(0)
-        })
+        .map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
     for r in rows {
-        let cells: Vec<String> = r
-            .iter()
-            .enumerate()
-            .map(|(i, s)| format!("{s:<w$}", w = widths[i]))
-            .collect();
+        let cells: Vec<String> =
+            r.iter().enumerate().map(|(i, s)| format!("{s:<w$}", w = widths[i])).collect();
         out.push_str(cells.join("  ").trim_end());
         out.push('\n');
     }

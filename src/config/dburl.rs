@@ -77,10 +77,7 @@ fn password_text(source: &str) -> Option<&str> {
 }
 
 fn current_user() -> String {
-    std::env::var("USER")
-        .ok()
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| "postgres".into())
+    std::env::var("USER").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| "postgres".into())
 }
 
 impl DbUrl {
@@ -93,9 +90,7 @@ impl DbUrl {
     }
 
     pub fn password(&self) -> Option<Secret> {
-        self.config
-            .get_password()
-            .map(|p| Secret(String::from_utf8_lossy(p).into_owned()))
+        self.config.get_password().map(|p| Secret(String::from_utf8_lossy(p).into_owned()))
     }
 
     /// The same server and credentials, another database.
@@ -137,40 +132,19 @@ impl DbUrl {
     /// `postgresql://user:***@host:port/db`, safe for logs and check-config.
     pub fn redacted(&self) -> String {
         let c = &self.config;
-        let pw = if c.get_password().is_some() {
-            ":***"
-        } else {
-            ""
-        };
+        let pw = if c.get_password().is_some() { ":***" } else { "" };
         let host = c.get_hosts().first().map(host_text).unwrap_or_default();
-        let port = c
-            .get_ports()
-            .first()
-            .map(|p| format!(":{p}"))
-            .unwrap_or_default();
+        let port = c.get_ports().first().map(|p| format!(":{p}")).unwrap_or_default();
         if host.starts_with('/') {
-            format!(
-                "postgresql://{}{pw}@/{}?host={host}{port}",
-                self.user(),
-                self.dbname()
-            )
+            format!("postgresql://{}{pw}@/{}?host={host}{port}", self.user(), self.dbname())
         } else {
-            format!(
-                "postgresql://{}{pw}@{host}{port}/{}",
-                self.user(),
-                self.dbname()
-            )
+            format!("postgresql://{}{pw}@{host}{port}/{}", self.user(), self.dbname())
         }
     }
 
     /// A short `host:port/db` name for messages.
     pub fn display_target(&self) -> String {
-        let host = self
-            .config
-            .get_hosts()
-            .first()
-            .map(host_text)
-            .unwrap_or_default();
+        let host = self.config.get_hosts().first().map(host_text).unwrap_or_default();
         let port = self.config.get_ports().first().copied().unwrap_or(5432);
         format!("{host}:{port}/{}", self.dbname())
     }
@@ -215,9 +189,7 @@ mod tests {
 
     #[test]
     fn url_password_is_kept_apart() {
-        let u: DbUrl = "postgresql://app:s3cr%3At@db.example:6432/shop"
-            .parse()
-            .unwrap();
+        let u: DbUrl = "postgresql://app:s3cr%3At@db.example:6432/shop".parse().unwrap();
         assert_eq!(u.password().unwrap().expose(), "s3cr:t");
         assert!(!u.conninfo().contains("s3cr"));
         assert_eq!(u.redacted(), "postgresql://app:***@db.example:6432/shop");
@@ -227,9 +199,7 @@ mod tests {
 
     #[test]
     fn socket_url_without_host() {
-        let u: DbUrl = "postgresql://pgmedic@/app?host=/var/run/postgresql"
-            .parse()
-            .unwrap();
+        let u: DbUrl = "postgresql://pgmedic@/app?host=/var/run/postgresql".parse().unwrap();
         assert_eq!(u.dbname(), "app");
         assert!(u.conninfo().contains("host='/var/run/postgresql'"));
         assert_eq!(u.with_dbname("other").dbname(), "other");
@@ -237,9 +207,7 @@ mod tests {
 
     #[test]
     fn bad_url_error_hides_password() {
-        let err = "postgresql://u:hunter2@h/db?bogus=1"
-            .parse::<DbUrl>()
-            .unwrap_err();
+        let err = "postgresql://u:hunter2@h/db?bogus=1".parse::<DbUrl>().unwrap_err();
         assert!(!err.to_string().contains("hunter2"), "{err}");
     }
 }

@@ -19,20 +19,13 @@ const ENV_PREFIX: &str = "PGMEDIC_";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read configuration file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("configuration file {path} is not valid: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("environment variable {var}: {message}")]
     Env { var: String, message: String },
     #[error("configuration key `{key}` in {path}: {message}")]
-    Invalid {
-        path: PathBuf,
-        key: String,
-        message: String,
-    },
+    Invalid { path: PathBuf, key: String, message: String },
 }
 
 #[derive(Debug, Clone)]
@@ -123,43 +116,26 @@ pub enum OnFailure {
 impl Config {
     /// Reads, overrides from the environment, and validates.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         let env: Vec<(String, String)> = std::env::vars().collect();
         Self::from_toml(&text, path, &env)
     }
 
     /// The same as `load`, from text and an explicit environment (what tests use).
-    pub fn from_toml(
-        text: &str,
-        path: &Path,
-        env: &[(String, String)],
-    ) -> Result<Config, ConfigError> {
-        let mut table: toml::Table =
-            text.parse()
-                .map_err(|e: toml::de::Error| ConfigError::Parse {
-                    path: path.to_path_buf(),
-                    message: e.to_string().trim().to_string(),
-                })?;
+    pub fn from_toml(text: &str, path: &Path, env: &[(String, String)]) -> Result<Config, ConfigError> {
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim().to_string(),
+        })?;
         let applied = apply_env_overrides(&mut table, env)?;
-        let raw: raw::RawConfig =
-            toml::Value::Table(table)
-                .try_into()
-                .map_err(|e: toml::de::Error| {
-                    let mut message = e.to_string().trim().to_string();
-                    if !applied.is_empty() {
-                        message.push_str(&format!(
-                            " (after environment overrides {})",
-                            applied.join(", ")
-                        ));
-                    }
-                    ConfigError::Parse {
-                        path: path.to_path_buf(),
-                        message,
-                    }
-                })?;
+        let raw: raw::RawConfig = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
+            let mut message = e.to_string().trim().to_string();
+            if !applied.is_empty() {
+                message.push_str(&format!(" (after environment overrides {})", applied.join(", ")));
+            }
+            ConfigError::Parse { path: path.to_path_buf(), message }
+        })?;
         validate(raw, path)
     }
 
@@ -183,10 +159,7 @@ fn apply_env_overrides(
             continue; // PGMEDIC_CONFIG, PGMEDIC_LOG and the like are not keys
         }
         let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
-        set_path(table, &path, value).map_err(|message| ConfigError::Env {
-            var: var.clone(),
-            message,
-        })?;
+        set_path(table, &path, value).map_err(|message| ConfigError::Env { var: var.clone(), message })?;
         applied.push(var.clone());
     }
     applied.sort();
@@ -199,22 +172,13 @@ fn set_path(table: &mut toml::Table, path: &[String], value: &str) -> Result<(),
     let mut i = 0;
     while i < parents.len() {
         let seg = &parents[i];
-        let next = node
-            .entry(seg.clone())
-            .or_insert_with(|| toml::Value::Table(Default::default()));
+        let next = node.entry(seg.clone()).or_insert_with(|| toml::Value::Table(Default::default()));
         node = match next {
             toml::Value::Table(t) => t,
             toml::Value::Array(items) => {
-                let index: usize =
-                    parents
-                        .get(i + 1)
-                        .and_then(|n| n.parse().ok())
-                        .ok_or_else(|| {
-                            format!(
-                                "`{seg}` is an array: name an index, e.g. {}__0__…",
-                                seg.to_uppercase()
-                            )
-                        })?;
+                let index: usize = parents.get(i + 1).and_then(|n| n.parse().ok()).ok_or_else(|| {
+                    format!("`{seg}` is an array: name an index, e.g. {}__0__…", seg.to_uppercase())
+                })?;
                 i += 1;
                 let len = items.len();
                 match items.get_mut(index) {

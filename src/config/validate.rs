@@ -18,27 +18,14 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn err(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
-        ConfigError::Invalid {
-            path: self.path.to_path_buf(),
-            key: key.into(),
-            message: message.into(),
-        }
+        ConfigError::Invalid { path: self.path.to_path_buf(), key: key.into(), message: message.into() }
     }
 
-    fn duration(
-        &self,
-        key: &str,
-        value: Option<&str>,
-        default: Duration,
-    ) -> Result<Duration, ConfigError> {
+    fn duration(&self, key: &str, value: Option<&str>, default: Duration) -> Result<Duration, ConfigError> {
         match value {
             None => Ok(default),
-            Some(v) => humantime::parse_duration(v).map_err(|e| {
-                self.err(
-                    key,
-                    format!("`{v}` is not a duration like \"30s\" or \"10m\": {e}"),
-                )
-            }),
+            Some(v) => humantime::parse_duration(v)
+                .map_err(|e| self.err(key, format!("`{v}` is not a duration like \"30s\" or \"10m\": {e}"))),
         }
     }
 }
@@ -51,10 +38,7 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         metrics_listen: match raw.daemon.metrics_listen.as_deref() {
             None | Some("") => None,
             Some(a) => Some(a.parse().map_err(|_| {
-                ctx.err(
-                    "daemon.metrics_listen",
-                    format!("`{a}` is not an address like \"127.0.0.1:9832\""),
-                )
+                ctx.err("daemon.metrics_listen", format!("`{a}` is not an address like \"127.0.0.1:9832\""))
             })?),
         },
         shutdown_timeout: ctx.duration(
@@ -69,10 +53,7 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         compression_level: match raw.snapshot.compression_level.unwrap_or(3) {
             l @ 1..=19 => l,
             l => {
-                return Err(ctx.err(
-                    "snapshot.compression_level",
-                    format!("{l} is outside 1..=19"),
-                ));
+                return Err(ctx.err("snapshot.compression_level", format!("{l} is outside 1..=19")));
             }
         },
         compression_threads: raw.snapshot.compression_threads.unwrap_or(0),
@@ -80,52 +61,34 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         retention: retention(raw.snapshot.retention),
     };
     if raw.databases.is_empty() {
-        return Err(ctx.err(
-            "databases",
-            "no [[databases]] entry: add one with `name` and `url`",
-        ));
+        return Err(ctx.err("databases", "no [[databases]] entry: add one with `name` and `url`"));
     }
     let mut names = HashSet::new();
     let mut databases = Vec::new();
     for (i, db) in raw.databases.into_iter().enumerate() {
         let db = database(&ctx, i, db)?;
         if !names.insert(db.name.clone()) {
-            return Err(ctx.err(
-                format!("databases[{i}].name"),
-                format!("`{}` is used twice", db.name),
-            ));
+            return Err(ctx.err(format!("databases[{i}].name"), format!("`{}` is used twice", db.name)));
         }
         databases.push(db);
     }
     let notify = raw.notify.into_iter().map(|n| n.webhook).collect();
-    Ok(Config {
-        source: path.to_path_buf(),
-        daemon,
-        storage,
-        snapshot,
-        databases,
-        notify,
-    })
+    Ok(Config { source: path.to_path_buf(), daemon, storage, snapshot, databases, notify })
 }
 
 fn storage(ctx: &Ctx, raw: RawStorage) -> Result<StorageConfig, ConfigError> {
     let backend = match raw.backend.as_deref().unwrap_or("local") {
         "local" => {
-            let path = raw
-                .path
-                .ok_or_else(|| ctx.err("storage.path", "required when backend = \"local\""))?;
-            StorageBackend::Local {
-                path: PathBuf::from(path),
-            }
+            let path =
+                raw.path.ok_or_else(|| ctx.err("storage.path", "required when backend = \"local\""))?;
+            StorageBackend::Local { path: PathBuf::from(path) }
         }
         "s3" => {
             let bucket = raw.bucket.filter(|b| !b.is_empty());
-            let bucket = bucket
-                .ok_or_else(|| ctx.err("storage.bucket", "required when backend = \"s3\""))?;
+            let bucket = bucket.ok_or_else(|| ctx.err("storage.bucket", "required when backend = \"s3\""))?;
             if let Some(e) = &raw.endpoint {
-                url::Url::parse(e).map_err(|err| {
-                    ctx.err("storage.endpoint", format!("`{e}` is not a URL: {err}"))
-                })?;
+                url::Url::parse(e)
+                    .map_err(|err| ctx.err("storage.endpoint", format!("`{e}` is not a URL: {err}")))?;
             }
             StorageBackend::S3(S3Config {
                 bucket,
@@ -135,10 +98,7 @@ fn storage(ctx: &Ctx, raw: RawStorage) -> Result<StorageConfig, ConfigError> {
             })
         }
         other => {
-            return Err(ctx.err(
-                "storage.backend",
-                format!("`{other}` is not \"local\" or \"s3\""),
-            ));
+            return Err(ctx.err("storage.backend", format!("`{other}` is not \"local\" or \"s3\"")));
         }
     };
     let prefix = raw.prefix.unwrap_or_default().trim_matches('/').to_string();
@@ -147,10 +107,7 @@ fn storage(ctx: &Ctx, raw: RawStorage) -> Result<StorageConfig, ConfigError> {
     }
     let upload_concurrency = raw.upload_concurrency.unwrap_or(2);
     if !(1..=16).contains(&upload_concurrency) {
-        return Err(ctx.err(
-            "storage.upload_concurrency",
-            format!("{upload_concurrency} is outside 1..=16"),
-        ));
+        return Err(ctx.err("storage.upload_concurrency", format!("{upload_concurrency} is outside 1..=16")));
     }
     let part_mib = raw.part_size_mib.unwrap_or(8);
     if !(5..=512).contains(&part_mib) {
@@ -162,11 +119,7 @@ fn storage(ctx: &Ctx, raw: RawStorage) -> Result<StorageConfig, ConfigError> {
     Ok(StorageConfig {
         backend,
         prefix,
-        timeout: ctx.duration(
-            "storage.timeout",
-            raw.timeout.as_deref(),
-            Duration::from_secs(60),
-        )?,
+        timeout: ctx.duration("storage.timeout", raw.timeout.as_deref(), Duration::from_secs(60))?,
         upload_concurrency,
         part_size: part_mib * MIB,
     })
@@ -186,15 +139,9 @@ fn database(ctx: &Ctx, i: usize, raw: RawDatabase) -> Result<DatabaseConfig, Con
     let key = |k: &str| format!("databases[{i}].{k}");
     let valid_name = !raw.name.is_empty()
         && raw.name.len() <= 63
-        && raw
-            .name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        && raw.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
     if !valid_name {
-        return Err(ctx.err(
-            key("name"),
-            format!("`{}` must be 1-63 letters, digits, `_` or `-`", raw.name),
-        ));
+        return Err(ctx.err(key("name"), format!("`{}` must be 1-63 letters, digits, `_` or `-`", raw.name)));
     }
     let text = match (raw.url, raw.url_file) {
         (Some(u), None) => u,
@@ -205,12 +152,8 @@ fn database(ctx: &Ctx, i: usize, raw: RawDatabase) -> Result<DatabaseConfig, Con
         (Some(_), Some(_)) => return Err(ctx.err(key("url"), "give `url` or `url_file`, not both")),
         (None, None) => return Err(ctx.err(key("url"), "required (or `url_file`)")),
     };
-    let url: DbUrl = text.parse().map_err(|e| {
-        ctx.err(
-            key("url"),
-            format!("not a PostgreSQL connection string: {e}"),
-        )
-    })?;
+    let url: DbUrl =
+        text.parse().map_err(|e| ctx.err(key("url"), format!("not a PostgreSQL connection string: {e}")))?;
     if let Some(s) = &raw.schedule {
         if s.split_whitespace().count() != 6 {
             return Err(ctx.err(
@@ -220,12 +163,7 @@ fn database(ctx: &Ctx, i: usize, raw: RawDatabase) -> Result<DatabaseConfig, Con
         }
     }
     let migrations = raw.migrations.map(|m| migrations(ctx, i, m)).transpose()?;
-    Ok(DatabaseConfig {
-        name: raw.name,
-        url,
-        schedule: raw.schedule,
-        migrations,
-    })
+    Ok(DatabaseConfig { name: raw.name, url, schedule: raw.schedule, migrations })
 }
 
 fn migrations(ctx: &Ctx, i: usize, raw: RawMigrations) -> Result<MigrationsConfig, ConfigError> {
@@ -234,10 +172,7 @@ fn migrations(ctx: &Ctx, i: usize, raw: RawMigrations) -> Result<MigrationsConfi
     let default_table = match tool.as_str() {
         "prisma" => "_prisma_migrations",
         other => {
-            return Err(ctx.err(
-                key("tool"),
-                format!("`{other}` is not supported (supported: \"prisma\")"),
-            ));
+            return Err(ctx.err(key("tool"), format!("`{other}` is not supported (supported: \"prisma\")")));
         }
     };
     let on_failure = match raw.on_failure.as_deref().unwrap_or("notify") {
@@ -245,10 +180,8 @@ fn migrations(ctx: &Ctx, i: usize, raw: RawMigrations) -> Result<MigrationsConfi
         "snapshot" => OnFailure::Snapshot,
         "notify" => OnFailure::Notify,
         other => {
-            return Err(ctx.err(
-                key("on_failure"),
-                format!("`{other}` is not \"repair\", \"snapshot\" or \"notify\""),
-            ));
+            return Err(ctx
+                .err(key("on_failure"), format!("`{other}` is not \"repair\", \"snapshot\" or \"notify\"")));
         }
     };
     Ok(MigrationsConfig {
@@ -280,10 +213,7 @@ pub fn render(cfg: &Config) -> String {
     out += "[storage]\n";
     match &s.backend {
         StorageBackend::Local { path } => {
-            out += &format!(
-                "backend = \"local\"\npath = {:?}\n",
-                path.display().to_string()
-            )
+            out += &format!("backend = \"local\"\npath = {:?}\n", path.display().to_string())
         }
         StorageBackend::S3(c) => {
             out += &format!(
@@ -319,11 +249,7 @@ pub fn render(cfg: &Config) -> String {
         r.keep_pre_repair_days
     );
     for db in &cfg.databases {
-        out += &format!(
-            "\n[[databases]]\nname = {:?}\nurl = {:?}\n",
-            db.name,
-            db.url.redacted()
-        );
+        out += &format!("\n[[databases]]\nname = {:?}\nurl = {:?}\n", db.name, db.url.redacted());
         if let Some(s) = &db.schedule {
             out += &format!("schedule = {s:?}\n");
         }
@@ -370,10 +296,7 @@ url = "postgresql://app:pw@127.0.0.1/app"
 "#;
 
     fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, String> {
-        let env: Vec<(String, String)> = env
-            .iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect();
+        let env: Vec<(String, String)> = env.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
         Config::from_toml(text, Path::new("t.toml"), &env).map_err(|e| e.to_string())
     }
 
@@ -385,11 +308,7 @@ url = "postgresql://app:pw@127.0.0.1/app"
 
     #[test]
     fn bad_value_names_key() {
-        let err = load(
-            &format!("{BASE}\n[snapshot]\ncompression_level = 40\n"),
-            &[],
-        )
-        .unwrap_err();
+        let err = load(&format!("{BASE}\n[snapshot]\ncompression_level = 40\n"), &[]).unwrap_err();
         assert!(err.contains("snapshot.compression_level"), "{err}");
     }
 

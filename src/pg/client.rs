@@ -9,17 +9,9 @@ use crate::config::DbUrl;
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error("cannot connect to {target}: {message}")]
-    Connect {
-        target: String,
-        message: String,
-        missing_database: bool,
-    },
+    Connect { target: String, message: String, missing_database: bool },
     #[error("query on {target} failed ({what}): {message}")]
-    Query {
-        target: String,
-        what: &'static str,
-        message: String,
-    },
+    Query { target: String, what: &'static str, message: String },
 }
 
 /// The full text of a driver error, including the server's message and detail.
@@ -52,26 +44,17 @@ pub struct Session {
 
 pub async fn connect(url: &DbUrl) -> Result<Session, DbError> {
     let target = url.display_target();
-    let (client, connection) =
-        url.pg_config()
-            .connect(NoTls)
-            .await
-            .map_err(|e| DbError::Connect {
-                target: target.clone(),
-                message: error_text(&e),
-                missing_database: e.code()
-                    == Some(&tokio_postgres::error::SqlState::INVALID_CATALOG_NAME),
-            })?;
+    let (client, connection) = url.pg_config().connect(NoTls).await.map_err(|e| DbError::Connect {
+        target: target.clone(),
+        message: error_text(&e),
+        missing_database: e.code() == Some(&tokio_postgres::error::SqlState::INVALID_CATALOG_NAME),
+    })?;
     let conn = tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "database connection closed");
         }
     });
-    Ok(Session {
-        client,
-        target,
-        conn,
-    })
+    Ok(Session { client, target, conn })
 }
 
 impl Drop for Session {
@@ -87,11 +70,7 @@ pub fn quote_ident(name: &str) -> String {
 
 impl Session {
     fn err(&self, what: &'static str, e: tokio_postgres::Error) -> DbError {
-        DbError::Query {
-            target: self.target.clone(),
-            what,
-            message: error_text(&e),
-        }
+        DbError::Query { target: self.target.clone(), what, message: error_text(&e) }
     }
 
     pub async fn server_version(&self) -> Result<String, DbError> {
@@ -111,11 +90,7 @@ impl Session {
                      AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
                      AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' \
                    ORDER BY 2 LIMIT 5";
-        let rows = self
-            .client
-            .query(sql, &[])
-            .await
-            .map_err(|e| self.err("list user tables", e))?;
+        let rows = self.client.query(sql, &[]).await.map_err(|e| self.err("list user tables", e))?;
         let count = rows.first().map(|r| r.get::<_, i64>(0)).unwrap_or(0);
         Ok((count, rows.iter().map(|r| r.get(1)).collect()))
     }
@@ -137,11 +112,8 @@ impl Session {
             return Ok(None);
         }
         let sql = format!("SELECT to_jsonb(t) FROM {qualified} t ORDER BY {order_by}");
-        let rows = self
-            .client
-            .query(&sql, &[])
-            .await
-            .map_err(|e| self.err("read the migrations table", e))?;
+        let rows =
+            self.client.query(&sql, &[]).await.map_err(|e| self.err("read the migrations table", e))?;
         Ok(Some(rows.iter().map(|r| r.get(0)).collect()))
     }
 
@@ -158,10 +130,7 @@ impl Session {
     pub async fn database_exists(&self, name: &str) -> Result<bool, DbError> {
         let row = self
             .client
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)",
-                &[&name],
-            )
+            .query_one("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)", &[&name])
             .await
             .map_err(|e| self.err("look up a database", e))?;
         Ok(row.get(0))
@@ -169,18 +138,12 @@ impl Session {
 
     pub async fn create_database(&self, name: &str) -> Result<(), DbError> {
         let sql = format!("CREATE DATABASE {}", quote_ident(name));
-        self.client
-            .batch_execute(&sql)
-            .await
-            .map_err(|e| self.err("create database", e))
+        self.client.batch_execute(&sql).await.map_err(|e| self.err("create database", e))
     }
 
     /// Drops `name`, ending its other sessions first.
     pub async fn drop_database(&self, name: &str) -> Result<(), DbError> {
         let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(name));
-        self.client
-            .batch_execute(&sql)
-            .await
-            .map_err(|e| self.err("drop database", e))
+        self.client.batch_execute(&sql).await.map_err(|e| self.err("drop database", e))
     }
 }

@@ -21,18 +21,9 @@ pub enum ToolError {
     #[error(
         "cannot start {tool} ({path}): {source}; install the PostgreSQL client tools or set snapshot.pg_bin_dir"
     )]
-    Spawn {
-        tool: &'static str,
-        path: String,
-        source: std::io::Error,
-    },
+    Spawn { tool: &'static str, path: String, source: std::io::Error },
     #[error("{tool} failed ({status}) on {target}: {stderr}")]
-    Failed {
-        tool: &'static str,
-        status: String,
-        target: String,
-        stderr: String,
-    },
+    Failed { tool: &'static str, status: String, target: String, stderr: String },
     #[error("{tool}: {message}")]
     Io { tool: &'static str, message: String },
 }
@@ -77,22 +68,13 @@ impl PgTools {
         let program = self.program(tool);
         let mut cmd = Command::new(&program);
         if let Some(url) = url {
-            cmd.arg(format!("--dbname={}", url.conninfo()))
-                .arg("--no-password");
+            cmd.arg(format!("--dbname={}", url.conninfo())).arg("--no-password");
         }
         cmd.args(args)
             .env("PGAPPNAME", "pgmedic")
             .env_remove("PGPASSWORD")
-            .stdin(if pipes.stdin {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(if pipes.stdout {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
+            .stdin(if pipes.stdin { Stdio::piped() } else { Stdio::null() })
+            .stdout(if pipes.stdout { Stdio::piped() } else { Stdio::null() })
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         if let Some(f) = &passfile {
@@ -112,16 +94,8 @@ impl PgTools {
                 String::from_utf8_lossy(&buf).trim().to_string()
             })
         });
-        let target = url
-            .map(DbUrl::display_target)
-            .unwrap_or_else(|| "its input".into());
-        Ok(Running {
-            tool,
-            target,
-            child,
-            stderr,
-            _passfile: passfile,
-        })
+        let target = url.map(DbUrl::display_target).unwrap_or_else(|| "its input".into());
+        Ok(Running { tool, target, child, stderr, _passfile: passfile })
     }
 
     /// `<tool> --version`, recorded in manifests.
@@ -131,25 +105,15 @@ impl PgTools {
             .arg("--version")
             .output()
             .await
-            .map_err(|source| ToolError::Spawn {
-                tool,
-                path: program.display().to_string(),
-                source,
-            })?;
+            .map_err(|source| ToolError::Spawn { tool, path: program.display().to_string(), source })?;
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 }
 
 fn write_passfile(tool: &'static str, line: &str) -> Result<tempfile::NamedTempFile, ToolError> {
-    let io = |e: std::io::Error| ToolError::Io {
-        tool,
-        message: format!("cannot write a passfile: {e}"),
-    };
+    let io = |e: std::io::Error| ToolError::Io { tool, message: format!("cannot write a passfile: {e}") };
     // NamedTempFile is created 0600.
-    let mut f = tempfile::Builder::new()
-        .prefix(".pgmedic-pgpass-")
-        .tempfile()
-        .map_err(io)?;
+    let mut f = tempfile::Builder::new().prefix(".pgmedic-pgpass-").tempfile().map_err(io)?;
     f.write_all(line.as_bytes()).map_err(io)?;
     f.flush().map_err(io)?;
     Ok(f)
@@ -167,27 +131,25 @@ pub struct Running {
 impl Running {
     /// The tool's stdout as a blocking file, for a pipeline thread.
     pub fn take_stdout(&mut self) -> Result<File, ToolError> {
-        let out = self.child.stdout.take().ok_or(ToolError::Io {
-            tool: self.tool,
-            message: "no stdout pipe".into(),
-        })?;
-        let fd = out.into_owned_fd().map_err(|e| ToolError::Io {
-            tool: self.tool,
-            message: e.to_string(),
-        })?;
+        let out = self
+            .child
+            .stdout
+            .take()
+            .ok_or(ToolError::Io { tool: self.tool, message: "no stdout pipe".into() })?;
+        let fd =
+            out.into_owned_fd().map_err(|e| ToolError::Io { tool: self.tool, message: e.to_string() })?;
         Ok(File::from(fd))
     }
 
     /// The tool's stdin as a blocking file, for a pipeline thread.
     pub fn take_stdin(&mut self) -> Result<File, ToolError> {
-        let inp = self.child.stdin.take().ok_or(ToolError::Io {
-            tool: self.tool,
-            message: "no stdin pipe".into(),
-        })?;
-        let fd = inp.into_owned_fd().map_err(|e| ToolError::Io {
-            tool: self.tool,
-            message: e.to_string(),
-        })?;
+        let inp = self
+            .child
+            .stdin
+            .take()
+            .ok_or(ToolError::Io { tool: self.tool, message: "no stdin pipe".into() })?;
+        let fd =
+            inp.into_owned_fd().map_err(|e| ToolError::Io { tool: self.tool, message: e.to_string() })?;
         Ok(File::from(fd))
     }
 
@@ -197,10 +159,8 @@ impl Running {
 
     /// Waits for exit; a non-zero status becomes an error carrying stderr.
     pub async fn wait(mut self) -> Result<String, ToolError> {
-        let status = self.child.wait().await.map_err(|e| ToolError::Io {
-            tool: self.tool,
-            message: e.to_string(),
-        })?;
+        let status =
+            self.child.wait().await.map_err(|e| ToolError::Io { tool: self.tool, message: e.to_string() })?;
         let stderr = self.take_stderr().await;
         check(self.tool, &self.target, status, stderr)
     }
@@ -219,32 +179,15 @@ impl Running {
     }
 }
 
-fn check(
-    tool: &'static str,
-    target: &str,
-    status: ExitStatus,
-    stderr: String,
-) -> Result<String, ToolError> {
+fn check(tool: &'static str, target: &str, status: ExitStatus, stderr: String) -> Result<String, ToolError> {
     if status.success() {
         return Ok(stderr);
     }
-    let status = match (
-        status.code(),
-        std::os::unix::process::ExitStatusExt::signal(&status),
-    ) {
+    let status = match (status.code(), std::os::unix::process::ExitStatusExt::signal(&status)) {
         (Some(c), _) => format!("exit code {c}"),
         (None, Some(s)) => format!("killed by signal {s}"),
         _ => status.to_string(),
     };
-    let stderr = if stderr.is_empty() {
-        "(no output on stderr)".to_string()
-    } else {
-        stderr
-    };
-    Err(ToolError::Failed {
-        tool,
-        status,
-        target: target.to_string(),
-        stderr,
-    })
+    let stderr = if stderr.is_empty() { "(no output on stderr)".to_string() } else { stderr };
+    Err(ToolError::Failed { tool, status, target: target.to_string(), stderr })
 }

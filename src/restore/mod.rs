@@ -35,11 +35,7 @@ pub enum RestoreError {
     #[error(
         "restore refused: target database {target} is not empty ({count} user tables, e.g. {examples}); pass --clean to replace what the snapshot holds, or restore into a new database with --create"
     )]
-    NotEmpty {
-        target: String,
-        count: i64,
-        examples: String,
-    },
+    NotEmpty { target: String, count: i64, examples: String },
     #[error("target database {target} does not exist; pass --create to make it")]
     TargetMissing { target: String },
     #[error(
@@ -51,13 +47,7 @@ pub enum RestoreError {
     #[error(
         "snapshot {id} does not match its manifest: sha256 {actual} ({actual_bytes} bytes), manifest says {expected} ({expected_bytes} bytes); the stored object is damaged and nothing from it was committed"
     )]
-    Mismatch {
-        id: String,
-        expected: String,
-        actual: String,
-        expected_bytes: u64,
-        actual_bytes: u64,
-    },
+    Mismatch { id: String, expected: String, actual: String, expected_bytes: u64, actual_bytes: u64 },
     #[error(
         "snapshot {id} could not be decompressed (the stored object is corrupt or the reader stopped): {message}"
     )]
@@ -69,17 +59,9 @@ pub enum RestoreError {
     #[error(transparent)]
     Tool(#[from] ToolError),
     #[error("{what} {path}: {message}")]
-    Local {
-        what: &'static str,
-        path: PathBuf,
-        message: String,
-    },
+    Local { what: &'static str, path: PathBuf, message: String },
     #[error("snapshot {id} decompressed to {actual} bytes, the manifest says {expected}")]
-    RawSize {
-        id: String,
-        expected: u64,
-        actual: u64,
-    },
+    RawSize { id: String, expected: u64, actual: u64 },
 }
 
 impl RestoreError {
@@ -153,11 +135,9 @@ impl Restorer {
     /// A URL stays a URL; a bare name is a database on the snapshot's own server.
     fn resolve_target(&self, m: &Manifest, target: &str) -> Result<DbUrl, RestoreError> {
         if target.contains("://") || target.contains('=') {
-            return target.parse().map_err(|e: crate::config::DbUrlError| {
-                RestoreError::BadTarget {
-                    target: "(connection string)".into(),
-                    message: e.to_string(),
-                }
+            return target.parse().map_err(|e: crate::config::DbUrlError| RestoreError::BadTarget {
+                target: "(connection string)".into(),
+                message: e.to_string(),
             });
         }
         if target.is_empty() || target.contains('/') {
@@ -166,23 +146,16 @@ impl Restorer {
                 message: "empty or contains `/`".into(),
             });
         }
-        let source =
-            self.config
-                .database(&m.database)
-                .ok_or_else(|| RestoreError::UnknownSource {
-                    id: m.id.clone(),
-                    database: m.database.clone(),
-                })?;
+        let source = self
+            .config
+            .database(&m.database)
+            .ok_or_else(|| RestoreError::UnknownSource { id: m.id.clone(), database: m.database.clone() })?;
         Ok(source.url.with_dbname(target))
     }
 
     /// Creates the target if asked and missing; refuses a non-empty one without `clean`.
     /// Returns whether this restore created it.
-    async fn prepare_target(
-        &self,
-        url: &DbUrl,
-        opts: &RestoreOptions,
-    ) -> Result<bool, RestoreError> {
+    async fn prepare_target(&self, url: &DbUrl, opts: &RestoreOptions) -> Result<bool, RestoreError> {
         let mut created = false;
         if opts.create {
             let admin = pg::connect(&url.with_dbname("postgres")).await?;
@@ -193,13 +166,8 @@ impl Restorer {
         }
         let check = async {
             let session = match pg::connect(url).await {
-                Err(DbError::Connect {
-                    missing_database: true,
-                    ..
-                }) => {
-                    return Err(RestoreError::TargetMissing {
-                        target: url.display_target(),
-                    });
+                Err(DbError::Connect { missing_database: true, .. }) => {
+                    return Err(RestoreError::TargetMissing { target: url.display_target() });
                 }
                 other => other?,
             };
@@ -223,12 +191,8 @@ impl Restorer {
     }
 
     async fn drop_created(&self, url: &DbUrl) {
-        let dropped = async {
-            pg::connect(&url.with_dbname("postgres"))
-                .await?
-                .drop_database(url.dbname())
-                .await
-        };
+        let dropped =
+            async { pg::connect(&url.with_dbname("postgres")).await?.drop_database(url.dbname()).await };
         match dropped.await {
             Ok(()) => {
                 tracing::info!(database = %url.dbname(), "dropped the database this failed restore had created")
@@ -252,15 +216,8 @@ impl Restorer {
         if clean {
             args.extend(["--clean".into(), "--if-exists".into()]);
         }
-        let mut proc = self.tools.spawn(
-            "pg_restore",
-            Some(url),
-            &args,
-            Pipes {
-                stdin: true,
-                ..Pipes::default()
-            },
-        )?;
+        let mut proc =
+            self.tools.spawn("pg_restore", Some(url), &args, Pipes { stdin: true, ..Pipes::default() })?;
         let stdin = proc.take_stdin()?;
         match stream_object(&self.storage, m, stdin, SinkMode::Strict, progress).await {
             Ok(s) => match proc.wait().await {
@@ -298,37 +255,24 @@ impl Restorer {
         progress: &Progress,
     ) -> Result<stream::Streamed, RestoreError> {
         let dir = self.config.daemon.state_dir.clone();
-        let local = |what, message: String| RestoreError::Local {
-            what,
-            path: dir.clone(),
-            message,
-        };
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| local("cannot create state directory", e.to_string()))?;
+        let local = |what, message: String| RestoreError::Local { what, path: dir.clone(), message };
+        std::fs::create_dir_all(&dir).map_err(|e| local("cannot create state directory", e.to_string()))?;
         let tmp = tempfile::Builder::new()
             .prefix(&format!("restore-{}-", m.id))
             .suffix(".dump")
             .tempfile_in(&dir)
             .map_err(|e| local("cannot create a temporary dump in", e.to_string()))?;
-        let file = tmp
-            .reopen()
-            .map_err(|e| local("cannot open the temporary dump in", e.to_string()))?;
+        let file = tmp.reopen().map_err(|e| local("cannot open the temporary dump in", e.to_string()))?;
         let streamed = stream_object(&self.storage, m, file, SinkMode::Strict, progress).await?;
-        let mut args: Vec<OsString> = vec![
-            format!("--jobs={}", opts.jobs).into(),
-            "--exit-on-error".into(),
-        ];
+        let mut args: Vec<OsString> = vec![format!("--jobs={}", opts.jobs).into(), "--exit-on-error".into()];
         if opts.clean {
             args.extend(["--clean".into(), "--if-exists".into()]);
         }
         args.push(tmp.path().into());
-        let proc = self
-            .tools
-            .spawn("pg_restore", Some(url), &args, Pipes::default())?;
-        proc.wait().await.map_err(|e| RestoreError::Restore {
-            target: url.display_target(),
-            message: e.to_string(),
-        })?;
+        let proc = self.tools.spawn("pg_restore", Some(url), &args, Pipes::default())?;
+        proc.wait()
+            .await
+            .map_err(|e| RestoreError::Restore { target: url.display_target(), message: e.to_string() })?;
         Ok(streamed)
     }
 }

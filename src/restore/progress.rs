@@ -24,12 +24,7 @@ impl Progress {
                 let mut tick = tokio::time::interval(Duration::from_millis(500));
                 loop {
                     tick.tick().await;
-                    draw(
-                        &label,
-                        done.load(Ordering::Relaxed),
-                        total,
-                        started.elapsed(),
-                    );
+                    draw(&label, done.load(Ordering::Relaxed), total, started.elapsed());
                 }
             })
         });
@@ -37,10 +32,7 @@ impl Progress {
     }
 
     pub fn hidden() -> Progress {
-        Progress {
-            done: Arc::new(AtomicU64::new(0)),
-            ticker: None,
-        }
+        Progress { done: Arc::new(AtomicU64::new(0)), ticker: None }
     }
 
     pub fn add(&self, n: u64) {
@@ -59,12 +51,8 @@ impl Drop for Progress {
 
 fn draw(label: &str, done: u64, total: u64, elapsed: Duration) {
     let rate = done as f64 / elapsed.as_secs_f64().max(0.001);
-    let left = if rate > 0.0 && total > done {
-        ((total - done) as f64 / rate) as u64
-    } else {
-        0
-    };
-    let pct = if total > 0 { done * 100 / total } else { 100 };
+    let left = if rate > 0.0 && total > done { ((total - done) as f64 / rate) as u64 } else { 0 };
+    let pct = (done * 100).checked_div(total).unwrap_or(100);
     eprint!(
         "\r\x1b[2K{label}: {} / {} ({pct}%), {}/s, {} left",
         crate::cli::human_bytes(done),

@@ -59,20 +59,13 @@ pub async fn stream_object(
             Ok(0) => break Ok(()),
             Ok(n) => n,
             Err(e) => {
-                break Err(RestoreError::Read {
-                    id: m.id.clone(),
-                    message: e.to_string(),
-                });
+                break Err(RestoreError::Read { id: m.id.clone(), message: e.to_string() });
             }
         };
         hasher.update(&buf[..n]);
         stored += n as u64;
         progress.add(n as u64);
-        if tx
-            .send(Msg::Data(Bytes::copy_from_slice(&buf[..n])))
-            .await
-            .is_err()
-        {
+        if tx.send(Msg::Data(Bytes::copy_from_slice(&buf[..n]))).await.is_err() {
             decoder_gone = true; // corrupt data or a dead reader: the decoder's error says which
             break Ok(());
         }
@@ -81,20 +74,11 @@ pub async fn stream_object(
     let verified = read_result.is_ok() && actual == m.sha256 && stored == m.stored_bytes;
     let _ = tx.send(Msg::End { verified }).await;
     drop(tx);
-    let decoded = thread
-        .await
-        .map_err(|e| io::Error::other(e.to_string()))
-        .and_then(|r| r);
+    let decoded = thread.await.map_err(|e| io::Error::other(e.to_string())).and_then(|r| r);
     read_result?;
     if decoder_gone {
-        let message = decoded
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_else(|| "stopped early".into());
-        return Err(RestoreError::Decode {
-            id: m.id.clone(),
-            message,
-        });
+        let message = decoded.err().map(|e| e.to_string()).unwrap_or_else(|| "stopped early".into());
+        return Err(RestoreError::Decode { id: m.id.clone(), message });
     }
     if !verified {
         return Err(RestoreError::Mismatch {
@@ -105,14 +89,8 @@ pub async fn stream_object(
             actual_bytes: stored,
         });
     }
-    let raw_bytes = decoded.map_err(|e| RestoreError::Decode {
-        id: m.id.clone(),
-        message: e.to_string(),
-    })?;
-    Ok(Streamed {
-        stored_bytes: stored,
-        raw_bytes,
-    })
+    let raw_bytes = decoded.map_err(|e| RestoreError::Decode { id: m.id.clone(), message: e.to_string() })?;
+    Ok(Streamed { stored_bytes: stored, raw_bytes })
 }
 
 fn decode(mut rx: mpsc::Receiver<Msg>, sink: File, mode: SinkMode) -> io::Result<u64> {
@@ -128,9 +106,7 @@ fn decode(mut rx: mpsc::Receiver<Msg>, sink: File, mode: SinkMode) -> io::Result
             }
             // Dropping the sink unreleased: the reader never sees the end of the archive.
             Msg::End { verified: false } => {
-                return Err(io::Error::other(
-                    "stored object does not match its manifest",
-                ));
+                return Err(io::Error::other("stored object does not match its manifest"));
             }
         }
     }
@@ -146,21 +122,14 @@ struct HoldBack {
 
 impl HoldBack {
     fn new(inner: File, mode: SinkMode) -> Self {
-        HoldBack {
-            inner: Some(inner),
-            held: Vec::with_capacity(HOLD + CHUNK),
-            mode,
-            count: 0,
-        }
+        HoldBack { inner: Some(inner), held: Vec::with_capacity(HOLD + CHUNK), mode, count: 0 }
     }
 
     fn pass(&mut self, upto: usize) -> io::Result<()> {
         if let Some(f) = self.inner.as_mut() {
             match f.write_all(&self.held[..upto]) {
                 Ok(()) => {}
-                Err(e)
-                    if e.kind() == io::ErrorKind::BrokenPipe && self.mode == SinkMode::MayClose =>
-                {
+                Err(e) if e.kind() == io::ErrorKind::BrokenPipe && self.mode == SinkMode::MayClose => {
                     self.inner = None
                 }
                 Err(e) => return Err(e),

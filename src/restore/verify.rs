@@ -38,15 +38,7 @@ impl Restorer {
         progress: &Progress,
     ) -> Result<VerifyReport, RestoreError> {
         let args: Vec<OsString> = vec!["--list".into()];
-        let mut proc = self.tools.spawn(
-            "pg_restore",
-            None,
-            &args,
-            Pipes {
-                stdin: true,
-                stdout: true,
-            },
-        )?;
+        let mut proc = self.tools.spawn("pg_restore", None, &args, Pipes { stdin: true, stdout: true })?;
         let stdin = proc.take_stdin()?;
         let stdout = proc.take_async_stdout().expect("stdout was piped");
         let toc = tokio::spawn(async move {
@@ -59,14 +51,13 @@ impl Restorer {
             }
             entries
         });
-        let streamed =
-            match stream_object(&self.storage, m, stdin, SinkMode::MayClose, progress).await {
-                Ok(s) => s,
-                Err(e) => {
-                    proc.kill().await;
-                    return Err(e);
-                }
-            };
+        let streamed = match stream_object(&self.storage, m, stdin, SinkMode::MayClose, progress).await {
+            Ok(s) => s,
+            Err(e) => {
+                proc.kill().await;
+                return Err(e);
+            }
+        };
         proc.wait().await?;
         let toc_entries = toc.await.unwrap_or(0);
         if streamed.raw_bytes != m.raw_bytes {
@@ -76,11 +67,7 @@ impl Restorer {
                 actual: streamed.raw_bytes,
             });
         }
-        let deep = if deep {
-            Some(self.verify_deep(m).await?)
-        } else {
-            None
-        };
+        let deep = if deep { Some(self.verify_deep(m).await?) } else { None };
         Ok(VerifyReport {
             id: m.id.clone(),
             database: m.database.clone(),
@@ -94,20 +81,11 @@ impl Restorer {
 
     async fn verify_deep(&self, m: &Manifest) -> Result<DeepReport, RestoreError> {
         let scratch = format!("pgmedic_verify_{:06x}", rand::random::<u32>() & 0xff_ffff);
-        let opts = RestoreOptions {
-            target: scratch.clone(),
-            create: true,
-            clean: false,
-            jobs: 1,
-        };
+        let opts = RestoreOptions { target: scratch.clone(), create: true, clean: false, jobs: 1 };
         let report = self.restore(m, &opts, &Progress::hidden()).await?;
         let url = self.resolve_target(m, &scratch)?;
         let tables = async { pg::connect(&url).await?.user_tables().await.map(|(n, _)| n) }.await;
         self.drop_created(&url).await;
-        Ok(DeepReport {
-            scratch_database: scratch,
-            tables: tables?,
-            seconds: report.seconds,
-        })
+        Ok(DeepReport { scratch_database: scratch, tables: tables?, seconds: report.seconds })
     }
 }

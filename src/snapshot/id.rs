@@ -5,12 +5,7 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 const MAX_REASON: usize = 32;
 
 pub fn new_id(at: DateTime<Utc>, reason: &str) -> String {
-    format!(
-        "{}-{}-{:06x}",
-        at.format("%Y%m%dT%H%M%SZ"),
-        slug(reason),
-        rand::random::<u32>() & 0xff_ffff
-    )
+    format!("{}-{}-{:06x}", at.format("%Y%m%dT%H%M%SZ"), slug(reason), rand::random::<u32>() & 0xff_ffff)
 }
 
 /// Lowercase letters, digits and single dashes; "manual" when nothing is left.
@@ -37,9 +32,7 @@ pub fn slug(reason: &str) -> String {
 /// The time encoded in an id, if it is one.
 pub fn time_of(id: &str) -> Option<DateTime<Utc>> {
     let stamp = id.get(..16)?;
-    NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%M%SZ")
-        .ok()
-        .map(|t| t.and_utc())
+    NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%M%SZ").ok().map(|t| t.and_utc())
 }
 
 /// Ids are used as storage path segments: refuse anything that could escape one.
@@ -53,9 +46,7 @@ mod tests {
 
     #[test]
     fn ids_sort_by_time_and_parse_back() {
-        let t = DateTime::parse_from_rfc3339("2026-11-21T03:15:00Z")
-            .unwrap()
-            .with_timezone(&Utc);
+        let t = DateTime::parse_from_rfc3339("2026-11-21T03:15:00Z").unwrap().with_timezone(&Utc);
         let id = new_id(t, "Pre Repair!");
         assert!(id.starts_with("20261121T031500Z-pre-repair-"), "{id}");
         assert_eq!(id.len(), "20261121T031500Z-pre-repair-".len() + 6);

@@ -98,18 +98,13 @@ pub async fn list(
 /// `<database>/<id>/manifest.json`, and not an audit record.
 fn is_manifest_key(key: &str) -> bool {
     let parts: Vec<&str> = key.split('/').collect();
-    parts.len() == 3
-        && parts[0] != "audit"
-        && parts[2] == layout::MANIFEST
-        && super::id::is_valid(parts[1])
+    parts.len() == 3 && parts[0] != "audit" && parts[2] == layout::MANIFEST && super::id::is_valid(parts[1])
 }
 
 async fn load(storage: &Arc<dyn Storage>, key: &str) -> Result<Manifest, SnapshotError> {
     let bytes = storage.get(key).await?;
-    serde_json::from_slice(&bytes).map_err(|e| SnapshotError::BadManifest {
-        key: key.into(),
-        message: e.to_string(),
-    })
+    serde_json::from_slice(&bytes)
+        .map_err(|e| SnapshotError::BadManifest { key: key.into(), message: e.to_string() })
 }
 
 /// The complete snapshot `id`, wherever its database is.
@@ -119,14 +114,8 @@ pub async fn find(storage: &Arc<dyn Storage>, id: &str) -> Result<Manifest, Snap
     }
     let keys = storage.list("").await?;
     let suffix = format!("/{id}/{}", layout::MANIFEST);
-    match keys
-        .iter()
-        .find(|k| k.ends_with(&suffix) && is_manifest_key(k))
-    {
+    match keys.iter().find(|k| k.ends_with(&suffix) && is_manifest_key(k)) {
         Some(key) => load(storage, key).await,
-        None => Err(SnapshotError::NotFound {
-            id: id.into(),
-            location: storage.location(),
-        }),
+        None => Err(SnapshotError::NotFound { id: id.into(), location: storage.location() }),
     }
 }

@@ -20,9 +20,7 @@ use crate::config::{DatabaseConfig, SnapshotConfig};
 use crate::pg::{self, DbError, PgTools, Pipes, ToolError};
 use crate::storage::{layout, ObjectWriter, Storage, StorageError};
 
-pub use manifest::{
-    find, list, Compression, Manifest, MigrationRows, StoredObject, FORMAT_VERSION,
-};
+pub use manifest::{find, list, Compression, Manifest, MigrationRows, StoredObject, FORMAT_VERSION};
 pub use pipeline::{cores, CHUNK};
 pub use retention::{plan, prune, Decision, PruneReport};
 
@@ -41,11 +39,7 @@ pub enum SnapshotError {
     )]
     Busy { database: String },
     #[error("snapshot {id} of {database} failed while compressing: {message}")]
-    Pipeline {
-        database: String,
-        id: String,
-        message: String,
-    },
+    Pipeline { database: String, id: String, message: String },
     #[error("snapshot of {database} was cancelled; nothing was stored")]
     Cancelled { database: String },
     #[error("snapshot {id} not found in {location} (list them with `pgmedic snapshots`)")]
@@ -99,9 +93,7 @@ impl Snapshotter {
         let taken_at = Utc::now();
         let id = id::new_id(taken_at, &req.reason);
         let span = tracing::info_span!("snapshot", id = %id, database = %db.name);
-        self.take_as(db, req, &id, taken_at, cancel)
-            .instrument(span)
-            .await
+        self.take_as(db, req, &id, taken_at, cancel).instrument(span).await
     }
 
     async fn take_as(
@@ -113,29 +105,17 @@ impl Snapshotter {
         cancel: &CancellationToken,
     ) -> Result<Manifest, SnapshotError> {
         let session = pg::connect(&db.url).await?;
-        if !session
-            .try_advisory_lock(locks::CLASS, locks::SNAPSHOT)
-            .await?
-        {
-            return Err(SnapshotError::Busy {
-                database: db.name.clone(),
-            });
+        if !session.try_advisory_lock(locks::CLASS, locks::SNAPSHOT).await? {
+            return Err(SnapshotError::Busy { database: db.name.clone() });
         }
         // The lock is ours, so any partial upload of this database belongs to a dead process.
-        let cleaned = self
-            .storage
-            .abort_partial_writes(&format!("{}/", db.name))
-            .await?;
+        let cleaned = self.storage.abort_partial_writes(&format!("{}/", db.name)).await?;
         if cleaned > 0 {
             tracing::info!(cleaned, "removed partial uploads of earlier snapshots");
         }
         let server_version = session.server_version().await?;
         let migrations = read_migrations(&session, db).await?;
-        let pg_dump_version = self
-            .tools
-            .version("pg_dump")
-            .await
-            .map_err(|e| dump_err(db, e))?;
+        let pg_dump_version = self.tools.version("pg_dump").await.map_err(|e| dump_err(db, e))?;
         let globals = self.store_globals(db, id).await;
         tracing::info!("dumping");
         let dumped = match self.dump(db, id, cancel).await {
@@ -157,10 +137,7 @@ impl Snapshotter {
             pg_dump_version,
             server_version,
             format: "pg_dump custom".into(),
-            compression: Compression {
-                algorithm: "zstd".into(),
-                level: self.cfg.compression_level,
-            },
+            compression: Compression { algorithm: "zstd".into(), level: self.cfg.compression_level },
             object: layout::DUMP.into(),
             raw_bytes: dumped.stats.raw_bytes,
             stored_bytes: dumped.stats.stored_bytes,
@@ -192,11 +169,7 @@ impl Snapshotter {
 
     async fn delete_quietly(&self, db: &DatabaseConfig, id: &str, globals: Option<&StoredObject>) {
         if let Some(g) = globals {
-            if let Err(e) = self
-                .storage
-                .delete(&layout::object(&db.name, id, &g.object))
-                .await
-            {
+            if let Err(e) = self.storage.delete(&layout::object(&db.name, id, &g.object)).await {
                 tracing::warn!(error = %e, "could not remove the globals of a failed snapshot");
             }
         }
@@ -216,10 +189,7 @@ impl Snapshotter {
             "pg_dump",
             Some(&db.url),
             &args,
-            Pipes {
-                stdout: true,
-                ..Pipes::default()
-            },
+            Pipes { stdout: true, ..Pipes::default() },
         ) {
             Ok(p) => p,
             Err(e) => {
@@ -230,21 +200,15 @@ impl Snapshotter {
         let stdout = proc.take_stdout().map_err(|e| dump_err(db, e))?;
         let (tx, mut rx) = mpsc::channel::<Bytes>(4);
         let (level, threads) = (self.cfg.compression_level, self.cfg.compression_threads);
-        let thread =
-            tokio::task::spawn_blocking(move || pipeline::compress(stdout, level, threads, tx));
+        let thread = tokio::task::spawn_blocking(move || pipeline::compress(stdout, level, threads, tx));
         let pumped = pump(&mut rx, writer.as_mut(), cancel).await;
         drop(rx); // a compressor still sending now gets BrokenPipe, and pg_dump EPIPE
-        let compressed = thread
-            .await
-            .map_err(|e| std::io::Error::other(e.to_string()))
-            .and_then(|r| r);
+        let compressed = thread.await.map_err(|e| std::io::Error::other(e.to_string())).and_then(|r| r);
         if let Err(e) = pumped {
             proc.kill().await;
             writer.abort().await;
             return Err(match e {
-                PumpError::Cancelled => SnapshotError::Cancelled {
-                    database: db.name.clone(),
-                },
+                PumpError::Cancelled => SnapshotError::Cancelled { database: db.name.clone() },
                 PumpError::Storage(s) => s.into(),
             });
         }
@@ -280,24 +244,12 @@ impl Snapshotter {
         }
     }
 
-    async fn try_store_globals(
-        &self,
-        db: &DatabaseConfig,
-        id: &str,
-    ) -> Result<StoredObject, SnapshotError> {
+    async fn try_store_globals(&self, db: &DatabaseConfig, id: &str) -> Result<StoredObject, SnapshotError> {
         use tokio::io::AsyncReadExt;
         let args: Vec<OsString> = vec!["--globals-only".into(), "--no-role-passwords".into()];
         let mut proc = self
             .tools
-            .spawn(
-                "pg_dumpall",
-                Some(&db.url),
-                &args,
-                Pipes {
-                    stdout: true,
-                    ..Pipes::default()
-                },
-            )
+            .spawn("pg_dumpall", Some(&db.url), &args, Pipes { stdout: true, ..Pipes::default() })
             .map_err(|e| dump_err(db, e))?;
         let mut out = Vec::new();
         if let Some(stdout) = proc.take_async_stdout() {
@@ -305,15 +257,12 @@ impl Snapshotter {
         }
         proc.wait().await.map_err(|e| dump_err(db, e))?;
         let level = self.cfg.compression_level;
-        let (bytes, stats) =
-            pipeline::compress_small(&out, level).map_err(|e| SnapshotError::Pipeline {
-                database: db.name.clone(),
-                id: id.into(),
-                message: e.to_string(),
-            })?;
-        self.storage
-            .put(&layout::object(&db.name, id, layout::GLOBALS), bytes)
-            .await?;
+        let (bytes, stats) = pipeline::compress_small(&out, level).map_err(|e| SnapshotError::Pipeline {
+            database: db.name.clone(),
+            id: id.into(),
+            message: e.to_string(),
+        })?;
+        self.storage.put(&layout::object(&db.name, id, layout::GLOBALS), bytes).await?;
         Ok(StoredObject {
             object: layout::GLOBALS.into(),
             raw_bytes: stats.raw_bytes,
@@ -354,10 +303,7 @@ async fn pump(
 }
 
 fn dump_err(db: &DatabaseConfig, source: ToolError) -> SnapshotError {
-    SnapshotError::Dump {
-        database: db.name.clone(),
-        source,
-    }
+    SnapshotError::Dump { database: db.name.clone(), source }
 }
 
 /// The migrations table's rows, from the configured table or Prisma's default place.
@@ -367,24 +313,11 @@ async fn read_migrations(
 ) -> Result<Option<MigrationRows>, SnapshotError> {
     let (tool, schema, table) = match &db.migrations {
         Some(m) => (m.tool.clone(), m.schema.clone(), m.table.clone()),
-        None => (
-            "prisma".into(),
-            "public".into(),
-            "_prisma_migrations".into(),
-        ),
+        None => ("prisma".into(), "public".into(), "_prisma_migrations".into()),
     };
-    let order = if tool == "prisma" {
-        "started_at, migration_name"
-    } else {
-        "1"
-    };
+    let order = if tool == "prisma" { "started_at, migration_name" } else { "1" };
     let rows = session.table_rows(&schema, &table, order).await?;
-    Ok(rows.map(|rows| MigrationRows {
-        tool,
-        schema,
-        table,
-        rows,
-    }))
+    Ok(rows.map(|rows| MigrationRows { tool, schema, table, rows }))
 }
 
 pub fn hostname() -> String {

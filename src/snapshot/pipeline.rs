@@ -25,20 +25,10 @@ pub struct Stats {
 
 /// Compresses `input` to the end and sends the result in chunks. Returns `BrokenPipe` when the
 /// receiver is gone (the upload failed or was cancelled), which also stops pg_dump.
-pub fn compress(
-    mut input: File,
-    level: i32,
-    threads: u32,
-    tx: mpsc::Sender<Bytes>,
-) -> io::Result<Stats> {
+pub fn compress(mut input: File, level: i32, threads: u32, tx: mpsc::Sender<Bytes>) -> io::Result<Stats> {
     // Best effort: the default 64 KiB pipe still works, only slower.
     unsafe { libc::fcntl(input.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
-    let sink = ChunkSink {
-        tx,
-        buf: Vec::with_capacity(CHUNK),
-        hasher: Sha256::new(),
-        stored: 0,
-    };
+    let sink = ChunkSink { tx, buf: Vec::with_capacity(CHUNK), hasher: Sha256::new(), stored: 0 };
     let mut enc = zstd::stream::write::Encoder::new(sink, level)?;
     enc.include_checksum(true)?;
     let workers = if threads == 0 { cores() } else { threads };
@@ -59,11 +49,7 @@ pub fn compress(
     }
     let mut sink = enc.finish()?;
     sink.send()?;
-    Ok(Stats {
-        raw_bytes: raw,
-        stored_bytes: sink.stored,
-        sha256: hex::encode(sink.hasher.finalize()),
-    })
+    Ok(Stats { raw_bytes: raw, stored_bytes: sink.stored, sha256: hex::encode(sink.hasher.finalize()) })
 }
 
 /// Compresses a small in-memory object (the cluster's globals) with the same settings.
@@ -81,9 +67,7 @@ pub fn compress_small(data: &[u8], level: i32) -> io::Result<(Bytes, Stats)> {
 }
 
 pub fn cores() -> u32 {
-    std::thread::available_parallelism()
-        .map(|n| n.get() as u32)
-        .unwrap_or(1)
+    std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1)
 }
 
 struct ChunkSink {

@@ -16,6 +16,9 @@ use crate::storage::Storage;
 
 pub const PRE_REPAIR: &str = "pre-repair";
 
+/// The calendar bucket (day, ISO week, month) a snapshot falls in.
+type BucketKey = fn(&DateTime<Utc>) -> (i32, u32);
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Decision {
     pub id: String,
@@ -45,18 +48,12 @@ fn plan_one(newest_first: &[&Manifest], policy: &Retention, now: DateTime<Utc>) 
     if let Some(first) = reasons.first_mut() {
         first.push("newest".into());
     }
-    for (i, r) in reasons
-        .iter_mut()
-        .enumerate()
-        .take(policy.keep_last as usize)
-    {
+    for (i, r) in reasons.iter_mut().enumerate().take(policy.keep_last as usize) {
         r.push(format!("last {}", i + 1));
     }
-    let buckets: [(&str, u32, fn(&DateTime<Utc>) -> (i32, u32)); 3] = [
+    let buckets: [(&str, u32, BucketKey); 3] = [
         ("daily", policy.keep_daily, |t| (t.year(), t.ordinal())),
-        ("weekly", policy.keep_weekly, |t| {
-            (t.iso_week().year(), t.iso_week().week())
-        }),
+        ("weekly", policy.keep_weekly, |t| (t.iso_week().year(), t.iso_week().week())),
         ("monthly", policy.keep_monthly, |t| (t.year(), t.month())),
     ];
     for (name, keep, key) in buckets {
@@ -74,10 +71,7 @@ fn plan_one(newest_first: &[&Manifest], policy: &Retention, now: DateTime<Utc>) 
     let cutoff = now - Duration::days(policy.keep_pre_repair_days as i64);
     for (i, m) in newest_first.iter().enumerate() {
         if m.reason == PRE_REPAIR && m.taken_at >= cutoff {
-            reasons[i].push(format!(
-                "pre-repair within {} days",
-                policy.keep_pre_repair_days
-            ));
+            reasons[i].push(format!("pre-repair within {} days", policy.keep_pre_repair_days));
         }
     }
     newest_first
@@ -129,11 +123,7 @@ mod tests {
     use crate::snapshot::{Compression, FORMAT_VERSION};
 
     fn snap(days_ago: i64, hour: u32, reason: &str, now: DateTime<Utc>) -> Manifest {
-        let t = (now - Duration::days(days_ago))
-            .date_naive()
-            .and_hms_opt(hour, 0, 0)
-            .unwrap()
-            .and_utc();
+        let t = (now - Duration::days(days_ago)).date_naive().and_hms_opt(hour, 0, 0).unwrap().and_utc();
         Manifest {
             format_version: FORMAT_VERSION,
             id: format!("{}-{reason}-000000", t.format("%Y%m%dT%H%M%SZ")),
@@ -146,10 +136,7 @@ mod tests {
             pg_dump_version: String::new(),
             server_version: String::new(),
             format: String::new(),
-            compression: Compression {
-                algorithm: "zstd".into(),
-                level: 3,
-            },
+            compression: Compression { algorithm: "zstd".into(), level: 3 },
             object: "dump.zst".into(),
             raw_bytes: 0,
             stored_bytes: 0,
@@ -170,20 +157,14 @@ mod tests {
     }
 
     fn kept(d: &[Decision]) -> Vec<String> {
-        d.iter()
-            .filter(|d| d.keep)
-            .map(|d| d.id[..11].to_string())
-            .collect()
+        d.iter().filter(|d| d.keep).map(|d| d.id[..11].to_string()).collect()
     }
 
     #[test]
     fn daily_keeps_newest_of_each_day() {
-        let now = DateTime::parse_from_rfc3339("2026-11-21T12:00:00Z")
-            .unwrap()
-            .with_timezone(&Utc);
-        let snaps: Vec<Manifest> = (0..5)
-            .flat_map(|d| [snap(d, 3, "scheduled", now), snap(d, 9, "scheduled", now)])
-            .collect();
+        let now = DateTime::parse_from_rfc3339("2026-11-21T12:00:00Z").unwrap().with_timezone(&Utc);
+        let snaps: Vec<Manifest> =
+            (0..5).flat_map(|d| [snap(d, 3, "scheduled", now), snap(d, 9, "scheduled", now)]).collect();
         let d = plan(&snaps, &policy(0, 3, 0, 0, 0), now);
         assert_eq!(kept(&d), ["20261121T09", "20261120T09", "20261119T09"]);
         assert_eq!(d.iter().filter(|d| !d.keep).count(), 7);
@@ -191,29 +172,19 @@ mod tests {
 
     #[test]
     fn newest_is_never_deleted_and_pre_repair_expires() {
-        let now = DateTime::parse_from_rfc3339("2026-11-21T12:00:00Z")
-            .unwrap()
-            .with_timezone(&Utc);
-        let snaps = vec![
-            snap(40, 3, PRE_REPAIR, now),
-            snap(10, 3, PRE_REPAIR, now),
-            snap(1, 3, "scheduled", now),
-        ];
+        let now = DateTime::parse_from_rfc3339("2026-11-21T12:00:00Z").unwrap().with_timezone(&Utc);
+        let snaps =
+            vec![snap(40, 3, PRE_REPAIR, now), snap(10, 3, PRE_REPAIR, now), snap(1, 3, "scheduled", now)];
         let d = plan(&snaps, &policy(0, 0, 0, 0, 30), now);
         assert_eq!(kept(&d), ["20261120T03", "20261111T03"]);
     }
 
     #[test]
     fn weekly_and_monthly_buckets() {
-        let now = DateTime::parse_from_rfc3339("2026-11-21T12:00:00Z")
-            .unwrap()
-            .with_timezone(&Utc);
+        let now = DateTime::parse_from_rfc3339("2026-11-21T12:00:00Z").unwrap().with_timezone(&Utc);
         let snaps: Vec<Manifest> = (0..70).map(|d| snap(d, 3, "scheduled", now)).collect();
         let d = plan(&snaps, &policy(1, 0, 2, 3, 0), now);
         // newest; Sat 21 Nov (this ISO week) and Sun 15 Nov (last week); 21 Nov, 31 Oct, 30 Sep.
-        assert_eq!(
-            kept(&d),
-            ["20261121T03", "20261115T03", "20261031T03", "20260930T03"]
-        );
+        assert_eq!(kept(&d), ["20261121T03", "20261115T03", "20261031T03", "20260930T03"]);
     }
 }

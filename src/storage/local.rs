@@ -18,11 +18,7 @@ pub struct LocalStorage {
 
 impl LocalStorage {
     pub fn new(path: PathBuf, prefix: &str) -> Self {
-        let root = if prefix.is_empty() {
-            path
-        } else {
-            path.join(prefix)
-        };
+        let root = if prefix.is_empty() { path } else { path.join(prefix) };
         LocalStorage { root }
     }
 
@@ -32,36 +28,18 @@ impl LocalStorage {
 
     fn io(&self, op: &'static str, key: &str, source: std::io::Error) -> StorageError {
         if source.kind() == std::io::ErrorKind::NotFound && op == "read" {
-            return StorageError::NotFound {
-                key: key.into(),
-                location: self.location(),
-            };
+            return StorageError::NotFound { key: key.into(), location: self.location() };
         }
-        StorageError::Io {
-            location: self.location(),
-            op,
-            key: key.into(),
-            source,
-        }
+        StorageError::Io { location: self.location(), op, key: key.into(), source }
     }
 
     async fn start(&self, key: &str) -> Result<LocalWriter, StorageError> {
         let dest = self.path(key);
-        let dir = dest
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| self.root.clone());
-        tokio::fs::create_dir_all(&dir)
-            .await
-            .map_err(|e| self.io("create directory for", key, e))?;
-        let name = dest
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let dir = dest.parent().map(Path::to_path_buf).unwrap_or_else(|| self.root.clone());
+        tokio::fs::create_dir_all(&dir).await.map_err(|e| self.io("create directory for", key, e))?;
+        let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let tmp = dir.join(format!(".{name}{TMP_MARK}{:08x}", rand::random::<u32>()));
-        let file = tokio::fs::File::create(&tmp)
-            .await
-            .map_err(|e| self.io("create", key, e))?;
+        let file = tokio::fs::File::create(&tmp).await.map_err(|e| self.io("create", key, e))?;
         Ok(LocalWriter {
             file: Some(file),
             tmp,
@@ -94,16 +72,11 @@ impl Storage for LocalStorage {
     }
 
     async fn get(&self, key: &str) -> Result<Bytes, StorageError> {
-        tokio::fs::read(self.path(key))
-            .await
-            .map(Bytes::from)
-            .map_err(|e| self.io("read", key, e))
+        tokio::fs::read(self.path(key)).await.map(Bytes::from).map_err(|e| self.io("read", key, e))
     }
 
     async fn open(&self, key: &str) -> Result<ObjectReader, StorageError> {
-        let f = tokio::fs::File::open(self.path(key))
-            .await
-            .map_err(|e| self.io("read", key, e))?;
+        let f = tokio::fs::File::open(self.path(key)).await.map_err(|e| self.io("read", key, e))?;
         Ok(Box::pin(f))
     }
 
@@ -146,12 +119,7 @@ impl Storage for LocalStorage {
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))
             .and_then(|r| r)
-            .map_err(|source| StorageError::Io {
-                location,
-                op: "list",
-                key: String::new(),
-                source,
-            })?;
+            .map_err(|source| StorageError::Io { location, op: "list", key: String::new(), source })?;
         let mut removed = 0;
         for key in found.into_iter().filter(|k| k.contains(TMP_MARK)) {
             tracing::warn!(key = %key, "removing a partial write left by an earlier process");
@@ -162,18 +130,13 @@ impl Storage for LocalStorage {
     }
 
     async fn probe(&self) -> Result<(), StorageError> {
-        tokio::fs::create_dir_all(&self.root)
-            .await
-            .map_err(|e| self.io("create directory", "", e))
+        tokio::fs::create_dir_all(&self.root).await.map_err(|e| self.io("create directory", "", e))
     }
 }
 
 /// Visible keys under `prefix`, sorted; temporary files are left out.
 fn walk(root: &Path, prefix: &str) -> std::io::Result<Vec<String>> {
-    Ok(walk_all(root, prefix)?
-        .into_iter()
-        .filter(|k| !k.contains(TMP_MARK))
-        .collect())
+    Ok(walk_all(root, prefix)?.into_iter().filter(|k| !k.contains(TMP_MARK)).collect())
 }
 
 fn walk_all(root: &Path, prefix: &str) -> std::io::Result<Vec<String>> {
@@ -212,12 +175,7 @@ struct LocalWriter {
 
 impl LocalWriter {
     fn err(&self, op: &'static str, source: std::io::Error) -> StorageError {
-        StorageError::Io {
-            location: self.location.clone(),
-            op,
-            key: self.key.clone(),
-            source,
-        }
+        StorageError::Io { location: self.location.clone(), op, key: self.key.clone(), source }
     }
 }
 

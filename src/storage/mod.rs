@@ -22,19 +22,9 @@ pub enum StorageError {
     #[error("object {key} not found in {location}")]
     NotFound { key: String, location: String },
     #[error("storage {location}: {op} {key} failed: {message}")]
-    Backend {
-        location: String,
-        op: &'static str,
-        key: String,
-        message: String,
-    },
+    Backend { location: String, op: &'static str, key: String, message: String },
     #[error("storage {location}: {op} {key} failed: {source}")]
-    Io {
-        location: String,
-        op: &'static str,
-        key: String,
-        source: std::io::Error,
-    },
+    Io { location: String, op: &'static str, key: String, source: std::io::Error },
 }
 
 pub type ObjectReader = Pin<Box<dyn AsyncRead + Send>>;

@@ -80,8 +80,7 @@ impl S3Storage {
         if self.prefix.is_empty() {
             full
         } else {
-            full.strip_prefix(&format!("{}/", self.prefix))
-                .unwrap_or(full)
+            full.strip_prefix(&format!("{}/", self.prefix)).unwrap_or(full)
         }
     }
 
@@ -90,18 +89,8 @@ impl S3Storage {
     }
 }
 
-fn backend_err<E: std::error::Error>(
-    location: String,
-    op: &'static str,
-    key: &str,
-    e: E,
-) -> StorageError {
-    StorageError::Backend {
-        location,
-        op,
-        key: key.into(),
-        message: DisplayErrorContext(e).to_string(),
-    }
+fn backend_err<E: std::error::Error>(location: String, op: &'static str, key: &str, e: E) -> StorageError {
+    StorageError::Backend { location, op, key: key.into(), message: DisplayErrorContext(e).to_string() }
 }
 
 #[async_trait]
@@ -112,13 +101,7 @@ impl Storage for S3Storage {
 
     async fn create(&self, key: &str) -> Result<Box<dyn ObjectWriter>, StorageError> {
         let full = self.full(key);
-        let out = (self
-            .client
-            .create_multipart_upload()
-            .bucket(&self.bucket)
-            .key(&full)
-            .send()
-            .await)
+        let out = (self.client.create_multipart_upload().bucket(&self.bucket).key(&full).send().await)
             .map_err(|e| self.err("start upload of", key, e))?;
         let upload_id = out.upload_id().unwrap_or_default().to_string();
         Ok(Box::new(S3Writer {
@@ -139,25 +122,14 @@ impl Storage for S3Storage {
     }
 
     async fn put(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
-        let req = self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(self.full(key))
-            .body(ByteStream::from(data));
-        req.send()
-            .await
-            .map(|_| ())
-            .map_err(|e| self.err("write", key, e))
+        let req =
+            self.client.put_object().bucket(&self.bucket).key(self.full(key)).body(ByteStream::from(data));
+        req.send().await.map(|_| ()).map_err(|e| self.err("write", key, e))
     }
 
     async fn get(&self, key: &str) -> Result<Bytes, StorageError> {
         let out = self.get_object(key).await?;
-        let body = out
-            .body
-            .collect()
-            .await
-            .map_err(|e| self.err("read", key, e))?;
+        let body = out.body.collect().await.map_err(|e| self.err("read", key, e))?;
         Ok(body.into_bytes())
     }
 
@@ -166,68 +138,40 @@ impl Storage for S3Storage {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
-        let mut pages = (self
-            .client
-            .list_objects_v2()
-            .bucket(&self.bucket)
-            .prefix(self.full(prefix)))
-        .into_paginator()
-        .send();
+        let mut pages = (self.client.list_objects_v2().bucket(&self.bucket).prefix(self.full(prefix)))
+            .into_paginator()
+            .send();
         let mut keys = Vec::new();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| self.err("list", prefix, e))?;
-            keys.extend(
-                page.contents()
-                    .iter()
-                    .filter_map(|o| o.key())
-                    .map(|k| self.relative(k).to_string()),
-            );
+            keys.extend(page.contents().iter().filter_map(|o| o.key()).map(|k| self.relative(k).to_string()));
         }
         keys.sort();
         Ok(keys)
     }
 
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
-        let req = self
-            .client
-            .delete_object()
-            .bucket(&self.bucket)
-            .key(self.full(key));
-        req.send()
-            .await
-            .map(|_| ())
-            .map_err(|e| self.err("delete", key, e))
+        let req = self.client.delete_object().bucket(&self.bucket).key(self.full(key));
+        req.send().await.map(|_| ()).map_err(|e| self.err("delete", key, e))
     }
 
     async fn abort_partial_writes(&self, prefix: &str) -> Result<usize, StorageError> {
         let mut aborted = 0;
         loop {
-            let out = (self
-                .client
-                .list_multipart_uploads()
-                .bucket(&self.bucket)
-                .prefix(self.full(prefix)))
-            .send()
-            .await
-            .map_err(|e| self.err("list uploads under", prefix, e))?;
+            let out = (self.client.list_multipart_uploads().bucket(&self.bucket).prefix(self.full(prefix)))
+                .send()
+                .await
+                .map_err(|e| self.err("list uploads under", prefix, e))?;
             let uploads = out.uploads();
             for u in uploads {
                 let (Some(key), Some(id)) = (u.key(), u.upload_id()) else {
                     continue;
                 };
-                tracing::warn!(
-                    key,
-                    "aborting a multipart upload left by an earlier process"
-                );
-                (self
-                    .client
-                    .abort_multipart_upload()
-                    .bucket(&self.bucket)
-                    .key(key)
-                    .upload_id(id))
-                .send()
-                .await
-                .map_err(|e| self.err("abort upload of", key, e))?;
+                tracing::warn!(key, "aborting a multipart upload left by an earlier process");
+                (self.client.abort_multipart_upload().bucket(&self.bucket).key(key).upload_id(id))
+                    .send()
+                    .await
+                    .map_err(|e| self.err("abort upload of", key, e))?;
                 aborted += 1;
             }
             // Aborted uploads drop out of the listing, so listing again pages forward.
@@ -239,10 +183,7 @@ impl Storage for S3Storage {
 
     async fn probe(&self) -> Result<(), StorageError> {
         let req = self.client.head_bucket().bucket(&self.bucket);
-        req.send()
-            .await
-            .map(|_| ())
-            .map_err(|e| self.err("reach bucket", &self.bucket, e))
+        req.send().await.map(|_| ()).map_err(|e| self.err("reach bucket", &self.bucket, e))
     }
 }
 
@@ -251,20 +192,10 @@ impl S3Storage {
         &self,
         key: &str,
     ) -> Result<aws_sdk_s3::operation::get_object::GetObjectOutput, StorageError> {
-        match self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(self.full(key))
-            .send()
-            .await
-        {
+        match self.client.get_object().bucket(&self.bucket).key(self.full(key)).send().await {
             Ok(out) => Ok(out),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
-                Err(StorageError::NotFound {
-                    key: key.into(),
-                    location: self.location(),
-                })
+                Err(StorageError::NotFound { key: key.into(), location: self.location() })
             }
             Err(e) => Err(self.err("read", key, e)),
         }
@@ -296,29 +227,16 @@ impl S3Writer {
         let n = self.next_part;
         self.next_part += 1;
         let next_size = part_size(self.base_part, self.next_part) as usize;
-        let body = std::mem::replace(
-            &mut self.buf,
-            BytesMut::with_capacity(next_size + CHUNK_SLACK),
-        )
-        .freeze();
-        let req = (self
-            .client
-            .upload_part()
-            .bucket(&self.bucket)
-            .key(&self.full_key))
-        .upload_id(self.upload_id.clone().unwrap_or_default())
-        .part_number(n)
-        .body(ByteStream::from(body));
+        let body =
+            std::mem::replace(&mut self.buf, BytesMut::with_capacity(next_size + CHUNK_SLACK)).freeze();
+        let req = (self.client.upload_part().bucket(&self.bucket).key(&self.full_key))
+            .upload_id(self.upload_id.clone().unwrap_or_default())
+            .part_number(n)
+            .body(ByteStream::from(body));
         let (location, key) = (self.location.clone(), self.key.clone());
         self.in_flight.spawn(async move {
-            let out = req
-                .send()
-                .await
-                .map_err(|e| backend_err(location, "upload part of", &key, e))?;
-            Ok(CompletedPart::builder()
-                .part_number(n)
-                .set_e_tag(out.e_tag().map(str::to_string))
-                .build())
+            let out = req.send().await.map_err(|e| backend_err(location, "upload part of", &key, e))?;
+            Ok(CompletedPart::builder().part_number(n).set_e_tag(out.e_tag().map(str::to_string)).build())
         });
         Ok(())
     }
@@ -348,19 +266,14 @@ impl S3Writer {
             self.reap_one().await?;
         }
         self.done.sort_by_key(|p| p.part_number());
-        let parts = CompletedMultipartUpload::builder()
-            .set_parts(Some(std::mem::take(&mut self.done)))
-            .build();
-        (self
-            .client
-            .complete_multipart_upload()
-            .bucket(&self.bucket)
-            .key(&self.full_key))
-        .upload_id(self.upload_id.clone().unwrap_or_default())
-        .multipart_upload(parts)
-        .send()
-        .await
-        .map_err(|e| backend_err(self.location.clone(), "complete upload of", &self.key, e))?;
+        let parts =
+            CompletedMultipartUpload::builder().set_parts(Some(std::mem::take(&mut self.done))).build();
+        (self.client.complete_multipart_upload().bucket(&self.bucket).key(&self.full_key))
+            .upload_id(self.upload_id.clone().unwrap_or_default())
+            .multipart_upload(parts)
+            .send()
+            .await
+            .map_err(|e| backend_err(self.location.clone(), "complete upload of", &self.key, e))?;
         self.upload_id = None;
         Ok(())
     }
@@ -392,12 +305,7 @@ impl ObjectWriter for S3Writer {
         let Some(id) = self.upload_id.take() else {
             return;
         };
-        let req = self
-            .client
-            .abort_multipart_upload()
-            .bucket(&self.bucket)
-            .key(&self.full_key)
-            .upload_id(id);
+        let req = self.client.abort_multipart_upload().bucket(&self.bucket).key(&self.full_key).upload_id(id);
         if let Err(e) = req.send().await {
             // The next snapshot of this database aborts it (abort_partial_writes).
             tracing::warn!(key = %self.key, error = %DisplayErrorContext(e), "could not abort the multipart upload");
@@ -414,12 +322,7 @@ impl Drop for S3Writer {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let req = self
-            .client
-            .abort_multipart_upload()
-            .bucket(&self.bucket)
-            .key(&self.full_key)
-            .upload_id(id);
+        let req = self.client.abort_multipart_upload().bucket(&self.bucket).key(&self.full_key).upload_id(id);
         rt.spawn(async move {
             let _ = req.send().await;
         });
@@ -437,9 +340,6 @@ mod tests {
         assert_eq!(part_size(base, 1000), base);
         assert_eq!(part_size(base, 1001), 2 * base);
         let total: u64 = (1..=10_000).map(|n| part_size(base, n)).sum();
-        assert!(
-            total > 5 * 1024u64.pow(4),
-            "10,000 parts hold {total} bytes"
-        );
+        assert!(total > 5 * 1024u64.pow(4), "10,000 parts hold {total} bytes");
     }
 }

@@ -3,9 +3,12 @@
 //! test, and a runner for the `pgmedic` binary with its own config and state directory.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Write};
+mod s3;
+pub use s3::S3Server;
+
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub const PG_HOST: &str = "127.0.0.1";
@@ -84,9 +87,7 @@ impl TestDb {
 
     /// A name for a database the test expects pgmedic to create; dropped after the test.
     pub fn reserved(label: &str) -> TestDb {
-        TestDb {
-            name: unique(&format!("pgm_{label}")),
-        }
+        TestDb { name: unique(&format!("pgm_{label}")) }
     }
 
     pub fn url(&self) -> String {
@@ -98,37 +99,16 @@ impl TestDb {
     }
 
     pub fn exists(&self) -> bool {
-        psql(
-            "postgres",
-            &format!(
-                "SELECT count(*) FROM pg_database WHERE datname = '{}'",
-                self.name
-            ),
-        ) == "1"
+        psql("postgres", &format!("SELECT count(*) FROM pg_database WHERE datname = '{}'", self.name)) == "1"
     }
 
     /// A plain-text pg_dump of everything, for comparing two databases.
     pub fn plain_dump(&self) -> String {
         let out = Command::new("pg_dump")
-            .args([
-                "-h",
-                PG_HOST,
-                "-p",
-                PG_PORT,
-                "-U",
-                "postgres",
-                "--no-password",
-                "-d",
-                &self.name,
-            ])
+            .args(["-h", PG_HOST, "-p", PG_PORT, "-U", "postgres", "--no-password", "-d", &self.name])
             .output()
             .expect("pg_dump runs");
-        assert!(
-            out.status.success(),
-            "pg_dump {}: {}",
-            self.name,
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "pg_dump {}: {}", self.name, String::from_utf8_lossy(&out.stderr));
         // pg_dump 15.14+ writes a random key in \restrict lines: not part of the data.
         String::from_utf8_lossy(&out.stdout)
             .lines()
@@ -142,185 +122,9 @@ impl Drop for TestDb {
     fn drop(&mut self) {
         let _ = Command::new("psql")
             .args(["-h", PG_HOST, "-U", "postgres", "-d", "postgres", "-Xqc"])
-            .arg(format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ))
+            .arg(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
             .output();
     }
-}
-
-/// A moto S3 server owned by one test (so a test may stop it without disturbing others).
-pub struct S3Server {
-    child: Child,
-    pub endpoint: String,
-    pub bucket: String,
-    rt: tokio::runtime::Runtime,
-    client: aws_sdk_s3::Client,
-}
-
-fn python() -> PathBuf {
-    match std::env::var_os("PGMEDIC_TEST_PYTHON") {
-        Some(p) => PathBuf::from(p),
-        None => {
-            let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-            assert!(
-                venv.exists(),
-                "no S3 test server: run the suite with scripts/test (it installs moto into .venv)"
-            );
-            venv
-        }
-    }
-}
-
-impl S3Server {
-    pub fn start() -> S3Server {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/s3_server.py");
-        let mut child = Command::new(python())
-            .arg(script)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the S3 test server starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .expect("the S3 server prints its port");
-        let port = line
-            .trim()
-            .strip_prefix("port=")
-            .unwrap_or_else(|| panic!("unexpected S3 server output: {line:?}"));
-        let endpoint = format!("http://127.0.0.1:{port}");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let client = rt.block_on(s3_client(&endpoint));
-        let bucket = unique("bucket").replace('_', "-");
-        rt.block_on(client.create_bucket().bucket(&bucket).send())
-            .expect("create bucket");
-        S3Server {
-            child,
-            endpoint,
-            bucket,
-            rt,
-            client,
-        }
-    }
-
-    pub fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    /// Multipart uploads in progress in the bucket.
-    pub fn uploads(&self) -> usize {
-        let out = self
-            .rt
-            .block_on(
-                self.client
-                    .list_multipart_uploads()
-                    .bucket(&self.bucket)
-                    .send(),
-            )
-            .expect("list uploads");
-        out.uploads().len()
-    }
-
-    /// Parts uploaded so far to the open multipart uploads. (moto answers ListParts with a root
-    /// element the SDK rejects, so this asks over plain HTTP; moto does not check signatures.)
-    pub fn parts(&self) -> usize {
-        let out = self
-            .rt
-            .block_on(
-                self.client
-                    .list_multipart_uploads()
-                    .bucket(&self.bucket)
-                    .send(),
-            )
-            .expect("list uploads");
-        let mut n = 0;
-        for u in out.uploads() {
-            let path = format!(
-                "/{}/{}?uploadId={}",
-                self.bucket,
-                u.key().unwrap(),
-                u.upload_id().unwrap()
-            );
-            n += http_get(&self.endpoint, &path)
-                .matches("<PartNumber>")
-                .count();
-        }
-        n
-    }
-
-    pub fn keys(&self) -> Vec<String> {
-        let out = self
-            .rt
-            .block_on(self.client.list_objects_v2().bucket(&self.bucket).send())
-            .expect("list objects");
-        out.contents()
-            .iter()
-            .filter_map(|o| o.key().map(str::to_string))
-            .collect()
-    }
-
-    pub fn get(&self, key: &str) -> Vec<u8> {
-        let out = self
-            .rt
-            .block_on(
-                self.client
-                    .get_object()
-                    .bucket(&self.bucket)
-                    .key(key)
-                    .send(),
-            )
-            .expect("get");
-        self.rt
-            .block_on(out.body.collect())
-            .unwrap()
-            .into_bytes()
-            .to_vec()
-    }
-
-    pub fn put(&self, key: &str, data: Vec<u8>) {
-        let req = self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .body(data.into());
-        self.rt.block_on(req.send()).expect("put");
-    }
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn http_get(endpoint: &str, path: &str) -> String {
-    use std::io::Read;
-    let addr = endpoint.trim_start_matches("http://");
-    let mut conn = std::net::TcpStream::connect(addr).expect("connect to the S3 server");
-    write!(conn, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut body = String::new();
-    conn.read_to_string(&mut body).unwrap();
-    body
-}
-
-async fn s3_client(endpoint: &str) -> aws_sdk_s3::Client {
-    let creds = aws_sdk_s3::config::Credentials::new("test", "test", None, None, "tests");
-    let conf = aws_sdk_s3::config::Builder::new()
-        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-        .region(aws_sdk_s3::config::Region::new("us-east-1"))
-        .endpoint_url(endpoint)
-        .credentials_provider(creds)
-        .force_path_style(true)
-        .build();
-    aws_sdk_s3::Client::from_conf(conf)
 }
 
 pub enum Backend<'a> {
@@ -349,23 +153,14 @@ impl Run {
 
 impl std::fmt::Debug for Run {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit {}\n--- stdout\n{}\n--- stderr\n{}",
-            self.code, self.stdout, self.stderr
-        )
+        write!(f, "exit {}\n--- stdout\n{}\n--- stderr\n{}", self.code, self.stdout, self.stderr)
     }
 }
 
 impl Pgmedic {
     /// A config for `dbs` (name, url) on `backend`; `extra` is appended to the [storage] and
     /// [snapshot] sections by key (`storage.timeout = "1s"` style lines go in `storage_extra`).
-    pub fn new(
-        backend: Backend,
-        dbs: &[(&str, &str)],
-        storage_extra: &str,
-        snapshot_extra: &str,
-    ) -> Pgmedic {
+    pub fn new(backend: Backend, dbs: &[(&str, &str)], storage_extra: &str, snapshot_extra: &str) -> Pgmedic {
         let dir = tempfile::tempdir().unwrap();
         let storage = match backend {
             Backend::Local => format!("backend = \"local\"\npath = \"{}\"\n", dir.path().join("snapshots").display()),
@@ -380,9 +175,7 @@ impl Pgmedic {
             dir.path().join("pgmedic.sock").display(),
         );
         for (name, url) in dbs {
-            text.push_str(&format!(
-                "\n[[databases]]\nname = \"{name}\"\nurl = \"{url}\"\n"
-            ));
+            text.push_str(&format!("\n[[databases]]\nname = \"{name}\"\nurl = \"{url}\"\n"));
         }
         let config = dir.path().join("pgmedic.toml");
         std::fs::write(&config, text).unwrap();
@@ -433,12 +226,7 @@ impl Pgmedic {
     pub fn snapshot_ids(&self) -> Vec<String> {
         let run = self.run(&["snapshots", "--json"]);
         assert_eq!(run.code, 0, "{run:?}");
-        run.json()
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["id"].as_str().unwrap().to_string())
-            .collect()
+        run.json().as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().to_string()).collect()
     }
 
     pub fn snapshot(&self, db: &str) -> serde_json::Value {
@@ -459,22 +247,14 @@ impl GatedTools {
     pub fn new() -> GatedTools {
         let dir = tempfile::tempdir().unwrap();
         let gate = dir.path().join("gate");
-        assert!(Command::new("mkfifo")
-            .arg(&gate)
-            .status()
-            .unwrap()
-            .success());
+        assert!(Command::new("mkfifo").arg(&gate).status().unwrap().success());
         let script = format!(
             "#!/bin/sh\ncase \"$1\" in --version) exec pg_dump --version;; esac\npg_dump \"$@\"\nstatus=$?\nread _ < '{}'\nexit $status\n",
             gate.display()
         );
         let path = dir.path().join("pg_dump");
         std::fs::write(&path, script).unwrap();
-        Command::new("chmod")
-            .arg("755")
-            .arg(&path)
-            .status()
-            .unwrap();
+        Command::new("chmod").arg("755").arg(&path).status().unwrap();
         for tool in ["pg_dumpall", "pg_restore", "psql"] {
             let real = which(tool);
             std::os::unix::fs::symlink(real, dir.path().join(tool)).unwrap();
@@ -488,28 +268,18 @@ impl GatedTools {
 
     /// Lets the waiting pg_dump wrapper exit.
     pub fn open(&self) {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&self.gate)
-            .unwrap();
+        let mut f = std::fs::OpenOptions::new().write(true).open(&self.gate).unwrap();
         let _ = f.write_all(b"go\n");
     }
 }
 
 /// The real tools' directory, as an override for a config that names a gated one.
 pub fn real_bin_dir() -> (&'static str, String) {
-    (
-        "PGMEDIC_SNAPSHOT__PG_BIN_DIR",
-        which("pg_dump").parent().unwrap().display().to_string(),
-    )
+    ("PGMEDIC_SNAPSHOT__PG_BIN_DIR", which("pg_dump").parent().unwrap().display().to_string())
 }
 
 pub fn which(tool: &str) -> PathBuf {
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .output()
-        .unwrap();
+    let out = Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().unwrap();
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
@@ -517,10 +287,7 @@ pub fn which(tool: &str) -> PathBuf {
 pub fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
     while !cond() {
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
