@@ -165,3 +165,17 @@ fn snapshot_of_every_database_and_json_shapes() {
     let human = pgm.run(&["snapshots"]);
     assert!(human.stdout.lines().count() == 3 && human.stdout.contains("before upgrade"), "{human:?}");
 }
+
+#[test]
+fn one_failing_database_does_not_cost_the_others_their_snapshot() {
+    let good = TestDb::new("good");
+    let missing = TestDb::reserved("missing");
+    let pgm = Pgmedic::new(Backend::Local, &[("gone", &missing.url()), ("good", &good.url())], "", "");
+    let run = pgm.run(&["snapshot"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("snapshot failed for 1 of 2 databases: gone"), "{run:?}");
+    assert!(run.stderr.contains(&missing.name) && run.stderr.contains("does not exist"), "{run:?}");
+    let list = pgm.run(&["snapshots", "--json"]).json();
+    let dbs: Vec<&str> = list.as_array().unwrap().iter().map(|m| m["database"].as_str().unwrap()).collect();
+    assert_eq!(dbs, ["good"]);
+}

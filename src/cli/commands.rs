@@ -73,10 +73,19 @@ fn cancel_on_signal(token: CancellationToken) {
     });
 }
 
+/// Who ran the command, for the manifest's trigger: the sudo caller, else the login name.
 fn invoking_user() -> String {
-    std::env::var("SUDO_USER")
-        .or_else(|_| std::env::var("USER"))
-        .unwrap_or_else(|_| format!("uid {}", unsafe { libc::getuid() }))
+    if let Ok(u) = std::env::var("SUDO_USER") {
+        return u;
+    }
+    let uid = unsafe { libc::getuid() };
+    // getpwuid's buffer is static; the CLI reads it once, before any other thread asks.
+    let pw = unsafe { libc::getpwuid(uid) };
+    if !pw.is_null() {
+        let name = unsafe { std::ffi::CStr::from_ptr((*pw).pw_name) };
+        return name.to_string_lossy().into_owned();
+    }
+    std::env::var("USER").unwrap_or_else(|_| format!("uid {uid}"))
 }
 
 async fn cmd_snapshot(cfg: &Config, db: Option<&str>, reason: &str, json: bool) -> anyhow::Result<()> {
@@ -92,22 +101,47 @@ async fn cmd_snapshot(cfg: &Config, db: Option<&str>, reason: &str, json: bool) 
     let cancel = CancellationToken::new();
     cancel_on_signal(cancel.clone());
     let req = Request { reason: reason.to_string(), trigger: format!("cli:{}", invoking_user()) };
+    if let [only] = targets[..] {
+        let m = snapshotter.take(only, &req, &cancel).await?;
+        return print_taken(&[m], json);
+    }
+    // Every database is attempted: one failure must not cost the others their snapshot.
     let mut taken = Vec::new();
+    let mut failed = Vec::new();
     for db in targets {
-        let m = snapshotter.take(db, &req, &cancel).await?;
-        if !json {
-            println!("{}", snapshot_line(&m));
+        match snapshotter.take(db, &req, &cancel).await {
+            Ok(m) => taken.push(m),
+            Err(e) => {
+                tracing::error!(database = %db.name, error = %e, "snapshot failed");
+                failed.push(db.name.clone());
+            }
         }
-        taken.push(m);
     }
-    if json {
-        let out = if taken.len() == 1 {
-            serde_json::to_string_pretty(&taken[0])?
-        } else {
-            serde_json::to_string_pretty(&taken)?
-        };
-        println!("{out}");
+    print_taken(&taken, json)?;
+    if !failed.is_empty() {
+        anyhow::bail!(
+            "snapshot failed for {} of {} databases: {} (see the errors above)",
+            failed.len(),
+            failed.len() + taken.len(),
+            failed.join(", ")
+        );
     }
+    Ok(())
+}
+
+fn print_taken(taken: &[crate::snapshot::Manifest], json: bool) -> anyhow::Result<()> {
+    if !json {
+        for m in taken {
+            println!("{}", snapshot_line(m));
+        }
+        return Ok(());
+    }
+    let out = if taken.len() == 1 {
+        serde_json::to_string_pretty(&taken[0])?
+    } else {
+        serde_json::to_string_pretty(taken)?
+    };
+    println!("{out}");
     Ok(())
 }
 
