@@ -18,8 +18,11 @@ ENV = dict(os.environ, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
 
 
 def psql(sql, db="postgres"):
-    out = subprocess.run(["psql", *PG, "-d", db, "-XAtq", "-v", "ON_ERROR_STOP=1", "-c", sql],
-                         check=True, capture_output=True, text=True)
+    # On stdin, not -c: -c would run every statement in one transaction, which VACUUM refuses.
+    out = subprocess.run(["psql", *PG, "-d", db, "-XAtq", "-v", "ON_ERROR_STOP=1"],
+                         input=sql, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"bench: psql on {db} failed: {out.stderr.strip()}")
     return out.stdout.strip()
 
 
@@ -38,7 +41,8 @@ def timed(label, cmd, shell=False):
 def build_database():
     exists = psql(f"SELECT count(*) FROM pg_database WHERE datname = '{DB}'") == "1"
     if exists and os.environ.get("PGMEDIC_BENCH_REBUILD") != "1":
-        if psql("SELECT coalesce((SELECT n FROM bench_meta), 0)", DB) == str(ROWS):
+        complete = psql("SELECT to_regclass('public.bench_meta') IS NOT NULL", DB) == "t"
+        if complete and psql("SELECT n FROM bench_meta", DB) == str(ROWS):
             return
     print(f"building {DB} with {ROWS:,} events (once; kept for later runs) ...", flush=True)
     psql(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
@@ -58,7 +62,7 @@ def build_database():
         CREATE TABLE events (id bigserial PRIMARY KEY, user_id int NOT NULL REFERENCES users(id),
                              kind text NOT NULL, happened_at timestamptz NOT NULL, payload jsonb NOT NULL, note text);
         INSERT INTO events (user_id, kind, happened_at, payload, note)
-        SELECT 1 + (i * 7919) % {users},
+        SELECT 1 + (i::bigint * 7919) % {users},
                (ARRAY['login','logout','purchase','refund','view','search','share','upload'])[1 + (i * 31) % 8],
                TIMESTAMPTZ '2024-01-01' + i * INTERVAL '3 seconds' + (i % 997) * INTERVAL '1 millisecond',
                jsonb_build_object('ip', '10.' || (i % 255) || '.' || ((i / 255) % 255) || '.' || (i % 7),
@@ -106,7 +110,7 @@ def main():
     with tempfile.TemporaryDirectory(prefix="pgmedic-bench-") as tmp:
         s3cfg, localcfg = config(tmp, "s3", endpoint), config(tmp, "local", endpoint)
         dump = f"{tmp}/plain.dump"
-        limit, _ = timed("pg_dump limit", ["pg_dump", *PG, "-d", DB, "-Fc", "-Z0", "-f", "/dev/null"])
+        limit, _ = timed("pg_dump limit", ["pg_dump", *PG, "-d", DB, "-Fc", "-Z0"])
         pipeline, _ = timed("pg_dump | aws s3 cp", f"pg_dump {' '.join(PG)} -d {DB} -Fc | {sys.executable} -m awscli "
                             f"--endpoint-url {endpoint} s3 cp - s3://bench/shell/dump.pgc", shell=True)
         snap_s3, rss_s3 = timed("pgmedic snapshot (s3)", [str(BIN), "--config", str(s3cfg), "snapshot"])

@@ -203,15 +203,17 @@ impl Snapshotter {
         let thread = tokio::task::spawn_blocking(move || pipeline::compress(stdout, level, threads, tx));
         let pumped = pump(&mut rx, writer.as_mut(), cancel).await;
         drop(rx); // a compressor still sending now gets BrokenPipe, and pg_dump EPIPE
-        let compressed = thread.await.map_err(|e| std::io::Error::other(e.to_string())).and_then(|r| r);
         if let Err(e) = pumped {
+            // Kill first: a pg_dump stalled on a lock would keep the compressor waiting forever.
             proc.kill().await;
+            let _ = thread.await;
             writer.abort().await;
             return Err(match e {
                 PumpError::Cancelled => SnapshotError::Cancelled { database: db.name.clone() },
                 PumpError::Storage(s) => s.into(),
             });
         }
+        let compressed = thread.await.map_err(|e| std::io::Error::other(e.to_string())).and_then(|r| r);
         // pg_dump's verdict comes before the compressor's: its stderr says why the stream broke.
         if let Err(e) = proc.wait().await {
             writer.abort().await;
