@@ -3,10 +3,13 @@
 //!
 //! The binary is a thin shell over [`cli::main`]; the modules below are the architecture:
 //! `config` (one validated configuration), `storage` (local and S3 backends), `snapshot`
-//! (taking, listing, pruning), `restore` (restore and verify), and `pg` (PostgreSQL access).
+//! (taking, listing, pruning), `restore` (restore and verify), `pg` (PostgreSQL access),
+//! `daemon` (schedules, workers, signals, metrics) and `control` (its socket, both ends).
 
 pub mod cli;
 pub mod config;
+pub mod control;
+pub mod daemon;
 mod pg;
 pub mod restore;
 pub mod snapshot;

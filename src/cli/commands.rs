@@ -17,6 +17,12 @@ use crate::storage::{self, Storage};
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let cfg = Arc::new(Config::load(&cli.config)?);
     match cli.command {
+        Command::Daemon => {
+            let shutdown = CancellationToken::new();
+            crate::daemon::run(cli.config.clone(), Arc::unwrap_or_clone(cfg), shutdown).await?;
+            Ok(())
+        }
+        Command::Status { json } => super::remote::status(&cfg, json).await,
         Command::CheckConfig => {
             print!("{}", config::render_redacted(&cfg));
             Ok(())
@@ -59,20 +65,6 @@ fn database<'a>(cfg: &'a Config, name: &str) -> Result<&'a DatabaseConfig, Usage
     })
 }
 
-/// Cancels `token` on SIGINT or SIGTERM so an upload in flight is aborted, not left behind.
-fn cancel_on_signal(token: CancellationToken) {
-    tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
-        else {
-            return;
-        };
-        tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
-        tracing::warn!("interrupted: aborting the work in flight");
-        token.cancel();
-    });
-}
-
 /// Who ran the command, for the manifest's trigger: the sudo caller, else the login name.
 fn invoking_user() -> String {
     if let Ok(u) = std::env::var("SUDO_USER") {
@@ -93,13 +85,16 @@ async fn cmd_snapshot(cfg: &Config, db: Option<&str>, reason: &str, json: bool) 
         Some(n) => vec![database(cfg, n)?],
         None => cfg.databases.iter().collect(),
     };
+    if let Some(taken) = super::remote::snapshot(cfg, db, reason).await? {
+        return print_taken(&taken, json);
+    }
     let snapshotter = Snapshotter {
         storage: open_storage(cfg).await?,
         tools: PgTools::new(cfg.snapshot.pg_bin_dir.clone()),
         cfg: cfg.snapshot.clone(),
     };
     let cancel = CancellationToken::new();
-    cancel_on_signal(cancel.clone());
+    crate::daemon::signals::cancel_on_terminate(cancel.clone());
     let req = Request { reason: reason.to_string(), trigger: format!("cli:{}", invoking_user()) };
     if let [only] = targets[..] {
         let m = snapshotter.take(only, &req, &cancel).await?;
@@ -129,7 +124,7 @@ async fn cmd_snapshot(cfg: &Config, db: Option<&str>, reason: &str, json: bool) 
     Ok(())
 }
 
-fn print_taken(taken: &[crate::snapshot::Manifest], json: bool) -> anyhow::Result<()> {
+pub(super) fn print_taken(taken: &[crate::snapshot::Manifest], json: bool) -> anyhow::Result<()> {
     if !json {
         for m in taken {
             println!("{}", snapshot_line(m));

@@ -3,6 +3,7 @@
 
 mod commands;
 mod output;
+mod remote;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,9 +37,16 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the service: schedules, control socket, signals, metrics.
+    Daemon,
+    /// Ask the running daemon for its state.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
     /// Load and validate the configuration, print the effective result (secrets redacted).
     CheckConfig,
-    /// Take a snapshot now.
+    /// Take a snapshot now (through the daemon when its socket answers, else in-process).
     Snapshot {
         /// A `[[databases]]` name; every database when absent.
         #[arg(long)]

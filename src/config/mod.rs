@@ -4,12 +4,14 @@
 
 mod dburl;
 mod raw;
+mod schedule;
 mod validate;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use dburl::{passfile_line, DbUrl, DbUrlError, Secret};
+pub use schedule::Schedule;
 pub use validate::validate;
 
 /// Where the configuration is read from when neither `--config` nor `$PGMEDIC_CONFIG` says.
@@ -92,7 +94,7 @@ pub struct Retention {
 pub struct DatabaseConfig {
     pub name: String,
     pub url: DbUrl,
-    pub schedule: Option<String>,
+    pub schedule: Option<Schedule>,
     pub migrations: Option<MigrationsConfig>,
 }
 

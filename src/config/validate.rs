@@ -154,16 +154,10 @@ fn database(ctx: &Ctx, i: usize, raw: RawDatabase) -> Result<DatabaseConfig, Con
     };
     let url: DbUrl =
         text.parse().map_err(|e| ctx.err(key("url"), format!("not a PostgreSQL connection string: {e}")))?;
-    if let Some(s) = &raw.schedule {
-        if s.split_whitespace().count() != 6 {
-            return Err(ctx.err(
-                key("schedule"),
-                format!("`{s}` is not a 6-field cron (sec min hour day month weekday)"),
-            ));
-        }
-    }
+    let schedule =
+        raw.schedule.as_deref().map(Schedule::parse).transpose().map_err(|m| ctx.err(key("schedule"), m))?;
     let migrations = raw.migrations.map(|m| migrations(ctx, i, m)).transpose()?;
-    Ok(DatabaseConfig { name: raw.name, url, schedule: raw.schedule, migrations })
+    Ok(DatabaseConfig { name: raw.name, url, schedule, migrations })
 }
 
 fn migrations(ctx: &Ctx, i: usize, raw: RawMigrations) -> Result<MigrationsConfig, ConfigError> {
@@ -251,7 +245,7 @@ pub fn render(cfg: &Config) -> String {
     for db in &cfg.databases {
         out += &format!("\n[[databases]]\nname = {:?}\nurl = {:?}\n", db.name, db.url.redacted());
         if let Some(s) = &db.schedule {
-            out += &format!("schedule = {s:?}\n");
+            out += &format!("schedule = {:?}\n", s.as_str());
         }
         if let Some(m) = &db.migrations {
             out += &format!(

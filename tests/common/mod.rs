@@ -3,7 +3,10 @@
 //! test, and a runner for the `pgmedic` binary with its own config and state directory.
 #![allow(dead_code)]
 
+mod daemon;
 mod s3;
+#[allow(unused_imports)]
+pub use daemon::Daemon;
 pub use s3::S3Server;
 
 use std::io::Write;
@@ -158,28 +161,55 @@ impl std::fmt::Debug for Run {
 }
 
 impl Pgmedic {
-    /// A config for `dbs` (name, url) on `backend`; `extra` is appended to the [storage] and
-    /// [snapshot] sections by key (`storage.timeout = "1s"` style lines go in `storage_extra`).
+    /// A config for `dbs` (name, url) on `backend`, with extra lines for [storage] and [snapshot].
     pub fn new(backend: Backend, dbs: &[(&str, &str)], storage_extra: &str, snapshot_extra: &str) -> Pgmedic {
+        let databases: String = dbs
+            .iter()
+            .map(|(name, url)| format!("\n[[databases]]\nname = \"{name}\"\nurl = \"{url}\"\n"))
+            .collect();
+        Self::custom(backend, "", storage_extra, snapshot_extra, &databases)
+    }
+
+    /// Full control: extra lines for [daemon], [storage] and [snapshot], then `tail` verbatim
+    /// (the `[[databases]]` and `[[notify]]` entries).
+    pub fn custom(
+        backend: Backend,
+        daemon_extra: &str,
+        storage_extra: &str,
+        snapshot_extra: &str,
+        tail: &str,
+    ) -> Pgmedic {
         let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("pgmedic.toml");
+        let pgm = Pgmedic { dir, config };
+        pgm.write_config(&pgm.render(backend, daemon_extra, storage_extra, snapshot_extra, tail));
+        pgm
+    }
+
+    pub fn render(
+        &self,
+        backend: Backend,
+        daemon_extra: &str,
+        storage_extra: &str,
+        snapshot_extra: &str,
+        tail: &str,
+    ) -> String {
         let storage = match backend {
-            Backend::Local => format!("backend = \"local\"\npath = \"{}\"\n", dir.path().join("snapshots").display()),
+            Backend::Local => format!("backend = \"local\"\npath = \"{}\"\n", self.snapshots_dir().display()),
             Backend::S3(s) => format!(
                 "backend = \"s3\"\nbucket = \"{}\"\nprefix = \"test/prod\"\nendpoint = \"{}\"\nforce_path_style = true\n",
                 s.bucket, s.endpoint
             ),
         };
-        let mut text = format!(
-            "[daemon]\nstate_dir = \"{}\"\nsocket = \"{}\"\n\n[storage]\n{storage}{storage_extra}\n\n[snapshot]\ncompression_level = 3\n{snapshot_extra}\n",
-            dir.path().join("state").display(),
-            dir.path().join("pgmedic.sock").display(),
-        );
-        for (name, url) in dbs {
-            text.push_str(&format!("\n[[databases]]\nname = \"{name}\"\nurl = \"{url}\"\n"));
-        }
-        let config = dir.path().join("pgmedic.toml");
-        std::fs::write(&config, text).unwrap();
-        Pgmedic { dir, config }
+        format!(
+            "[daemon]\nstate_dir = \"{}\"\nsocket = \"{}\"\n{daemon_extra}\n[storage]\n{storage}{storage_extra}\n\n[snapshot]\ncompression_level = 3\n{snapshot_extra}\n{tail}",
+            self.dir.path().join("state").display(),
+            self.dir.path().join("pgmedic.sock").display(),
+        )
+    }
+
+    pub fn write_config(&self, text: &str) {
+        std::fs::write(&self.config, text).unwrap();
     }
 
     pub fn snapshots_dir(&self) -> PathBuf {
@@ -271,6 +301,19 @@ impl GatedTools {
         let mut f = std::fs::OpenOptions::new().write(true).open(&self.gate).unwrap();
         let _ = f.write_all(b"go\n");
     }
+}
+
+/// A pg_bin_dir whose pg_dump sleeps `secs` before dumping: a slow database.
+pub fn slow_tools(secs: f32) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let script = format!("#!/bin/sh\ncase \"$1\" in --version) exec pg_dump --version;; esac\nsleep {secs}\nexec pg_dump \"$@\"\n");
+    let path = dir.path().join("pg_dump");
+    std::fs::write(&path, script).unwrap();
+    Command::new("chmod").arg("755").arg(&path).status().unwrap();
+    for tool in ["pg_dumpall", "pg_restore", "psql"] {
+        std::os::unix::fs::symlink(which(tool), dir.path().join(tool)).unwrap();
+    }
+    dir
 }
 
 /// The real tools' directory, as an override for a config that names a gated one.

@@ -1,0 +1,26 @@
+# pgmedic in a container. Build: docker build -t pgmedic .
+# Run:   docker run -v /etc/pgmedic:/etc/pgmedic:ro -v pgmedic-state:/var/lib/pgmedic pgmedic
+FROM rust:1-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+RUN cargo build --release --locked && strip target/release/pgmedic
+
+FROM debian:bookworm-slim
+# The client tools must be as new as the servers they dump: bookworm ships 15.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends postgresql-client ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --home-dir /var/lib/pgmedic --create-home pgmedic \
+ && install -d -o pgmedic -g pgmedic -m 0750 /run/pgmedic /etc/pgmedic
+COPY --from=build /src/target/release/pgmedic /usr/local/bin/pgmedic
+COPY config/pgmedic.toml /etc/pgmedic/pgmedic.toml.example
+USER pgmedic
+ENV PGMEDIC_CONFIG=/etc/pgmedic/pgmedic.toml \
+    PGMEDIC_DAEMON__SOCKET=/run/pgmedic/pgmedic.sock \
+    PGMEDIC_DAEMON__STATE_DIR=/var/lib/pgmedic
+VOLUME ["/var/lib/pgmedic"]
+# `status` asks the daemon over its socket: it fails when the daemon does not answer.
+HEALTHCHECK --interval=30s --timeout=10s --start-period=20s --retries=3 CMD ["pgmedic", "status"]
+ENTRYPOINT ["pgmedic", "--log-format", "json"]
+CMD ["daemon"]

@@ -1,0 +1,76 @@
+//! Commands answered by a running daemon over its control socket.
+
+use anyhow::Context;
+
+use super::output::{human_bytes, table};
+use crate::config::Config;
+use crate::control::{client, Request};
+use crate::snapshot::Manifest;
+
+/// Snapshots through the daemon when its socket answers; `None` means run in-process.
+pub async fn snapshot(cfg: &Config, db: Option<&str>, reason: &str) -> anyhow::Result<Option<Vec<Manifest>>> {
+    let path = &cfg.daemon.socket;
+    let Some(stream) = client::try_connect(path).await else { return Ok(None) };
+    tracing::info!(socket = %path.display(), "asking the running daemon to take the snapshot");
+    let req = Request::Snapshot { db: db.map(str::to_string), reason: Some(reason.to_string()), wait: true };
+    let reply = client::call(stream, path, &req).await?;
+    let taken = serde_json::from_value(reply["snapshots"].clone())
+        .context("the daemon's reply lists no snapshots")?;
+    Ok(Some(taken))
+}
+
+pub async fn status(cfg: &Config, json: bool) -> anyhow::Result<()> {
+    let path = &cfg.daemon.socket;
+    let stream = client::try_connect(path).await.with_context(|| {
+        format!(
+            "no pgmedic daemon answers at {} (start it: `pgmedic daemon` or `systemctl start pgmedic`)",
+            path.display()
+        )
+    })?;
+    let s = client::call(stream, path, &Request::Status).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(());
+    }
+    println!(
+        "pgmedic {} (pid {}), up {}s, storage {}",
+        s["version"].as_str().unwrap_or("?"),
+        s["pid"],
+        s["uptime_seconds"],
+        s["storage"].as_str().unwrap_or("?")
+    );
+    let reload = &s["last_reload"];
+    if reload["ok"] == false {
+        println!(
+            "last reload FAILED at {}: {}",
+            reload["at"].as_str().unwrap_or("?"),
+            reload["error"].as_str().unwrap_or("")
+        );
+    }
+    let mut rows =
+        vec![["DATABASE", "LAST SNAPSHOT", "SIZE", "TOOK", "OUTCOME", "NEXT RUN", "QUEUED", "LAST ERROR"]
+            .map(String::from)
+            .to_vec()];
+    for (name, d) in s["databases"].as_object().into_iter().flatten() {
+        let last = &d["last_snapshot"];
+        rows.push(vec![
+            name.clone(),
+            last["finished_at"]
+                .as_str()
+                .map(|t| t.chars().take(19).collect())
+                .unwrap_or_else(|| "never".into()),
+            last["stored_bytes"].as_u64().map(human_bytes).unwrap_or_default(),
+            last["duration_seconds"].as_f64().map(|t| format!("{t:.1}s")).unwrap_or_default(),
+            if d["running"].is_object() {
+                "running".into()
+            } else {
+                last["outcome"].as_str().unwrap_or("").into()
+            },
+            d["next_run"].as_str().map(|t| t.chars().take(19).collect()).unwrap_or_else(|| "-".into()),
+            d["queued"].as_u64().unwrap_or(0).to_string(),
+            d["last_error"].as_str().unwrap_or("").chars().take(80).collect(),
+        ]);
+    }
+    print!("{}", table(&rows));
+    Ok(())
+}

@@ -1,0 +1,58 @@
+//! The control socket's wire format: one JSON object per line each way. Requests are
+//! `{"cmd": "...", ...}`; replies are `{"ok": true, ...}` or
+//! `{"ok": false, "error": {"code": "...", "message": "..."}}`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+/// The longest request line accepted.
+pub const MAX_REQUEST: usize = 64 * 1024;
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    Status,
+    Snapshot {
+        #[serde(default)]
+        db: Option<String>,
+        #[serde(default)]
+        reason: Option<String>,
+        /// Reply only once the snapshots are done (the CLI waits; scripts may not).
+        #[serde(default = "yes")]
+        wait: bool,
+    },
+    Snapshots {
+        #[serde(default)]
+        db: Option<String>,
+    },
+    Reload,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Error codes a client can act on.
+pub mod code {
+    pub const BAD_REQUEST: &str = "bad_request";
+    pub const TOO_LARGE: &str = "too_large";
+    pub const TIMEOUT: &str = "timeout";
+    pub const FORBIDDEN: &str = "forbidden";
+    pub const UNKNOWN_DATABASE: &str = "unknown_database";
+    pub const FAILED: &str = "failed";
+    pub const SHUTTING_DOWN: &str = "shutting_down";
+}
+
+pub fn ok(mut body: Value) -> Value {
+    match body.as_object_mut() {
+        Some(map) => {
+            map.insert("ok".into(), Value::Bool(true));
+            body
+        }
+        None => json!({ "ok": true, "result": body }),
+    }
+}
+
+pub fn err(code: &str, message: impl Into<String>) -> Value {
+    json!({ "ok": false, "error": { "code": code, "message": message.into() } })
+}

@@ -1,0 +1,123 @@
+//! The daemon's answers to control-socket requests: status, snapshots on demand (waiting for
+//! the worker when asked to), the snapshot list, and reload (carried out by the main loop).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot};
+
+use super::worker::{Job, Outcome};
+use super::{MainEvent, RequestError, Shared};
+use crate::control::protocol::{code, err, ok};
+use crate::control::{Handler, Request};
+use crate::snapshot;
+
+pub struct Api {
+    pub shared: Arc<Shared>,
+    pub main: mpsc::Sender<MainEvent>,
+}
+
+#[async_trait]
+impl Handler for Api {
+    async fn handle(&self, req: Request, uid: u32) -> Value {
+        match req {
+            Request::Status => ok(self.status()),
+            Request::Snapshots { db } => {
+                let rt = self.shared.current();
+                match snapshot::list(&rt.snapshotter.storage, db.as_deref()).await {
+                    Ok(list) => ok(json!({ "snapshots": list })),
+                    Err(e) => err(code::FAILED, e.to_string()),
+                }
+            }
+            Request::Snapshot { db, reason, wait } => self.snapshot(db, reason, wait, uid).await,
+            Request::Reload => {
+                let (tx, rx) = oneshot::channel();
+                if self.main.send(MainEvent::Reload(tx)).await.is_err() {
+                    return err(code::SHUTTING_DOWN, "the daemon is shutting down");
+                }
+                match rx.await {
+                    Ok(s) if s.ok => ok(json!({ "reload": s })),
+                    Ok(s) => err(
+                        code::FAILED,
+                        format!(
+                            "reload failed, the running configuration stays: {}",
+                            s.error.unwrap_or_default()
+                        ),
+                    ),
+                    Err(_) => err(code::SHUTTING_DOWN, "the daemon is shutting down"),
+                }
+            }
+        }
+    }
+}
+
+impl Api {
+    fn status(&self) -> Value {
+        let rt = self.shared.current();
+        let now = chrono::Utc::now();
+        let mut dbs = serde_json::Map::new();
+        for (name, mut s) in self.shared.board.get() {
+            let schedule = rt.config.database(&name).and_then(|d| d.schedule.clone());
+            s.schedule = schedule.as_ref().map(|s| s.as_str().to_string());
+            s.next_run = schedule.and_then(|s| s.next_after(now));
+            dbs.insert(name, serde_json::to_value(s).unwrap_or_default());
+        }
+        for db in &rt.config.databases {
+            dbs.entry(db.name.clone())
+                .or_insert_with(|| json!({ "schedule": db.schedule.as_ref().map(|s| s.as_str()) }));
+        }
+        json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "pid": std::process::id(),
+            "started_at": self.shared.started_at,
+            "uptime_seconds": (now - self.shared.started_at).num_seconds(),
+            "config": self.shared.config_path,
+            "storage": rt.snapshotter.storage.location(),
+            "metrics_listen": self.shared.metrics_addr.map(|a| a.to_string()),
+            "last_reload": self.shared.reload_status(),
+            "databases": dbs,
+        })
+    }
+
+    async fn snapshot(&self, db: Option<String>, reason: Option<String>, wait: bool, uid: u32) -> Value {
+        let names: Vec<String> = match db {
+            Some(d) => vec![d],
+            None => self.shared.current().config.databases.iter().map(|d| d.name.clone()).collect(),
+        };
+        let reason = reason.unwrap_or_else(|| "manual".into());
+        let mut pending = Vec::new();
+        let mut queued = Vec::new();
+        for name in names {
+            let (tx, rx) = oneshot::channel::<Outcome>();
+            let job = Job { reason: reason.clone(), trigger: format!("socket:uid={uid}"), scheduled: false };
+            match self.shared.request(&name, job, wait.then_some(tx)) {
+                Ok(q) => {
+                    queued.push(json!({ "database": name, "queued": q }));
+                    pending.push((name, rx));
+                }
+                Err(e @ RequestError::UnknownDatabase(_)) => {
+                    return err(code::UNKNOWN_DATABASE, e.to_string())
+                }
+                Err(e) => return err(code::SHUTTING_DOWN, e.to_string()),
+            }
+        }
+        if !wait {
+            return ok(json!({ "queued": queued }));
+        }
+        let mut taken = Vec::new();
+        let mut failed = Vec::new();
+        for (name, rx) in pending {
+            match rx.await {
+                Ok(Ok(m)) => taken.push(m),
+                Ok(Err(e)) => failed.push(format!("{name}: {e}")),
+                Err(_) => failed.push(format!("{name}: the worker stopped before finishing")),
+            }
+        }
+        if failed.is_empty() {
+            ok(json!({ "snapshots": taken }))
+        } else {
+            err(code::FAILED, format!("snapshot failed for {}", failed.join("; ")))
+        }
+    }
+}

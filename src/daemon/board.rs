@@ -1,0 +1,63 @@
+//! The daemon's status board: what `status` and `/metrics` report, per database. Updated by
+//! the workers and the scheduler; read by the control socket and the metrics endpoint.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DbStatus {
+    pub schedule: Option<String>,
+    pub next_run: Option<DateTime<Utc>>,
+    pub last_snapshot: Option<LastSnapshot>,
+    pub last_success_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    pub running: Option<RunningJob>,
+    /// Jobs waiting (0 or 1: triggers that find one waiting or running are coalesced).
+    pub queued: u32,
+    pub coalesced_total: u64,
+    pub snapshots_success_total: u64,
+    pub snapshots_failure_total: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LastSnapshot {
+    pub id: Option<String>,
+    pub reason: String,
+    pub trigger: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub duration_seconds: f64,
+    pub stored_bytes: Option<u64>,
+    pub outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunningJob {
+    pub since: DateTime<Utc>,
+    pub reason: String,
+    pub trigger: String,
+}
+
+#[derive(Default)]
+pub struct Board {
+    dbs: Mutex<BTreeMap<String, DbStatus>>,
+}
+
+impl Board {
+    pub fn update(&self, db: &str, f: impl FnOnce(&mut DbStatus)) {
+        let mut dbs = self.dbs.lock().unwrap_or_else(|p| p.into_inner());
+        f(dbs.entry(db.to_string()).or_default());
+    }
+
+    pub fn get(&self) -> BTreeMap<String, DbStatus> {
+        self.dbs.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Keeps only `names` (after a reload removed databases).
+    pub fn retain(&self, names: &[String]) {
+        self.dbs.lock().unwrap_or_else(|p| p.into_inner()).retain(|k, _| names.contains(k));
+    }
+}

@@ -1,0 +1,330 @@
+//! The long-running service: wiring of the control socket, the scheduler, one snapshot worker
+//! per database, metrics, webhooks and systemd, plus reload and an orderly drain on shutdown.
+//! Shutdown is passed in as a token; `signals` is the only place that touches OS signals.
+
+mod api;
+mod board;
+mod metrics;
+mod scheduler;
+pub mod signals;
+mod systemd;
+mod webhook;
+mod worker;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ConfigError};
+use crate::control::{self, ControlError, Peers};
+use crate::pg::PgTools;
+use crate::snapshot::Snapshotter;
+use crate::storage::{self, StorageError};
+
+use board::Board;
+use scheduler::Scheduler;
+use signals::SignalEvent;
+use webhook::Notifier;
+use worker::{Enqueued, Job, Outcome, Worker};
+
+/// How long aborting a snapshot (after the shutdown timeout) may take before the daemon exits anyway.
+const ABORT_GRACE: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error("cannot listen for metrics on {addr}: {message} (daemon.metrics_listen)")]
+    Metrics { addr: SocketAddr, message: String },
+    #[error("scheduler: {0}")]
+    Scheduler(String),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(String),
+}
+
+/// What can change on reload: the configuration and what is built from it.
+pub struct Runtime {
+    pub config: Arc<Config>,
+    pub snapshotter: Snapshotter,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadStatus {
+    pub at: DateTime<Utc>,
+    pub ok: bool,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("database `{0}` is not in the configuration")]
+    UnknownDatabase(String),
+    #[error("the daemon is shutting down")]
+    ShuttingDown,
+}
+
+/// State every task of the daemon shares.
+pub struct Shared {
+    runtime: RwLock<Arc<Runtime>>,
+    pub board: Board,
+    workers: Mutex<BTreeMap<String, Worker>>,
+    notifier: RwLock<Notifier>,
+    reload: Mutex<ReloadStatus>,
+    pub started_at: DateTime<Utc>,
+    config_path: PathBuf,
+    abort: CancellationToken,
+    closing: AtomicBool,
+    metrics_addr: Option<SocketAddr>,
+}
+
+/// Work for the main loop from the control socket.
+enum MainEvent {
+    Reload(oneshot::Sender<ReloadStatus>),
+}
+
+fn build_runtime(config: Config, storage: Arc<dyn storage::Storage>) -> Runtime {
+    let snapshotter = Snapshotter {
+        storage,
+        tools: PgTools::new(config.snapshot.pg_bin_dir.clone()),
+        cfg: config.snapshot.clone(),
+    };
+    Runtime { config: Arc::new(config), snapshotter }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    pub fn current(&self) -> Arc<Runtime> {
+        self.runtime.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn notifier(&self) -> Notifier {
+        self.notifier.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn reload_status(&self) -> ReloadStatus {
+        lock(&self.reload).clone()
+    }
+
+    /// Hands `job` to the database's worker (or joins the job it has).
+    pub fn request(
+        &self,
+        db: &str,
+        job: Job,
+        waiter: Option<oneshot::Sender<Outcome>>,
+    ) -> Result<Enqueued, RequestError> {
+        let workers = lock(&self.workers);
+        if self.closing.load(Ordering::SeqCst) {
+            return Err(RequestError::ShuttingDown);
+        }
+        let w = workers.get(db).ok_or_else(|| RequestError::UnknownDatabase(db.into()))?;
+        let trigger = job.trigger.clone();
+        let queued = w.enqueue(job, waiter).ok_or(RequestError::ShuttingDown)?;
+        let depth = u32::from(w.is_queued());
+        self.board.update(db, |s| {
+            s.queued = depth;
+            if queued == Enqueued::Coalesced {
+                s.coalesced_total += 1;
+            }
+        });
+        tracing::info!(database = %db, trigger = %trigger, outcome = ?queued, "snapshot requested");
+        Ok(queued)
+    }
+
+    /// One worker per configured database: new ones start, removed ones finish and go.
+    /// Returns the names that are new.
+    fn sync_workers(self: &Arc<Self>) -> Vec<String> {
+        let names: Vec<String> = self.current().config.databases.iter().map(|d| d.name.clone()).collect();
+        let mut workers = lock(&self.workers);
+        let removed: Vec<String> = workers.keys().filter(|k| !names.contains(k)).cloned().collect();
+        for name in removed {
+            if let Some(w) = workers.remove(&name) {
+                w.close();
+                tokio::spawn(w.join());
+            }
+        }
+        let mut added = Vec::new();
+        for name in &names {
+            if !workers.contains_key(name) {
+                workers.insert(name.clone(), Worker::spawn(name.clone(), self.clone(), self.abort.clone()));
+                added.push(name.clone());
+            }
+        }
+        drop(workers);
+        self.board.retain(&names);
+        for name in &names {
+            self.board.update(name, |_| {}); // metrics start at zero, not absent
+        }
+        added
+    }
+
+    fn take_workers(&self) -> Vec<Worker> {
+        std::mem::take(&mut *lock(&self.workers)).into_values().collect()
+    }
+}
+
+/// Runs the daemon until `shutdown` is cancelled (by SIGTERM/SIGINT or the caller), then
+/// drains: an in-flight snapshot gets `daemon.shutdown_timeout` to finish before it is aborted.
+pub async fn run(
+    config_path: PathBuf,
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<(), DaemonError> {
+    let storage = storage::open(&config.storage).await?;
+    let socket = config.daemon.socket.clone();
+    let listener = control::server::bind(&socket).await?;
+    let metrics = match config.daemon.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| DaemonError::Metrics { addr, message: e.to_string() })?,
+        ),
+        None => None,
+    };
+    let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
+    let peers = Peers { allowed_uids: config.daemon.allowed_uids.clone() };
+    let shutdown_timeout = config.daemon.shutdown_timeout;
+    let shared = Arc::new(Shared {
+        notifier: RwLock::new(Notifier::new(config.notify.clone())),
+        runtime: RwLock::new(Arc::new(build_runtime(config, storage))),
+        board: Board::default(),
+        workers: Mutex::new(BTreeMap::new()),
+        reload: Mutex::new(ReloadStatus { at: Utc::now(), ok: true, error: None }),
+        started_at: Utc::now(),
+        config_path,
+        abort: CancellationToken::new(),
+        closing: AtomicBool::new(false),
+        metrics_addr,
+    });
+    let names = shared.sync_workers();
+    let mut scheduler = Scheduler::start().await?;
+    scheduler.sync(&shared).await?;
+
+    let (signal_tx, mut signal_rx) = mpsc::channel(8);
+    let signal_task = tokio::spawn(signals::listen(signal_tx, shutdown.clone()));
+    let (main_tx, mut main_rx) = mpsc::channel(8);
+    let api = Arc::new(api::Api { shared: shared.clone(), main: main_tx });
+    tokio::spawn(control::server::serve(listener, peers, api, shutdown.clone()));
+    if let Some(l) = metrics {
+        tracing::info!(addr = ?metrics_addr, "metrics listening");
+        tokio::spawn(metrics::serve(l, shared.clone(), shutdown.clone()));
+    }
+    tokio::spawn(scheduler::catch_up(shared.clone(), names));
+    tracing::info!(socket = %socket.display(), pid = std::process::id(), "pgmedic daemon ready");
+    systemd::notify(&format!(
+        "READY=1\nSTATUS=watching {} database(s)",
+        shared.current().config.databases.len()
+    ));
+
+    let mut watchdog = systemd::watchdog_interval().map(tokio::time::interval);
+    loop {
+        let tick = async {
+            match watchdog.as_mut() {
+                Some(i) => i.tick().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(ev) = signal_rx.recv() => on_signal(ev, &shared, &mut scheduler).await,
+            Some(MainEvent::Reload(reply)) = main_rx.recv() => {
+                let _ = reply.send(reload(&shared, &mut scheduler).await);
+            }
+            _ = tick => systemd::notify("WATCHDOG=1"),
+        }
+    }
+    if let Ok(Err(e)) = signal_task.await {
+        return Err(DaemonError::Signals(e.to_string()));
+    }
+    drain(shared, scheduler, shutdown_timeout).await;
+    let _ = std::fs::remove_file(&socket);
+    tracing::info!("pgmedic daemon stopped");
+    Ok(())
+}
+
+async fn on_signal(ev: SignalEvent, shared: &Arc<Shared>, scheduler: &mut Scheduler) {
+    match ev {
+        SignalEvent::Reload => {
+            reload(shared, scheduler).await;
+        }
+        SignalEvent::SnapshotAll => {
+            for db in shared.current().config.databases.iter() {
+                let job = Job { reason: "signal".into(), trigger: "signal:SIGUSR2".into(), scheduled: false };
+                if let Err(e) = shared.request(&db.name, job, None) {
+                    tracing::warn!(database = %db.name, error = %e, "SIGUSR2 snapshot not queued");
+                }
+            }
+        }
+        SignalEvent::RepairAll => {
+            tracing::warn!("SIGUSR1 asks for repairs, which arrive with migration watching; nothing done")
+        }
+    }
+}
+
+/// Re-reads the file; a file that fails to load or validate keeps the running configuration.
+async fn reload(shared: &Arc<Shared>, scheduler: &mut Scheduler) -> ReloadStatus {
+    systemd::notify("RELOADING=1");
+    let result = async {
+        let config = Config::load(&shared.config_path)?;
+        let old = shared.current().config.clone();
+        if config.daemon.socket != old.daemon.socket
+            || config.daemon.metrics_listen != old.daemon.metrics_listen
+        {
+            tracing::warn!("daemon.socket and daemon.metrics_listen change only on restart");
+        }
+        let storage = storage::open(&config.storage).await?;
+        *shared.notifier.write().unwrap_or_else(|p| p.into_inner()) = Notifier::new(config.notify.clone());
+        *shared.runtime.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(build_runtime(config, storage));
+        let added = shared.sync_workers();
+        scheduler.sync(shared).await?;
+        tokio::spawn(scheduler::catch_up(shared.clone(), added));
+        Ok::<(), DaemonError>(())
+    }
+    .await;
+    let status =
+        ReloadStatus { at: Utc::now(), ok: result.is_ok(), error: result.err().map(|e| e.to_string()) };
+    match &status.error {
+        None => tracing::info!("configuration reloaded"),
+        Some(e) => tracing::error!(error = %e, "reload failed; the running configuration stays"),
+    }
+    *lock(&shared.reload) = status.clone();
+    let note = if status.ok { "reloaded" } else { "reload failed, old configuration kept" };
+    systemd::notify(&format!("READY=1\nSTATUS={note}"));
+    status
+}
+
+/// Stops taking work, lets a running snapshot finish within `timeout`, then aborts it.
+async fn drain(shared: Arc<Shared>, scheduler: Scheduler, timeout: Duration) {
+    systemd::notify("STOPPING=1\nSTATUS=draining");
+    shared.closing.store(true, Ordering::SeqCst);
+    scheduler.stop().await;
+    let workers = shared.take_workers();
+    for w in &workers {
+        w.close();
+    }
+    let mut joined = Box::pin(futures::future::join_all(workers.into_iter().map(Worker::join)));
+    if tokio::time::timeout(timeout, &mut joined).await.is_err() {
+        tracing::warn!(
+            ?timeout,
+            "shutdown timeout reached: aborting the snapshot in flight (no manifest is written)"
+        );
+        shared.abort.cancel();
+        if tokio::time::timeout(ABORT_GRACE, &mut joined).await.is_err() {
+            tracing::error!("the aborted snapshot did not stop in time; exiting anyway");
+        }
+    }
+}

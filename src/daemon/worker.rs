@@ -1,0 +1,197 @@
+//! One worker per database runs every snapshot of it, so two never overlap. Its queue has one
+//! slot: a trigger that finds a job waiting or running joins it (and is counted as coalesced)
+//! instead of queuing another dump of the same data.
+
+use std::sync::{Arc, Mutex};
+
+use chrono::Utc;
+use tokio::sync::{oneshot, Notify};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::board::{LastSnapshot, RunningJob};
+use super::Shared;
+use crate::snapshot::{self, Manifest, Request};
+
+/// What a waiter learns: the manifest, or the error's text.
+pub type Outcome = Result<Manifest, String>;
+
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub reason: String,
+    pub trigger: String,
+    /// Scheduled snapshots are followed by the retention policy.
+    pub scheduled: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Enqueued {
+    Queued,
+    Coalesced,
+}
+
+#[derive(Default)]
+struct Slot {
+    pending: Option<(Job, Vec<oneshot::Sender<Outcome>>)>,
+    /// Waiters of the job running now; `None` when idle.
+    running: Option<Vec<oneshot::Sender<Outcome>>>,
+    closed: bool,
+}
+
+pub struct Worker {
+    slot: Arc<Mutex<Slot>>,
+    wake: Arc<Notify>,
+    task: JoinHandle<()>,
+}
+
+impl Worker {
+    pub fn spawn(db: String, shared: Arc<Shared>, abort: CancellationToken) -> Worker {
+        let slot = Arc::new(Mutex::new(Slot::default()));
+        let wake = Arc::new(Notify::new());
+        let task = tokio::spawn(run(db, slot.clone(), wake.clone(), shared, abort));
+        Worker { slot, wake, task }
+    }
+
+    /// Queues `job`, or joins the one waiting or running. `None` once the worker is closed.
+    pub fn enqueue(&self, job: Job, waiter: Option<oneshot::Sender<Outcome>>) -> Option<Enqueued> {
+        let mut guard = lock(&self.slot);
+        let slot = &mut *guard;
+        if slot.closed {
+            return None;
+        }
+        let waiters = match (&mut slot.pending, &mut slot.running) {
+            (Some((_, w)), _) | (None, Some(w)) => w,
+            (None, None) => {
+                slot.pending = Some((job, waiter.into_iter().collect()));
+                drop(guard);
+                self.wake.notify_one();
+                return Some(Enqueued::Queued);
+            }
+        };
+        waiters.extend(waiter);
+        Some(Enqueued::Coalesced)
+    }
+
+    /// Takes no more work; a waiting job is dropped (its waiters are told), a running one goes on.
+    pub fn close(&self) {
+        let mut slot = lock(&self.slot);
+        slot.closed = true;
+        if let Some((_, waiters)) = slot.pending.take() {
+            for w in waiters {
+                let _ = w.send(Err("the daemon is shutting down; the snapshot was not started".into()));
+            }
+        }
+        drop(slot);
+        self.wake.notify_one();
+    }
+
+    pub fn is_queued(&self) -> bool {
+        lock(&self.slot).pending.is_some()
+    }
+
+    pub async fn join(self) {
+        let _ = self.task.await;
+    }
+}
+
+fn lock(slot: &Mutex<Slot>) -> std::sync::MutexGuard<'_, Slot> {
+    slot.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn run(
+    db: String,
+    slot: Arc<Mutex<Slot>>,
+    wake: Arc<Notify>,
+    shared: Arc<Shared>,
+    abort: CancellationToken,
+) {
+    loop {
+        let next = {
+            let mut s = lock(&slot);
+            match s.pending.take() {
+                Some((job, waiters)) => {
+                    s.running = Some(waiters);
+                    Some(job)
+                }
+                None if s.closed => return,
+                None => None,
+            }
+        };
+        let Some(job) = next else {
+            wake.notified().await;
+            continue;
+        };
+        let outcome = run_job(&db, &job, &shared, &abort).await;
+        let waiters = lock(&slot).running.take().unwrap_or_default();
+        for w in waiters {
+            let _ = w.send(outcome.clone());
+        }
+    }
+}
+
+async fn run_job(db: &str, job: &Job, shared: &Shared, abort: &CancellationToken) -> Outcome {
+    let started = Utc::now();
+    shared.board.update(db, |s| {
+        s.running =
+            Some(RunningJob { since: started, reason: job.reason.clone(), trigger: job.trigger.clone() })
+    });
+    let rt = shared.current();
+    let req = Request { reason: job.reason.clone(), trigger: job.trigger.clone() };
+    let outcome = match rt.config.database(db) {
+        Some(cfg) => rt.snapshotter.take(cfg, &req, abort).await.map_err(|e| e.to_string()),
+        None => Err(format!("database `{db}` is no longer in the configuration")),
+    };
+    let finished = Utc::now();
+    shared.board.update(db, |s| {
+        s.running = None;
+        s.last_snapshot = Some(LastSnapshot {
+            id: outcome.as_ref().ok().map(|m| m.id.clone()),
+            reason: job.reason.clone(),
+            trigger: job.trigger.clone(),
+            started_at: started,
+            finished_at: finished,
+            duration_seconds: (finished - started).num_milliseconds() as f64 / 1000.0,
+            stored_bytes: outcome.as_ref().ok().map(|m| m.stored_bytes),
+            outcome: if outcome.is_ok() { "success" } else { "failure" },
+        });
+        match &outcome {
+            Ok(_) => {
+                s.snapshots_success_total += 1;
+                s.last_success_at = Some(finished);
+                s.last_error = None;
+            }
+            Err(e) => {
+                s.snapshots_failure_total += 1;
+                s.last_error = Some(e.clone());
+            }
+        }
+    });
+    match &outcome {
+        Ok(m) if job.scheduled => prune_after(db, m, shared).await,
+        Ok(_) => {}
+        Err(e) => {
+            tracing::error!(database = %db, error = %e, "snapshot failed");
+            shared.notifier().send(
+                "snapshot_failed",
+                db,
+                serde_json::json!({ "error": e, "trigger": job.trigger }),
+            );
+        }
+    }
+    outcome
+}
+
+async fn prune_after(db: &str, m: &Manifest, shared: &Shared) {
+    let rt = shared.current();
+    let policy = rt.config.snapshot.retention;
+    match snapshot::prune(&rt.snapshotter.storage, &policy, Some(db), false).await {
+        Ok(r) => {
+            let gone = r.decisions.iter().filter(|d| !d.keep).count();
+            if gone > 0 {
+                tracing::info!(database = %db, after = %m.id, pruned = gone, "retention applied");
+            }
+        }
+        Err(e) => tracing::warn!(database = %db, error = %e, "retention after the scheduled snapshot failed"),
+    }
+}
