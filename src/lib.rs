@@ -6,14 +6,17 @@
 //! (taking, listing, pruning), `restore` (restore and verify), `pg` (PostgreSQL access),
 //! `daemon` (schedules, workers, signals, metrics) and `control` (its socket, both ends).
 
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
-mod pg;
+pub mod pg;
+pub mod repair;
 pub mod restore;
 pub mod snapshot;
 pub mod storage;
+pub mod watch;
 
 pub use config::Config;
 pub use restore::{RestoreOptions, Restorer};

@@ -46,15 +46,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             cmd_restore(&cfg, &snapshot_id, opts, yes, json).await
         }
         Command::Verify { snapshot_id, deep, json } => cmd_verify(&cfg, &snapshot_id, deep, json).await,
+        Command::Migrations { db, json } => super::repair::migrations(&cfg, db.as_deref(), json).await,
+        Command::Repair { db, playbook, dry_run, json } => {
+            super::repair::repair(&cfg, db.as_deref(), playbook, dry_run, json).await
+        }
+        Command::Audit { db, since, json } => {
+            super::repair::audit(&cfg, db.as_deref(), since.as_deref(), json)
+        }
         Command::Prune { db, dry_run, json } => cmd_prune(&cfg, db.as_deref(), dry_run, json).await,
     }
 }
 
-async fn open_storage(cfg: &Config) -> anyhow::Result<Arc<dyn Storage>> {
+pub(super) async fn open_storage(cfg: &Config) -> anyhow::Result<Arc<dyn Storage>> {
     storage::open(&cfg.storage).await.context("cannot open snapshot storage")
 }
 
-fn database<'a>(cfg: &'a Config, name: &str) -> Result<&'a DatabaseConfig, UsageError> {
+pub(super) fn database<'a>(cfg: &'a Config, name: &str) -> Result<&'a DatabaseConfig, UsageError> {
     cfg.database(name).ok_or_else(|| {
         let known: Vec<&str> = cfg.databases.iter().map(|d| d.name.as_str()).collect();
         UsageError(format!(
@@ -66,7 +73,7 @@ fn database<'a>(cfg: &'a Config, name: &str) -> Result<&'a DatabaseConfig, Usage
 }
 
 /// Who ran the command, for the manifest's trigger: the sudo caller, else the login name.
-fn invoking_user() -> String {
+pub(super) fn invoking_user() -> String {
     if let Ok(u) = std::env::var("SUDO_USER") {
         return u;
     }

@@ -4,6 +4,7 @@
 mod commands;
 mod output;
 mod remote;
+mod repair;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -89,6 +90,36 @@ pub enum Command {
         snapshot_id: String,
         #[arg(long)]
         deep: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Read the migrations table: applied, failed, rolled back, with the failure log.
+    Migrations {
+        #[arg(long)]
+        db: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the matching playbook for a failed migration now (snapshot first, then its steps).
+    Repair {
+        #[arg(long)]
+        db: Option<String>,
+        /// Use this playbook (it must still match the failure).
+        #[arg(long)]
+        playbook: Option<String>,
+        /// Print the playbook and the steps it would run; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the audit trail of repair runs.
+    Audit {
+        #[arg(long)]
+        db: Option<String>,
+        /// Only runs that started within this long, e.g. 7d or 12h.
+        #[arg(long)]
+        since: Option<String>,
         #[arg(long)]
         json: bool,
     },

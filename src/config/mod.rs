@@ -3,6 +3,7 @@
 //! that every other module can trust what it is given.
 
 mod dburl;
+mod playbook;
 mod raw;
 mod schedule;
 mod validate;
@@ -11,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use dburl::{passfile_line, DbUrl, DbUrlError, Secret};
+pub use playbook::{glob, Playbook, RepairConfig, ResolveAs, Step};
 pub use schedule::Schedule;
 pub use validate::validate;
 
@@ -37,6 +39,8 @@ pub struct Config {
     pub storage: StorageConfig,
     pub snapshot: SnapshotConfig,
     pub databases: Vec<DatabaseConfig>,
+    pub repair: RepairConfig,
+    pub playbooks: Vec<Playbook>,
     pub notify: Vec<String>,
 }
 
@@ -143,6 +147,20 @@ impl Config {
 
     pub fn database(&self, name: &str) -> Option<&DatabaseConfig> {
         self.databases.iter().find(|d| d.name == name)
+    }
+}
+
+impl DatabaseConfig {
+    /// The `[databases.migrations]` section, or Prisma's defaults when there is none.
+    pub fn migrations_or_default(&self) -> MigrationsConfig {
+        self.migrations.clone().unwrap_or_else(|| MigrationsConfig {
+            tool: "prisma".into(),
+            table: "_prisma_migrations".into(),
+            schema: "public".into(),
+            dir: None,
+            watch_interval: Duration::from_secs(30),
+            on_failure: OnFailure::Notify,
+        })
     }
 }
 

@@ -14,9 +14,10 @@ pub struct RawConfig {
     pub snapshot: RawSnapshot,
     #[serde(default)]
     pub databases: Vec<RawDatabase>,
-    /// Checked by the repair issue; kept as tables so a file written for it already loads.
     #[serde(default)]
-    pub playbooks: Vec<toml::Table>,
+    pub repair: RawRepair,
+    #[serde(default)]
+    pub playbooks: Vec<RawPlaybook>,
     #[serde(default)]
     pub notify: Vec<RawNotify>,
 }
@@ -96,4 +97,44 @@ pub struct RawMigrations {
 #[serde(deny_unknown_fields)]
 pub struct RawNotify {
     pub webhook: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRepair {
+    /// statement_timeout for `sql`, `sql_file` and `assert_sql` steps.
+    pub statement_timeout: Option<String>,
+    /// How long to wait for Prisma's advisory lock while a deploy holds it.
+    pub lock_wait: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPlaybook {
+    pub name: String,
+    pub database: Option<String>,
+    #[serde(rename = "match", default)]
+    pub matcher: RawMatch,
+    pub steps: Vec<RawStep>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatch {
+    pub migration: Option<String>,
+    pub log_contains: Option<String>,
+}
+
+/// One of `sql`, `sql_file`, `resolve`, `command` or `assert_sql`, with its options.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStep {
+    pub sql: Option<String>,
+    pub sql_file: Option<String>,
+    pub resolve: Option<String>,
+    pub command: Option<Vec<String>>,
+    pub assert_sql: Option<String>,
+    pub cwd: Option<String>,
+    pub env: Option<std::collections::BTreeMap<String, String>>,
+    pub timeout: Option<String>,
 }

@@ -73,7 +73,15 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         databases.push(db);
     }
     let notify = raw.notify.into_iter().map(|n| n.webhook).collect();
-    Ok(Config { source: path.to_path_buf(), daemon, storage, snapshot, databases, notify })
+    let names: Vec<String> = databases.iter().map(|d| d.name.clone()).collect();
+    let repair = super::playbook::repair(raw.repair).map_err(|(k, m)| ctx.err(k, m))?;
+    let playbooks = raw
+        .playbooks
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| super::playbook::playbook(i, p, &names).map_err(|(k, m)| ctx.err(k, m)))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Config { source: path.to_path_buf(), daemon, storage, snapshot, databases, repair, playbooks, notify })
 }
 
 fn storage(ctx: &Ctx, raw: RawStorage) -> Result<StorageConfig, ConfigError> {

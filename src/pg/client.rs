@@ -69,8 +69,36 @@ pub fn quote_ident(name: &str) -> String {
 }
 
 impl Session {
-    fn err(&self, what: &'static str, e: tokio_postgres::Error) -> DbError {
+    pub fn err(&self, what: &'static str, e: tokio_postgres::Error) -> DbError {
         DbError::Query { target: self.target.clone(), what, message: error_text(&e) }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    pub async fn query(&self, sql: &str, what: &'static str) -> Result<Vec<tokio_postgres::Row>, DbError> {
+        self.client.query(sql, &[]).await.map_err(|e| self.err(what, e))
+    }
+
+    pub async fn is_in_recovery(&self) -> Result<bool, DbError> {
+        let row = self
+            .client
+            .query_one("SELECT pg_is_in_recovery()", &[])
+            .await
+            .map_err(|e| self.err("check for a standby", e))?;
+        Ok(row.get(0))
+    }
+
+    pub async fn relation_exists(&self, qualified: &str) -> Result<bool, DbError> {
+        let row = (self.client.query_one("SELECT to_regclass($1) IS NOT NULL", &[&qualified]))
+            .await
+            .map_err(|e| self.err("look up a table", e))?;
+        Ok(row.get(0))
     }
 
     pub async fn server_version(&self) -> Result<String, DbError> {

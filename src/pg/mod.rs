@@ -4,5 +4,5 @@
 mod client;
 mod tools;
 
-pub use client::{connect, DbError, Session};
+pub use client::{connect, error_text, quote_ident, DbError, Session};
 pub use tools::{PgTools, Pipes, ToolError};

@@ -22,7 +22,7 @@ use crate::storage::{layout, ObjectWriter, Storage, StorageError};
 
 pub use manifest::{find, list, Compression, Manifest, MigrationRows, StoredObject, FORMAT_VERSION};
 pub use pipeline::{cores, CHUNK};
-pub use retention::{plan, prune, Decision, PruneReport};
+pub use retention::{plan, prune, Decision, PruneReport, PRE_REPAIR};
 
 const GLOBALS_CAP: u64 = 64 * 1024 * 1024;
 

@@ -1,0 +1,171 @@
+//! Repair playbooks as validated values: which failures they match and the steps they run.
+//! A playbook that names an unknown database, or a step that is not exactly one kind, is a
+//! configuration error naming `playbooks[i].steps[j]`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::raw::{RawPlaybook, RawRepair, RawStep};
+
+#[derive(Debug, Clone)]
+pub struct RepairConfig {
+    pub statement_timeout: Duration,
+    pub lock_wait: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Playbook {
+    pub name: String,
+    pub database: Option<String>,
+    /// Glob over the migration's name (`*` and `?`); any when absent.
+    pub migration: Option<String>,
+    /// Text the failure log must contain; any when absent or empty.
+    pub log_contains: Option<String>,
+    pub steps: Vec<Step>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum ResolveAs {
+    #[serde(rename = "applied")]
+    Applied,
+    #[serde(rename = "rolled-back")]
+    RolledBack,
+}
+
+#[derive(Debug, Clone)]
+pub enum Step {
+    Sql { sql: String, timeout: Option<Duration> },
+    SqlFile { path: PathBuf, timeout: Option<Duration> },
+    Resolve(ResolveAs),
+    Command { argv: Vec<String>, cwd: Option<PathBuf>, env: BTreeMap<String, String>, timeout: Duration },
+    AssertSql { sql: String },
+}
+
+const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(600);
+
+pub fn repair(raw: RawRepair) -> Result<RepairConfig, (String, String)> {
+    let d = |key: &str, v: Option<String>, default: u64| match v {
+        None => Ok(Duration::from_secs(default)),
+        Some(t) => {
+            humantime::parse_duration(&t).map_err(|e| (format!("repair.{key}"), format!("`{t}`: {e}")))
+        }
+    };
+    Ok(RepairConfig {
+        statement_timeout: d("statement_timeout", raw.statement_timeout, 300)?,
+        lock_wait: d("lock_wait", raw.lock_wait, 30)?,
+    })
+}
+
+/// Validates playbook `i`; errors are (key, message).
+pub fn playbook(i: usize, raw: RawPlaybook, databases: &[String]) -> Result<Playbook, (String, String)> {
+    let key = |k: &str| format!("playbooks[{i}].{k}");
+    if raw.name.trim().is_empty() {
+        return Err((key("name"), "must not be empty".into()));
+    }
+    if let Some(db) = &raw.database {
+        if !databases.contains(db) {
+            return Err((key("database"), format!("`{db}` is not a [[databases]] name")));
+        }
+    }
+    if raw.steps.is_empty() {
+        return Err((key("steps"), "a playbook needs at least one step".into()));
+    }
+    let steps =
+        raw.steps.into_iter().enumerate().map(|(j, s)| step(s).map_err(|m| (key(&format!("steps[{j}]")), m)));
+    Ok(Playbook {
+        name: raw.name,
+        database: raw.database,
+        migration: raw.matcher.migration.filter(|m| !m.is_empty()),
+        log_contains: raw.matcher.log_contains.filter(|m| !m.is_empty()),
+        steps: steps.collect::<Result<_, _>>()?,
+    })
+}
+
+fn step(raw: RawStep) -> Result<Step, String> {
+    let timeout = raw
+        .timeout
+        .as_deref()
+        .map(|t| humantime::parse_duration(t).map_err(|e| format!("timeout `{t}`: {e}")))
+        .transpose()?;
+    let kinds = [
+        raw.sql.is_some(),
+        raw.sql_file.is_some(),
+        raw.resolve.is_some(),
+        raw.command.is_some(),
+        raw.assert_sql.is_some(),
+    ];
+    if kinds.iter().filter(|k| **k).count() != 1 {
+        return Err("a step is exactly one of sql, sql_file, resolve, command or assert_sql".into());
+    }
+    if raw.command.is_none() && (raw.cwd.is_some() || raw.env.is_some()) {
+        return Err("cwd and env belong to command steps".into());
+    }
+    if let Some(sql) = raw.sql {
+        return Ok(Step::Sql { sql, timeout });
+    }
+    if let Some(path) = raw.sql_file {
+        return Ok(Step::SqlFile { path: PathBuf::from(path), timeout });
+    }
+    if let Some(r) = raw.resolve {
+        return match r.as_str() {
+            "applied" => Ok(Step::Resolve(ResolveAs::Applied)),
+            "rolled-back" => Ok(Step::Resolve(ResolveAs::RolledBack)),
+            other => Err(format!("resolve = `{other}` is not \"applied\" or \"rolled-back\"")),
+        };
+    }
+    if let Some(argv) = raw.command {
+        if argv.is_empty() || argv[0].is_empty() {
+            return Err("command needs a program: command = [\"program\", \"arg\", ...]".into());
+        }
+        let (cwd, env) = (raw.cwd.map(PathBuf::from), raw.env.unwrap_or_default());
+        return Ok(Step::Command { argv, cwd, env, timeout: timeout.unwrap_or(DEFAULT_COMMAND_TIMEOUT) });
+    }
+    Ok(Step::AssertSql { sql: raw.assert_sql.unwrap_or_default() })
+}
+
+/// `*` matches any run of characters, `?` any one.
+pub fn glob(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+impl Playbook {
+    pub fn matches(&self, database: &str, migration: &str, log: &str) -> bool {
+        self.database.as_deref().is_none_or(|d| d == database)
+            && self.migration.as_deref().is_none_or(|g| glob(g, migration))
+            && self.log_contains.as_deref().is_none_or(|t| log.contains(t))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob;
+
+    #[test]
+    fn globs() {
+        assert!(glob("*_add_plugin_credential_model", "20250520130900_add_plugin_credential_model"));
+        assert!(glob("2025*", "20250520130900_x"));
+        assert!(glob("*", ""));
+        assert!(glob("a?c", "abc"));
+        assert!(!glob("*_init", "20250101000000_init_more"));
+        assert!(glob("*a*b*", "xxaxxbxx"));
+    }
+}

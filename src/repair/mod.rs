@@ -1,0 +1,340 @@
+//! A repair run: take pgmedic's repair lock and Prisma's, re-read the table, pick the first
+//! playbook that matches the failed migration, take a `pre-repair` snapshot (no snapshot, no
+//! step: fail closed), run the steps in order stopping at the first failure, re-read, and write
+//! one audit record, fsynced, before the run is reported done.
+
+mod assert;
+mod command;
+mod locks;
+mod resolve;
+mod sql;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::{self, redact, AuditError, AuditLog, RunRecord, StepRecord, OUTPUT_CAP};
+use crate::config::{Config, DatabaseConfig, MigrationsConfig, Playbook, Step};
+use crate::pg::{self, DbError, Session};
+use crate::snapshot::{Manifest, Request, Snapshotter};
+use crate::storage::Storage;
+use crate::watch::{self, Migration, TableState, PRISMA_LOCK};
+
+/// Why a step failed, in words for the audit record.
+#[derive(Debug)]
+pub struct StepFailure(pub String);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RepairError {
+    #[error("database `{0}` is not in the configuration")]
+    UnknownDatabase(String),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+}
+
+/// How the pre-repair snapshot is taken: in-process, or through the daemon's worker.
+#[async_trait]
+pub trait PreRepairSnapshot: Send + Sync {
+    async fn take(&self, db: &DatabaseConfig, trigger: &str) -> Result<Manifest, String>;
+}
+
+pub struct InProcessSnapshots(pub Snapshotter);
+
+#[async_trait]
+impl PreRepairSnapshot for InProcessSnapshots {
+    async fn take(&self, db: &DatabaseConfig, trigger: &str) -> Result<Manifest, String> {
+        let req = Request { reason: crate::snapshot::PRE_REPAIR.into(), trigger: trigger.into() };
+        self.0.take(db, &req, &CancellationToken::new()).await.map_err(|e| e.to_string())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    pub database: String,
+    /// Use this playbook (it must still match); the first matching one when absent.
+    pub playbook: Option<String>,
+    pub dry_run: bool,
+    pub trigger: String,
+    pub requested_by: String,
+}
+
+pub struct Repairer {
+    pub config: Arc<Config>,
+    pub storage: Arc<dyn Storage>,
+    pub snapshots: Arc<dyn PreRepairSnapshot>,
+}
+
+/// Outcomes that mean "refused for safety" (exit 3).
+pub fn is_refusal(outcome: &str) -> bool {
+    matches!(outcome, "refused" | "snapshot_failed")
+}
+
+impl Repairer {
+    pub async fn run(&self, req: &RunRequest) -> Result<RunRecord, RepairError> {
+        let db = self
+            .config
+            .database(&req.database)
+            .ok_or_else(|| RepairError::UnknownDatabase(req.database.clone()))?;
+        let mig = db.migrations_or_default();
+        let started_at = Utc::now();
+        let mut rec = RunRecord {
+            run_id: audit::new_run_id(started_at),
+            database: db.name.clone(),
+            playbook: None,
+            migration: None,
+            trigger: req.trigger.clone(),
+            requested_by: req.requested_by.clone(),
+            dry_run: req.dry_run,
+            snapshot_id: None,
+            started_at,
+            finished_at: started_at,
+            outcome: "failed".into(),
+            error: None,
+            rows_before: Vec::new(),
+            rows_after: Vec::new(),
+            steps: Vec::new(),
+        };
+        if let Err(e) = self.attempt(db, &mig, req, &mut rec).await {
+            rec.outcome = "failed".into();
+            rec.error = Some(e.to_string());
+        }
+        rec.finished_at = Utc::now();
+        tracing::info!(run_id = %rec.run_id, database = %rec.database, outcome = %rec.outcome, error = ?rec.error, "repair run finished");
+        if !req.dry_run {
+            AuditLog::new(&self.config.daemon.state_dir).append(&rec)?;
+            audit::store_copy(&self.storage, &rec).await;
+        }
+        Ok(rec)
+    }
+
+    async fn attempt(
+        &self,
+        db: &DatabaseConfig,
+        mig: &MigrationsConfig,
+        req: &RunRequest,
+        rec: &mut RunRecord,
+    ) -> Result<(), RepairError> {
+        let session = pg::connect(&db.url).await?;
+        let timeout_ms = self.config.repair.statement_timeout.as_millis().max(1);
+        (session.client().batch_execute(&format!("SET statement_timeout = {timeout_ms}")))
+            .await
+            .map_err(|e| session.err("set statement_timeout", e))?;
+        let dialect = watch::dialect(mig);
+        if !req.dry_run && !self.lock(&session, db, rec).await? {
+            return Ok(());
+        }
+        let state = watch::read(&session, dialect.as_ref()).await?;
+        if let TableState::Standby = state {
+            return refuse(rec, format!("{} is a standby: repair its primary", db.name));
+        }
+        let Some(target) = state.needing_repair().first().map(|m| (*m).clone()) else {
+            rec.outcome = "noop".into();
+            return Ok(());
+        };
+        rec.migration = Some(target.name.clone());
+        let Some(playbook) = self.choose(db, &target, req.playbook.as_deref()) else {
+            rec.outcome = "no_playbook".into();
+            rec.error = Some(format!(
+                "no playbook matches failed migration `{}` of {} (add one with match = {{ migration = \"*{}\" }})",
+                target.name,
+                db.name,
+                target.name.split_once('_').map(|(_, rest)| format!("_{rest}")).unwrap_or_default()
+            ));
+            return Ok(());
+        };
+        rec.playbook = Some(playbook.name.clone());
+        rec.steps = playbook.steps.iter().enumerate().map(|(i, s)| planned(i, s, &target.name)).collect();
+        if req.dry_run {
+            rec.outcome = "dry_run".into();
+            return Ok(());
+        }
+        rec.rows_before = dialect.raw_rows(&session).await?;
+        match self.snapshots.take(db, &format!("repair:{}", rec.run_id)).await {
+            Ok(m) => rec.snapshot_id = Some(m.id),
+            Err(e) => {
+                rec.outcome = "snapshot_failed".into();
+                rec.error = Some(format!("the pre-repair snapshot failed, so no step was run: {e}"));
+                return Ok(());
+            }
+        }
+        let failed = self.run_steps(&session, mig, playbook, &target.name, rec).await;
+        rec.rows_after = dialect.raw_rows(&session).await?;
+        if !failed {
+            let after = watch::read(&session, dialect.as_ref()).await?;
+            let still: Vec<String> = after.needing_repair().iter().map(|m| m.name.clone()).collect();
+            (rec.outcome, rec.error) = if still.is_empty() {
+                ("succeeded".into(), None)
+            } else {
+                (
+                    "failed".into(),
+                    Some(format!(
+                        "every step succeeded but these migrations are still failed: {}",
+                        still.join(", ")
+                    )),
+                )
+            };
+        }
+        Ok(())
+    }
+
+    /// Takes both locks; false (with the record filled) when refused.
+    async fn lock(
+        &self,
+        session: &Session,
+        db: &DatabaseConfig,
+        rec: &mut RunRecord,
+    ) -> Result<bool, RepairError> {
+        if let Err(holder) = locks::take_repair_lock(session).await? {
+            refuse(
+                rec,
+                format!(
+                    "another repair of {} is running: pgmedic's repair lock is held by {holder}",
+                    db.name
+                ),
+            )?;
+            return Ok(false);
+        }
+        let wait = self.config.repair.lock_wait;
+        if let Err(holder) = locks::take_prisma_lock(session, PRISMA_LOCK, wait).await? {
+            let wait = humantime::format_duration(wait);
+            refuse(rec, format!("a migration deploy holds Prisma's lock 72707369 ({holder}); waited {wait} (repair.lock_wait), try again once it is done"))?;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn choose<'a>(&'a self, db: &DatabaseConfig, m: &Migration, named: Option<&str>) -> Option<&'a Playbook> {
+        let log = m.logs.as_deref().unwrap_or("");
+        self.config
+            .playbooks
+            .iter()
+            .filter(|p| named.is_none_or(|n| n == p.name))
+            .find(|p| p.matches(&db.name, &m.name, log))
+    }
+
+    /// Runs the steps in order; true when one failed (the record says which and why).
+    async fn run_steps(
+        &self,
+        session: &Session,
+        mig: &MigrationsConfig,
+        playbook: &Playbook,
+        name: &str,
+        rec: &mut RunRecord,
+    ) -> bool {
+        for (i, step) in playbook.steps.iter().enumerate() {
+            let started = Utc::now();
+            let result = self.step(session, mig, name, step).await;
+            let r = &mut rec.steps[i];
+            r.started_at = Some(started);
+            r.finished_at = Some(Utc::now());
+            match result {
+                Ok(output) => {
+                    r.outcome = "ok".into();
+                    r.output = cap(&redact(&output));
+                }
+                Err(StepFailure(e)) => {
+                    let e = cap(&redact(&e));
+                    r.outcome = "failed".into();
+                    r.error = Some(e.clone());
+                    rec.outcome = "failed".into();
+                    rec.error = Some(format!(
+                        "step {} ({}) of playbook {} failed: {e}",
+                        i + 1,
+                        r.kind,
+                        playbook.name
+                    ));
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    async fn step(
+        &self,
+        session: &Session,
+        mig: &MigrationsConfig,
+        name: &str,
+        step: &Step,
+    ) -> Result<String, StepFailure> {
+        let default = self.config.repair.statement_timeout;
+        match step {
+            Step::Sql { sql, timeout } => sql::run(session, sql, timeout.unwrap_or(default)).await,
+            Step::SqlFile { path, timeout } => sql::run_file(session, path, timeout.unwrap_or(default)).await,
+            Step::Resolve(how) => resolve::run(session, mig, name, *how).await,
+            Step::AssertSql { sql } => assert::run(session, sql).await,
+            Step::Command { argv, cwd, env, timeout } => {
+                // The command may be `prisma migrate deploy`, which needs Prisma's lock itself.
+                let lost = |e: DbError| StepFailure(e.to_string());
+                locks::release_prisma_lock(session, PRISMA_LOCK).await.map_err(lost)?;
+                let result = command::run(argv, cwd.as_ref(), env, *timeout).await;
+                let retaken = locks::take_prisma_lock(session, PRISMA_LOCK, self.config.repair.lock_wait)
+                    .await
+                    .map_err(lost)?;
+                if let Err(holder) = retaken {
+                    return Err(StepFailure(format!(
+                        "could not take Prisma's lock back after the command ({holder})"
+                    )));
+                }
+                result
+            }
+        }
+    }
+}
+
+fn refuse(rec: &mut RunRecord, why: String) -> Result<(), RepairError> {
+    rec.outcome = "refused".into();
+    rec.error = Some(why);
+    Ok(())
+}
+
+fn cap(s: &str) -> String {
+    if s.len() <= OUTPUT_CAP {
+        return s.to_string();
+    }
+    let mut end = OUTPUT_CAP;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes cut)", &s[..end], s.len() - end)
+}
+
+/// A step as the audit shows it: its kind and parameters, secrets redacted.
+fn planned(index: usize, step: &Step, migration: &str) -> StepRecord {
+    let (kind, params) = match step {
+        Step::Sql { sql, timeout } => (
+            "sql",
+            json!({ "sql": redact(sql), "timeout": timeout.map(|t| humantime::format_duration(t).to_string()) }),
+        ),
+        Step::SqlFile { path, timeout } => (
+            "sql_file",
+            json!({ "sql_file": path, "timeout": timeout.map(|t| humantime::format_duration(t).to_string()) }),
+        ),
+        Step::Resolve(how) => ("resolve", json!({ "resolve": how, "migration": migration })),
+        Step::Command { argv, cwd, env, timeout } => (
+            "command",
+            json!({
+                "command": argv.iter().map(|a| redact(a)).collect::<Vec<_>>(),
+                "cwd": cwd,
+                "env": env.keys().map(|k| (k.clone(), "***")).collect::<std::collections::BTreeMap<_, _>>(),
+                "timeout": humantime::format_duration(*timeout).to_string(),
+            }),
+        ),
+        Step::AssertSql { sql } => ("assert_sql", json!({ "assert_sql": redact(sql) })),
+    };
+    StepRecord {
+        index: index + 1,
+        kind: kind.into(),
+        params,
+        started_at: None,
+        finished_at: None,
+        outcome: "planned".into(),
+        output: String::new(),
+        error: None,
+    }
+}
