@@ -44,7 +44,12 @@ pub struct Session {
 
 pub async fn connect(url: &DbUrl) -> Result<Session, DbError> {
     let target = url.display_target();
-    let (client, connection) = url.pg_config().connect(NoTls).await.map_err(|e| DbError::Connect {
+    let mut config = url.pg_config().clone();
+    if config.get_application_name().is_none() {
+        // Names the holder of a lock in another pgmedic's refusal, across hosts.
+        config.application_name(format!("pgmedic@{}:{}", crate::snapshot::hostname(), std::process::id()));
+    }
+    let (client, connection) = config.connect(NoTls).await.map_err(|e| DbError::Connect {
         target: target.clone(),
         message: error_text(&e),
         missing_database: e.code() == Some(&tokio_postgres::error::SqlState::INVALID_CATALOG_NAME),
