@@ -74,3 +74,20 @@ pub async fn status(cfg: &Config, json: bool) -> anyhow::Result<()> {
     print!("{}", table(&rows));
     Ok(())
 }
+
+/// Repairs through the daemon when its socket answers; `None` means run in-process.
+pub async fn repair(
+    cfg: &Config,
+    db: Option<&str>,
+    playbook: Option<String>,
+    dry_run: bool,
+) -> anyhow::Result<Option<Vec<crate::audit::RunRecord>>> {
+    let path = &cfg.daemon.socket;
+    let Some(stream) = client::try_connect(path).await else { return Ok(None) };
+    tracing::info!(socket = %path.display(), "asking the running daemon to run the repair");
+    let req = Request::Repair { db: db.map(str::to_string), playbook, dry_run };
+    let reply = client::call(stream, path, &req).await?;
+    let runs =
+        serde_json::from_value(reply["runs"].clone()).context("the daemon's reply lists no repair runs")?;
+    Ok(Some(runs))
+}

@@ -80,6 +80,22 @@ pub async fn repair(
     dry_run: bool,
     json: bool,
 ) -> anyhow::Result<()> {
+    if let Some(name) = db {
+        database(cfg, name)?;
+    }
+    if let Some(records) = super::remote::repair(cfg, db, playbook.clone(), dry_run).await? {
+        if json {
+            let out = if records.len() == 1 {
+                serde_json::to_string_pretty(&records[0])?
+            } else {
+                serde_json::to_string_pretty(&records)?
+            };
+            println!("{out}");
+        } else {
+            records.iter().for_each(print_run);
+        }
+        return verdict(&records);
+    }
     let storage = open_storage(cfg).await?;
     let snapshotter = Snapshotter {
         storage: storage.clone(),

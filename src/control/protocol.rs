@@ -26,6 +26,14 @@ pub enum Request {
         db: Option<String>,
     },
     Reload,
+    Repair {
+        #[serde(default)]
+        db: Option<String>,
+        #[serde(default)]
+        playbook: Option<String>,
+        #[serde(default)]
+        dry_run: bool,
+    },
 }
 
 fn yes() -> bool {

@@ -31,6 +31,7 @@ impl Handler for Api {
                 }
             }
             Request::Snapshot { db, reason, wait } => self.snapshot(db, reason, wait, uid).await,
+            Request::Repair { db, playbook, dry_run } => self.repair(db, playbook, dry_run, uid).await,
             Request::Reload => {
                 let (tx, rx) = oneshot::channel();
                 if self.main.send(MainEvent::Reload(tx)).await.is_err() {
@@ -53,6 +54,32 @@ impl Handler for Api {
 }
 
 impl Api {
+    async fn repair(&self, db: Option<String>, playbook: Option<String>, dry_run: bool, uid: u32) -> Value {
+        let cfg = self.shared.current().config.clone();
+        let names: Vec<String> = match db {
+            Some(d) if cfg.database(&d).is_none() => {
+                return err(code::UNKNOWN_DATABASE, format!("database `{d}` is not in the configuration"))
+            }
+            Some(d) => vec![d],
+            None => cfg.databases.iter().map(|d| d.name.clone()).collect(),
+        };
+        let mut runs = Vec::new();
+        for database in names {
+            let req = crate::repair::RunRequest {
+                database,
+                playbook: playbook.clone(),
+                dry_run,
+                trigger: "socket".into(),
+                requested_by: format!("socket:uid={uid}"),
+            };
+            match self.shared.repair(req).await {
+                Ok(rec) => runs.push(rec),
+                Err(e) => return err(code::FAILED, e),
+            }
+        }
+        ok(json!({ "runs": runs }))
+    }
+
     fn status(&self) -> Value {
         let rt = self.shared.current();
         let now = chrono::Utc::now();

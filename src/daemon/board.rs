@@ -20,6 +20,17 @@ pub struct DbStatus {
     pub coalesced_total: u64,
     pub snapshots_success_total: u64,
     pub snapshots_failure_total: u64,
+    pub migrations: Option<MigrationsStatus>,
+    pub last_repair: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MigrationsStatus {
+    /// ok, failed, missing, standby or unreachable
+    pub state: String,
+    pub failed: Vec<String>,
+    pub checked_at: DateTime<Utc>,
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -148,6 +148,12 @@ fn render(shared: &Shared) -> String {
         per_db(&|s| Some(s.queued.to_string())),
     );
     metric(
+        "pgmedic_migrations_failed",
+        "gauge",
+        "Failed migrations seen by the watcher (0 when healthy).",
+        per_db(&|s| s.migrations.as_ref().map(|m| m.failed.len().to_string())),
+    );
+    metric(
         "pgmedic_snapshot_running",
         "gauge",
         "1 while a snapshot of the database runs.",

@@ -5,9 +5,11 @@
 mod api;
 mod board;
 mod metrics;
+mod repairs;
 mod scheduler;
 pub mod signals;
 mod systemd;
+mod watcher;
 mod webhook;
 mod worker;
 
@@ -80,6 +82,7 @@ pub struct Shared {
     runtime: RwLock<Arc<Runtime>>,
     pub board: Board,
     workers: Mutex<BTreeMap<String, Worker>>,
+    watchers: Mutex<BTreeMap<String, CancellationToken>>,
     notifier: RwLock<Notifier>,
     reload: Mutex<ReloadStatus>,
     pub started_at: DateTime<Utc>,
@@ -172,6 +175,28 @@ impl Shared {
         added
     }
 
+    /// One migrations watcher per database that has a `[databases.migrations]` section.
+    fn sync_watchers(self: &Arc<Self>, shutdown: &CancellationToken) {
+        let cfg = self.current().config.clone();
+        let wanted: Vec<String> =
+            cfg.databases.iter().filter(|d| d.migrations.is_some()).map(|d| d.name.clone()).collect();
+        let mut watchers = lock(&self.watchers);
+        watchers.retain(|name, token| {
+            let keep = wanted.contains(name);
+            if !keep {
+                token.cancel();
+            }
+            keep
+        });
+        for name in wanted {
+            if let std::collections::btree_map::Entry::Vacant(slot) = watchers.entry(name) {
+                let token = shutdown.child_token();
+                tokio::spawn(watcher::watch(self.clone(), slot.key().clone(), token.clone()));
+                slot.insert(token);
+            }
+        }
+    }
+
     fn take_workers(&self) -> Vec<Worker> {
         std::mem::take(&mut *lock(&self.workers)).into_values().collect()
     }
@@ -203,6 +228,7 @@ pub async fn run(
         runtime: RwLock::new(Arc::new(build_runtime(config, storage))),
         board: Board::default(),
         workers: Mutex::new(BTreeMap::new()),
+        watchers: Mutex::new(BTreeMap::new()),
         reload: Mutex::new(ReloadStatus { at: Utc::now(), ok: true, error: None }),
         started_at: Utc::now(),
         config_path,
@@ -211,6 +237,7 @@ pub async fn run(
         metrics_addr,
     });
     let names = shared.sync_workers();
+    shared.sync_watchers(&shutdown);
     let mut scheduler = Scheduler::start().await?;
     scheduler.sync(&shared).await?;
 
@@ -240,9 +267,9 @@ pub async fn run(
         };
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            Some(ev) = signal_rx.recv() => on_signal(ev, &shared, &mut scheduler).await,
+            Some(ev) = signal_rx.recv() => on_signal(ev, &shared, &mut scheduler, &shutdown).await,
             Some(MainEvent::Reload(reply)) = main_rx.recv() => {
-                let _ = reply.send(reload(&shared, &mut scheduler).await);
+                let _ = reply.send(reload(&shared, &mut scheduler, &shutdown).await);
             }
             _ = tick => systemd::notify("WATCHDOG=1"),
         }
@@ -256,10 +283,15 @@ pub async fn run(
     Ok(())
 }
 
-async fn on_signal(ev: SignalEvent, shared: &Arc<Shared>, scheduler: &mut Scheduler) {
+async fn on_signal(
+    ev: SignalEvent,
+    shared: &Arc<Shared>,
+    scheduler: &mut Scheduler,
+    shutdown: &CancellationToken,
+) {
     match ev {
         SignalEvent::Reload => {
-            reload(shared, scheduler).await;
+            reload(shared, scheduler, shutdown).await;
         }
         SignalEvent::SnapshotAll => {
             for db in shared.current().config.databases.iter() {
@@ -269,14 +301,40 @@ async fn on_signal(ev: SignalEvent, shared: &Arc<Shared>, scheduler: &mut Schedu
                 }
             }
         }
-        SignalEvent::RepairAll => {
-            tracing::warn!("SIGUSR1 asks for repairs, which arrive with migration watching; nothing done")
-        }
+        SignalEvent::RepairAll => repair_all(shared),
+    }
+}
+
+/// SIGUSR1: a repair for every database whose watcher has seen a failed migration.
+fn repair_all(shared: &Arc<Shared>) {
+    let failing: Vec<String> = (shared.board.get().into_iter())
+        .filter(|(_, s)| s.migrations.as_ref().is_some_and(|m| !m.failed.is_empty()))
+        .map(|(name, _)| name)
+        .collect();
+    tracing::info!(databases = ?failing, "SIGUSR1: repairing every database with a failed migration");
+    for database in failing {
+        let shared = shared.clone();
+        let req = crate::repair::RunRequest {
+            database,
+            playbook: None,
+            dry_run: false,
+            trigger: "signal:SIGUSR1".into(),
+            requested_by: "signal".into(),
+        };
+        tokio::spawn(async move {
+            if let Err(e) = shared.repair(req).await {
+                tracing::error!(error = %e, "repair could not run");
+            }
+        });
     }
 }
 
 /// Re-reads the file; a file that fails to load or validate keeps the running configuration.
-async fn reload(shared: &Arc<Shared>, scheduler: &mut Scheduler) -> ReloadStatus {
+async fn reload(
+    shared: &Arc<Shared>,
+    scheduler: &mut Scheduler,
+    shutdown: &CancellationToken,
+) -> ReloadStatus {
     systemd::notify("RELOADING=1");
     let result = async {
         let config = Config::load(&shared.config_path)?;
@@ -290,6 +348,7 @@ async fn reload(shared: &Arc<Shared>, scheduler: &mut Scheduler) -> ReloadStatus
         *shared.notifier.write().unwrap_or_else(|p| p.into_inner()) = Notifier::new(config.notify.clone());
         *shared.runtime.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(build_runtime(config, storage));
         let added = shared.sync_workers();
+        shared.sync_watchers(shutdown);
         scheduler.sync(shared).await?;
         tokio::spawn(scheduler::catch_up(shared.clone(), added));
         Ok::<(), DaemonError>(())

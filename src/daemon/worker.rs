@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::board::{LastSnapshot, RunningJob};
 use super::Shared;
-use crate::snapshot::{self, Manifest, Request};
+use crate::snapshot::{self, Manifest, Request, PRE_REPAIR};
 
 /// What a waiter learns: the manifest, or the error's text.
 pub type Outcome = Result<Manifest, String>;
@@ -53,24 +53,36 @@ impl Worker {
         Worker { slot, wake, task }
     }
 
-    /// Queues `job`, or joins the one waiting or running. `None` once the worker is closed.
+    /// Queues `job`, or joins the one waiting or running. A pre-repair job never joins a running
+    /// one (its snapshot must be marked pre-repair for retention) but upgrades a waiting one.
+    /// `None` once the worker is closed.
     pub fn enqueue(&self, job: Job, waiter: Option<oneshot::Sender<Outcome>>) -> Option<Enqueued> {
         let mut guard = lock(&self.slot);
         let slot = &mut *guard;
         if slot.closed {
             return None;
         }
-        let waiters = match (&mut slot.pending, &mut slot.running) {
-            (Some((_, w)), _) | (None, Some(w)) => w,
-            (None, None) => {
+        let pre_repair = job.reason == PRE_REPAIR;
+        match (&mut slot.pending, &mut slot.running) {
+            (Some((pending, waiters)), _) => {
+                if pre_repair {
+                    let scheduled = pending.scheduled;
+                    *pending = Job { scheduled, ..job };
+                }
+                waiters.extend(waiter);
+                Some(Enqueued::Coalesced)
+            }
+            (None, Some(waiters)) if !pre_repair => {
+                waiters.extend(waiter);
+                Some(Enqueued::Coalesced)
+            }
+            _ => {
                 slot.pending = Some((job, waiter.into_iter().collect()));
                 drop(guard);
                 self.wake.notify_one();
-                return Some(Enqueued::Queued);
+                Some(Enqueued::Queued)
             }
-        };
-        waiters.extend(waiter);
-        Some(Enqueued::Coalesced)
+        }
     }
 
     /// Takes no more work; a waiting job is dropped (its waiters are told), a running one goes on.

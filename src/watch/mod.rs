@@ -81,9 +81,8 @@ pub trait Dialect: Send + Sync {
 
 /// The dialect of `[databases.migrations]` (validation has already refused unknown tools).
 pub fn dialect(cfg: &MigrationsConfig) -> Box<dyn Dialect> {
-    match cfg.tool.as_str() {
-        _prisma => Box::new(Prisma { schema: cfg.schema.clone(), table: cfg.table.clone() }),
-    }
+    debug_assert_eq!(cfg.tool, "prisma", "validation admits only the tools implemented here");
+    Box::new(Prisma { schema: cfg.schema.clone(), table: cfg.table.clone() })
 }
 
 /// Reads `db`'s table once: standby and missing table are states, not errors.
