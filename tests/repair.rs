@@ -396,3 +396,51 @@ fn sigusr1_and_the_socket_trigger_repairs() {
     let rec = run.json();
     assert_eq!((rec["trigger"].as_str(), rec["outcome"].as_str()), (Some("socket"), Some("noop")), "{rec}");
 }
+
+#[test]
+fn a_row_without_logs_is_in_progress_while_prismas_lock_is_held_and_crashed_after() {
+    let db = p3009();
+    db.sql(
+        "INSERT INTO _prisma_migrations (id, checksum, migration_name, logs, started_at) \
+         VALUES ('b', 'c', '20250601000000_next', NULL, now() + interval '1 minute')",
+    );
+    let pgm = setup(Backend::Local, &db, "", "");
+    let status_of = |name: &str| {
+        let state = pgm.run(&["migrations", "--json"]).json();
+        let m = state["app"]["migrations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == name)
+            .cloned()
+            .unwrap();
+        m["status"].as_str().unwrap().to_string()
+    };
+    {
+        let _deploy = LockHolder::take(&db, "pg_advisory_lock(72707369)");
+        assert_eq!(status_of("20250601000000_next"), "in_progress");
+    }
+    wait_for("the lock to go with its session", MINUTE, || status_of("20250601000000_next") == "crashed");
+    assert_eq!(status_of(FAILED), "failed");
+    let human = pgm.run(&["migrations"]);
+    assert!(human.stdout.contains("2 failed") && human.stdout.contains("No such table: Users"), "{human:?}");
+}
+
+#[test]
+fn the_watcher_reports_unreachable_and_missing_states_and_recovers() {
+    let db = TestDb::reserved("later");
+    let tail = format!(
+        "\n[[databases]]\nname = \"app\"\nurl = \"{}\"\n[databases.migrations]\nwatch_interval = \"1s\"\n",
+        db.url()
+    );
+    let pgm = Pgmedic::custom(Backend::Local, "", "", "", &tail);
+    let daemon = Daemon::start(&pgm);
+    let state = || daemon.status()["databases"]["app"]["migrations"].clone();
+    wait_for("the unreachable state", MINUTE, || state()["state"] == "unreachable");
+    assert!(state()["error"].as_str().unwrap().contains("does not exist"), "{}", state());
+    psql("postgres", &format!("CREATE DATABASE {}", db.name));
+    wait_for("the missing-table state", MINUTE, || state()["state"] == "missing");
+    psql_file(&db.name, &fixture("database.sql"));
+    wait_for("the failed state", MINUTE, || state()["state"] == "failed");
+    assert_eq!(daemon.status()["ok"], true, "the daemon took all of it in its stride");
+}

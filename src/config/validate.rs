@@ -270,10 +270,49 @@ pub fn render(cfg: &Config) -> String {
             );
         }
     }
+    out += &format!(
+        "\n[repair]\nstatement_timeout = {:?}\nlock_wait = {:?}\n",
+        humantime::format_duration(cfg.repair.statement_timeout).to_string(),
+        humantime::format_duration(cfg.repair.lock_wait).to_string()
+    );
+    for p in &cfg.playbooks {
+        out += &render_playbook(p);
+    }
     for w in &cfg.notify {
         out += &format!("\n[[notify]]\nwebhook = {:?}\n", redact_webhook(w));
     }
     out
+}
+
+fn render_playbook(p: &super::Playbook) -> String {
+    use super::Step;
+    let mut out = format!("\n[[playbooks]]\nname = {:?}\n", p.name);
+    if let Some(d) = &p.database {
+        out += &format!("database = {d:?}\n");
+    }
+    out += &format!(
+        "match = {{ migration = {:?}, log_contains = {:?} }}\nsteps = [\n",
+        p.migration.clone().unwrap_or_else(|| "*".into()),
+        p.log_contains.clone().unwrap_or_default()
+    );
+    for step in &p.steps {
+        let line = match step {
+            Step::Sql { sql, .. } => format!("{{ sql = {:?} }}", crate::audit::redact(sql)),
+            Step::SqlFile { path, .. } => format!("{{ sql_file = {:?} }}", path.display().to_string()),
+            Step::Resolve(how) => format!(
+                "{{ resolve = {:?} }}",
+                serde_json::to_value(how).unwrap_or_default().as_str().unwrap_or("")
+            ),
+            Step::Command { argv, timeout, .. } => format!(
+                "{{ command = {:?}, timeout = {:?} }}",
+                argv.iter().map(|a| crate::audit::redact(a)).collect::<Vec<_>>(),
+                humantime::format_duration(*timeout).to_string()
+            ),
+            Step::AssertSql { sql } => format!("{{ assert_sql = {:?} }}", crate::audit::redact(sql)),
+        };
+        out += &format!("  {line},\n");
+    }
+    out + "]\n"
 }
 
 /// Webhook URLs carry their token in the path (Slack, Teams): keep only scheme and host.
@@ -329,6 +368,18 @@ url = "postgresql://app:pw@127.0.0.1/app"
         assert_eq!(cfg.snapshot.compression_level, 9);
         assert_eq!(cfg.snapshot.retention.keep_last, 2);
         assert_eq!(cfg.databases[0].name, "main");
+    }
+
+    #[test]
+    fn playbook_errors_name_the_step() {
+        let two_kinds = format!("{BASE}\n[[playbooks]]\nname = \"p\"\nsteps = [ {{ resolve = \"applied\" }}, {{ sql = \"x\", resolve = \"applied\" }} ]\n");
+        let err = load(&two_kinds, &[]).unwrap_err();
+        assert!(err.contains("playbooks[0].steps[1]") && err.contains("exactly one of"), "{err}");
+        let bad_db = format!("{BASE}\n[[playbooks]]\nname = \"p\"\ndatabase = \"nope\"\nsteps = [ {{ resolve = \"applied\" }} ]\n");
+        assert!(load(&bad_db, &[]).unwrap_err().contains("playbooks[0].database"));
+        let bad_resolve =
+            format!("{BASE}\n[[playbooks]]\nname = \"p\"\nsteps = [ {{ resolve = \"done\" }} ]\n");
+        assert!(load(&bad_resolve, &[]).unwrap_err().contains("rolled-back"));
     }
 
     #[test]
