@@ -410,3 +410,14 @@ fn retention_follows_each_scheduled_snapshot() {
     let left = manifests(&pgm).len();
     assert!(left <= 2, "keep_last = 1 prunes after each scheduled run ({left} left, one may be new)");
 }
+
+#[test]
+fn the_queue_depth_returns_to_zero_once_the_job_runs() {
+    let db = TestDb::new("depth");
+    let pgm = Pgmedic::new(Backend::Local, &[("app", &db.url())], "", "");
+    let daemon = Daemon::start(&pgm);
+    let reply = daemon.request(r#"{"cmd":"snapshot","db":"app"}"#);
+    assert_eq!(reply["ok"], true, "{reply}");
+    let app = daemon.status()["databases"]["app"].clone();
+    assert_eq!((app["queued"].as_u64(), app["running"].is_null()), (Some(0), true), "{app}");
+}

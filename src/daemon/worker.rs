@@ -124,6 +124,8 @@ async fn run(
             match s.pending.take() {
                 Some((job, waiters)) => {
                     s.running = Some(waiters);
+                    // Under the slot's lock, so an enqueue racing with us cannot be undone.
+                    shared.board.update(&db, |b| b.queued = 0);
                     Some(job)
                 }
                 None if s.closed => return,
