@@ -190,18 +190,7 @@ fn peers_are_checked_by_uid() {
     for p in [pgm.dir.path(), daemon.socket.as_path()] {
         std::process::Command::new("chmod").arg("777").arg(p).status().unwrap();
     }
-    let ask_as_nobody = || {
-        let script = "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\ns.sendall(b'{\"cmd\":\"status\"}\\n')\nprint(s.makefile().readline())";
-        let out = std::process::Command::new("python3")
-            .arg("-c")
-            .arg(script)
-            .arg(&daemon.socket)
-            .uid(65534)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
-    };
-    let reply = ask_as_nobody();
+    let reply = status_as_nobody(&daemon.socket);
     assert!(reply.contains("forbidden") && reply.contains("uid 65534"), "{reply}");
     assert!(daemon.log().contains("refused a peer"), "{}", daemon.log());
     assert_eq!(daemon.status()["ok"], true, "root is allowed");
@@ -218,16 +207,16 @@ fn peers_are_checked_by_uid() {
     for p in [pgm2.dir.path(), daemon.socket.as_path()] {
         std::process::Command::new("chmod").arg("777").arg(p).status().unwrap();
     }
-    let script = "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\ns.sendall(b'{\"cmd\":\"status\"}\\n')\nprint(s.makefile().readline())";
-    let out = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(&daemon.socket)
-        .uid(65534)
-        .output()
-        .unwrap();
-    let reply = String::from_utf8_lossy(&out.stdout);
+    let reply = status_as_nobody(&daemon.socket);
     assert!(reply.contains("\"ok\":true"), "allowed_uids admits uid 65534: {reply}");
+}
+
+/// Asks for `status` as uid 65534 (nobody) and returns what came back, stderr included.
+fn status_as_nobody(socket: &std::path::Path) -> String {
+    let script = "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\ns.sendall(b'{\"cmd\":\"status\"}\\n')\nprint(s.makefile().readline())";
+    let out =
+        std::process::Command::new("python3").arg("-c").arg(script).arg(socket).uid(65534).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
 }
 
 fn http_get(addr: &str, path: &str) -> String {

@@ -84,16 +84,7 @@ pub async fn repair(
         database(cfg, name)?;
     }
     if let Some(records) = super::remote::repair(cfg, db, playbook.clone(), dry_run).await? {
-        if json {
-            let out = if records.len() == 1 {
-                serde_json::to_string_pretty(&records[0])?
-            } else {
-                serde_json::to_string_pretty(&records)?
-            };
-            println!("{out}");
-        } else {
-            records.iter().for_each(print_run);
-        }
+        print_records(&records, json)?;
         return verdict(&records);
     }
     let storage = open_storage(cfg).await?;
@@ -114,21 +105,25 @@ pub async fn repair(
             trigger: "cli".into(),
             requested_by: format!("cli:{user}"),
         };
-        let rec = repairer.run(&req).await?;
-        if !json {
-            print_run(&rec);
-        }
-        records.push(rec);
+        records.push(repairer.run(&req).await?);
     }
-    if json {
-        let out = if records.len() == 1 {
-            serde_json::to_string_pretty(&records[0])?
-        } else {
-            serde_json::to_string_pretty(&records)?
-        };
-        println!("{out}");
-    }
+    print_records(&records, json)?;
     verdict(&records)
+}
+
+/// One record as an object, several as an array; or the human lines.
+fn print_records(records: &[RunRecord], json: bool) -> anyhow::Result<()> {
+    if !json {
+        records.iter().for_each(print_run);
+        return Ok(());
+    }
+    let out = if records.len() == 1 {
+        serde_json::to_string_pretty(&records[0])?
+    } else {
+        serde_json::to_string_pretty(records)?
+    };
+    println!("{out}");
+    Ok(())
 }
 
 /// Exit 3 when a run was refused for safety, 1 when one failed, else 0.

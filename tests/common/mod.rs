@@ -23,57 +23,25 @@ pub fn unique(prefix: &str) -> String {
 
 /// Runs SQL through psql as the superuser; panics with psql's stderr on failure.
 pub fn psql(db: &str, sql: &str) -> String {
-    let out = Command::new("psql")
-        .args([
-            "-h",
-            PG_HOST,
-            "-p",
-            PG_PORT,
-            "-U",
-            "postgres",
-            "-d",
-            db,
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-XAtq",
-            "-c",
-            sql,
-        ])
-        .output()
-        .expect("psql runs");
-    assert!(
-        out.status.success(),
-        "psql on {db} failed: {}\nSQL: {sql}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    run_psql(db, &["-XAtq", "-c", sql])
 }
 
 pub fn psql_file(db: &str, file: &Path) {
+    run_psql(db, &["-Xq", "-f", &file.display().to_string()]);
+}
+
+fn run_psql(db: &str, args: &[&str]) -> String {
     let out = Command::new("psql")
-        .args([
-            "-h",
-            PG_HOST,
-            "-p",
-            PG_PORT,
-            "-U",
-            "postgres",
-            "-d",
-            db,
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-Xq",
-            "-f",
-        ])
-        .arg(file)
+        .args(["-h", PG_HOST, "-p", PG_PORT, "-U", "postgres", "-d", db, "-v", "ON_ERROR_STOP=1"])
+        .args(args)
         .output()
         .expect("psql runs");
     assert!(
         out.status.success(),
-        "psql -f {} failed: {}",
-        file.display(),
+        "psql on {db} failed: {}\nargs: {args:?}",
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// A database that exists for one test and is dropped after it.
