@@ -5,78 +5,13 @@
 mod common;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
+use common::prisma::*;
 use common::*;
 use serde_json::Value;
 
-const FAILED: &str = "20250520130900_add_plugin_credential_model";
-
-fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/prisma-p3009").join(rel)
-}
-
-fn p3009() -> TestDb {
-    let db = TestDb::new("p3009");
-    psql_file(&db.name, &fixture("database.sql"));
-    db
-}
-
-/// The query that produced the fixture's after-*.txt files, in psql's aligned format.
-fn prisma_rows(db: &TestDb) -> String {
-    let sql = "SELECT migration_name, checksum, finished_at IS NOT NULL AS finished, rolled_back_at IS NOT NULL AS rolled_back, \
-               applied_steps_count, logs IS NULL AS logs_null, logs = '' AS logs_empty, started_at = finished_at AS started_eq_finished \
-               FROM _prisma_migrations ORDER BY started_at, finished_at NULLS FIRST";
-    let out = Command::new("psql")
-        .args(["-h", PG_HOST, "-U", "postgres", "-d", &db.name, "-X", "-c", sql])
-        .output()
-        .unwrap();
-    normalise(&String::from_utf8_lossy(&out.stdout))
-}
-
-fn normalise(text: &str) -> String {
-    text.lines().map(str::trim_end).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("\n")
-}
-
-const HOTFIX: &str = r#"
-CREATE TABLE IF NOT EXISTS "PluginCredential" ("id" TEXT NOT NULL, "userId" INTEGER NOT NULL, "secret" TEXT NOT NULL,
-    CONSTRAINT "PluginCredential_pkey" PRIMARY KEY ("id"));
-DO $$ BEGIN
-  IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'PluginCredential_userId_fkey') THEN
-    ALTER TABLE "PluginCredential" ADD CONSTRAINT "PluginCredential_userId_fkey"
-      FOREIGN KEY ("userId") REFERENCES "User"("id") ON DELETE CASCADE ON UPDATE CASCADE;
-  END IF;
-END $$;
-"#;
-
-/// A config for `db` with the fixture's migrations dir, `[repair]` lines and playbooks.
-fn setup(backend: Backend, db: &TestDb, repair: &str, playbooks: &str) -> Pgmedic {
-    let tail = format!(
-        "\n[repair]\n{repair}\n[[databases]]\nname = \"app\"\nurl = \"{}\"\n[databases.migrations]\ndir = \"{}\"\n{playbooks}",
-        db.url(),
-        fixture("migrations").display()
-    );
-    Pgmedic::custom(backend, "", "", "", &tail)
-}
-
-fn hotfix_playbook(pgm_dir: &Path) -> String {
-    let file = pgm_dir.join("hotfix.sql");
-    std::fs::write(&file, HOTFIX).unwrap();
-    format!(
-        "\n[[playbooks]]\nname = \"finish-plugin-credential\"\nmatch = {{ migration = \"*_add_plugin_credential_model\", log_contains = \"Users\" }}\n\
-         steps = [ {{ sql_file = \"{}\" }}, {{ resolve = \"applied\" }}, \
-         {{ assert_sql = \"SELECT NOT EXISTS (SELECT 1 FROM _prisma_migrations WHERE finished_at IS NULL AND rolled_back_at IS NULL)\" }} ]\n",
-        file.display()
-    )
-}
-
-fn with_playbook(backend: Backend, db: &TestDb, repair: &str, playbook: impl Fn(&Path) -> String) -> Pgmedic {
-    let pgm = setup(backend, db, repair, "");
-    let text = std::fs::read_to_string(&pgm.config).unwrap() + &playbook(pgm.dir.path());
-    pgm.write_config(&text);
-    pgm
-}
+const MINUTE: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[test]
 fn hotfix_and_resolve_applied_leave_the_rows_prisma_leaves() {
@@ -179,39 +114,6 @@ fn storage_down_means_no_step_runs() {
     );
     let audit = pgm.run(&["audit", "--json"]).json();
     assert_eq!(audit[0]["outcome"], "snapshot_failed", "the refusal is in the audit trail");
-}
-
-/// A psql session that holds an advisory lock until dropped.
-struct LockHolder(Child);
-
-impl LockHolder {
-    fn take(db: &TestDb, lock_sql: &str) -> LockHolder {
-        let mut child = Command::new("psql")
-            .args(["-h", PG_HOST, "-U", "postgres", "-d", &db.name, "-X", "-q"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        writeln!(child.stdin.as_mut().unwrap(), "SELECT {lock_sql};\n\\echo locked").unwrap();
-        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        while !line.contains("locked") {
-            line.clear();
-            assert!(
-                std::io::BufRead::read_line(&mut out, &mut line).unwrap() > 0,
-                "psql ended before taking the lock"
-            );
-        }
-        LockHolder(child)
-    }
-}
-
-impl Drop for LockHolder {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[test]
@@ -320,83 +222,6 @@ fn quote_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
-fn watched(db: &TestDb, on_failure: &str) -> Pgmedic {
-    let pgm = with_playbook(Backend::Local, db, "", hotfix_playbook);
-    let text = std::fs::read_to_string(&pgm.config).unwrap().replace(
-        "[databases.migrations]\n",
-        &format!("[databases.migrations]\nwatch_interval = \"1s\"\non_failure = \"{on_failure}\"\n"),
-    );
-    pgm.write_config(&text);
-    pgm
-}
-
-fn audit(pgm: &Pgmedic) -> Vec<Value> {
-    pgm.run(&["audit", "--json"]).json().as_array().unwrap().clone()
-}
-
-const MINUTE: std::time::Duration = std::time::Duration::from_secs(60);
-
-#[test]
-fn the_daemon_notices_the_failure_snapshots_first_and_repairs_it() {
-    let db = p3009();
-    let pgm = watched(&db, "repair");
-    let daemon = Daemon::start(&pgm);
-    wait_for("the watcher's repair", MINUTE, || audit(&pgm).iter().any(|r| r["outcome"] == "succeeded"));
-    let rec = audit(&pgm).pop().unwrap();
-    assert_eq!(
-        (rec["trigger"].as_str(), rec["requested_by"].as_str()),
-        (Some("watch"), Some("watcher")),
-        "{rec}"
-    );
-    assert_eq!(
-        prisma_rows(&db),
-        normalise(&std::fs::read_to_string(fixture("after-resolve-applied.txt")).unwrap())
-    );
-    let snaps = pgm.run(&["snapshots", "--json"]).json();
-    let snap = snaps
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["id"] == rec["snapshot_id"])
-        .expect("the pre-repair snapshot is listed");
-    assert_eq!(snap["reason"], "pre-repair");
-    let first_step: chrono::DateTime<chrono::Utc> =
-        rec["steps"][0]["started_at"].as_str().unwrap().parse().unwrap();
-    let snapped: chrono::DateTime<chrono::Utc> = snap["finished_at"].as_str().unwrap().parse().unwrap();
-    assert!(snapped <= first_step, "the snapshot finished before the first step started");
-    wait_for("the watcher to see it healthy", MINUTE, || {
-        daemon.status()["databases"]["app"]["migrations"]["state"] == "ok"
-    });
-    assert_eq!(audit(&pgm).len(), 1, "one failure, one repair");
-}
-
-#[test]
-fn sigusr1_and_the_socket_trigger_repairs() {
-    let db = p3009();
-    let pgm = watched(&db, "notify");
-    let daemon = Daemon::start(&pgm);
-    wait_for("the watcher to see the failure", MINUTE, || {
-        daemon.status()["databases"]["app"]["migrations"]["state"] == "failed"
-    });
-    let failed = daemon.status()["databases"]["app"]["migrations"]["failed"].clone();
-    assert_eq!(failed, serde_json::json!([FAILED]));
-    assert!(audit(&pgm).is_empty(), "on_failure = notify repairs nothing by itself");
-
-    let dry = pgm.run(&["repair", "--dry-run", "--json"]);
-    assert_eq!(dry.code, 0, "{dry:?}");
-    assert!(dry.stderr.contains("asking the running daemon"), "{dry:?}");
-    assert_eq!(dry.json()["outcome"], "dry_run");
-
-    daemon.signal(libc::SIGUSR1);
-    wait_for("the SIGUSR1 repair", MINUTE, || audit(&pgm).iter().any(|r| r["trigger"] == "signal:SIGUSR1"));
-    assert_eq!(audit(&pgm)[0]["outcome"], "succeeded", "{:?}", audit(&pgm));
-
-    let run = pgm.run(&["repair", "--json"]);
-    assert_eq!(run.code, 0, "{run:?}");
-    let rec = run.json();
-    assert_eq!((rec["trigger"].as_str(), rec["outcome"].as_str()), (Some("socket"), Some("noop")), "{rec}");
-}
-
 #[test]
 fn a_row_without_logs_is_in_progress_while_prismas_lock_is_held_and_crashed_after() {
     let db = p3009();
@@ -424,23 +249,4 @@ fn a_row_without_logs_is_in_progress_while_prismas_lock_is_held_and_crashed_afte
     assert_eq!(status_of(FAILED), "failed");
     let human = pgm.run(&["migrations"]);
     assert!(human.stdout.contains("2 failed") && human.stdout.contains("No such table: Users"), "{human:?}");
-}
-
-#[test]
-fn the_watcher_reports_unreachable_and_missing_states_and_recovers() {
-    let db = TestDb::reserved("later");
-    let tail = format!(
-        "\n[[databases]]\nname = \"app\"\nurl = \"{}\"\n[databases.migrations]\nwatch_interval = \"1s\"\n",
-        db.url()
-    );
-    let pgm = Pgmedic::custom(Backend::Local, "", "", "", &tail);
-    let daemon = Daemon::start(&pgm);
-    let state = || daemon.status()["databases"]["app"]["migrations"].clone();
-    wait_for("the unreachable state", MINUTE, || state()["state"] == "unreachable");
-    assert!(state()["error"].as_str().unwrap().contains("does not exist"), "{}", state());
-    psql("postgres", &format!("CREATE DATABASE {}", db.name));
-    wait_for("the missing-table state", MINUTE, || state()["state"] == "missing");
-    psql_file(&db.name, &fixture("database.sql"));
-    wait_for("the failed state", MINUTE, || state()["state"] == "failed");
-    assert_eq!(daemon.status()["ok"], true, "the daemon took all of it in its stride");
 }

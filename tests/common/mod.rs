@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 mod daemon;
+pub mod prisma;
 mod s3;
 #[allow(unused_imports)]
 pub use daemon::Daemon;
