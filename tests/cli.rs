@@ -179,3 +179,39 @@ fn one_failing_database_does_not_cost_the_others_their_snapshot() {
     let dbs: Vec<&str> = list.as_array().unwrap().iter().map(|m| m["database"].as_str().unwrap()).collect();
     assert_eq!(dbs, ["good"]);
 }
+
+#[test]
+fn tls_modes_follow_libpq() {
+    assert_eq!(
+        psql("postgres", "SHOW ssl"),
+        "on",
+        "this test needs the local PostgreSQL to offer TLS (Debian's default)"
+    );
+    let ca = psql("postgres", "SHOW ssl_cert_file");
+    let db = TestDb::new("tls");
+    db.sql("CREATE TABLE t(x int)");
+    let url =
+        |host: &str, params: &str| format!("postgresql://postgres@{host}:{PG_PORT}/{}?{params}", db.name);
+    let cases = [
+        (url("127.0.0.1", "sslmode=disable"), true),
+        (url("127.0.0.1", "sslmode=require"), true),
+        (url("127.0.0.1", &format!("sslmode=verify-ca&sslrootcert={ca}")), true),
+        (url("localhost", &format!("sslmode=verify-full&sslrootcert={ca}")), true),
+        // Debian's certificate names `localhost`, not the address.
+        (url("127.0.0.1", &format!("sslmode=verify-full&sslrootcert={ca}")), false),
+    ];
+    for (url, ok) in cases {
+        let pgm = Pgmedic::new(Backend::Local, &[("app", &url)], "", "");
+        let run = pgm.run(&["snapshot"]);
+        if ok {
+            assert_eq!(run.code, 0, "{url}: {run:?}");
+        } else {
+            assert_eq!(run.code, 1, "{url}: {run:?}");
+            assert!(run.stderr.contains("not valid for name \"127.0.0.1\""), "{url}: {run:?}");
+        }
+    }
+    let pgm = Pgmedic::new(Backend::Local, &[("app", &url("localhost", "sslmode=sometimes"))], "", "");
+    let run = pgm.run(&["check-config"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("databases[0].url") && run.stderr.contains("sslmode `sometimes`"), "{run:?}");
+}

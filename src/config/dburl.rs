@@ -30,6 +30,7 @@ impl fmt::Debug for Secret {
 #[derive(Clone)]
 pub struct DbUrl {
     config: tokio_postgres::Config,
+    tls: super::tls::TlsSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -40,9 +41,15 @@ impl FromStr for DbUrl {
     type Err = DbUrlError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut config = tokio_postgres::Config::from_str(s.trim())
+        let (rest, tls) = super::tls::split(s.trim()).map_err(DbUrlError)?;
+        let mut config = tokio_postgres::Config::from_str(&rest)
             // tokio-postgres echoes the offending text, which may hold the password.
             .map_err(|e| DbUrlError(redact_message(&e.to_string(), s)))?;
+        config.ssl_mode(match tls.mode {
+            super::tls::SslMode::Disable => SslMode::Disable,
+            super::tls::SslMode::Allow | super::tls::SslMode::Prefer => SslMode::Prefer,
+            _ => SslMode::Require,
+        });
         if config.get_hosts().is_empty() {
             config.host_path(DEFAULT_SOCKET_DIR);
         }
@@ -53,7 +60,7 @@ impl FromStr for DbUrl {
             let user = config.get_user().unwrap_or_default().to_string();
             config.dbname(&user);
         }
-        Ok(DbUrl { config })
+        Ok(DbUrl { config, tls })
     }
 }
 
@@ -97,7 +104,11 @@ impl DbUrl {
     pub fn with_dbname(&self, dbname: &str) -> DbUrl {
         let mut config = self.config.clone();
         config.dbname(dbname);
-        DbUrl { config }
+        DbUrl { config, tls: self.tls.clone() }
+    }
+
+    pub fn tls(&self) -> &super::tls::TlsSettings {
+        &self.tls
     }
 
     pub fn pg_config(&self) -> &tokio_postgres::Config {
@@ -125,7 +136,9 @@ impl DbUrl {
         if let Some(t) = c.get_connect_timeout() {
             parts.push(kv("connect_timeout", &t.as_secs().max(1).to_string()));
         }
-        parts.push(kv("sslmode", ssl_mode_text(c.get_ssl_mode())));
+        for (k, v) in self.tls.conninfo_pairs() {
+            parts.push(kv(k, &v));
+        }
         parts.join(" ")
     }
 
@@ -160,14 +173,6 @@ fn host_text(h: &Host) -> String {
     match h {
         Host::Tcp(name) => name.clone(),
         Host::Unix(path) => PathBuf::from(path).display().to_string(),
-    }
-}
-
-fn ssl_mode_text(m: SslMode) -> &'static str {
-    match m {
-        SslMode::Disable => "disable",
-        SslMode::Require => "require",
-        _ => "prefer",
     }
 }
 

@@ -6,6 +6,7 @@ mod dburl;
 mod playbook;
 mod raw;
 mod schedule;
+mod tls;
 mod validate;
 
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ use std::time::Duration;
 pub use dburl::{passfile_line, DbUrl, DbUrlError, Secret};
 pub use playbook::{glob, Playbook, RepairConfig, ResolveAs, Step};
 pub use schedule::Schedule;
+pub use tls::{SslMode, TlsSettings};
 pub use validate::validate;
 
 /// Where the configuration is read from when neither `--config` nor `$PGMEDIC_CONFIG` says.

@@ -4,7 +4,7 @@
 use tokio::task::JoinHandle;
 use tokio_postgres::{Client, NoTls};
 
-use crate::config::DbUrl;
+use crate::config::{DbUrl, SslMode};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -49,17 +49,30 @@ pub async fn connect(url: &DbUrl) -> Result<Session, DbError> {
         // Names the holder of a lock in another pgmedic's refusal, across hosts.
         config.application_name(format!("pgmedic@{}:{}", crate::snapshot::hostname(), std::process::id()));
     }
-    let (client, connection) = config.connect(NoTls).await.map_err(|e| DbError::Connect {
+    let connect_err = |e: tokio_postgres::Error| DbError::Connect {
         target: target.clone(),
         message: error_text(&e),
         missing_database: e.code() == Some(&tokio_postgres::error::SqlState::INVALID_CATALOG_NAME),
-    })?;
-    let conn = tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "database connection closed");
-        }
-    });
+    };
+    let (client, conn) = if url.tls().mode == SslMode::Disable {
+        let (client, connection) = config.connect(NoTls).await.map_err(connect_err)?;
+        (client, tokio::spawn(drive(connection)))
+    } else {
+        let tls = super::tls::connector(url.tls()).map_err(|message| DbError::Connect {
+            target: target.clone(),
+            message,
+            missing_database: false,
+        })?;
+        let (client, connection) = config.connect(tls).await.map_err(connect_err)?;
+        (client, tokio::spawn(drive(connection)))
+    };
     Ok(Session { client, target, conn })
+}
+
+async fn drive<F: std::future::Future<Output = Result<(), tokio_postgres::Error>>>(connection: F) {
+    if let Err(e) = connection.await {
+        tracing::debug!(error = %e, "database connection closed");
+    }
 }
 
 impl Drop for Session {

@@ -2,6 +2,7 @@
 //! pgmedic needs, advisory locks) and the client tools as typed processes.
 
 mod client;
+mod tls;
 mod tools;
 
 pub use client::{connect, error_text, quote_ident, DbError, Session};
