@@ -237,3 +237,18 @@ fn non_empty_target_is_refused_without_clean() {
     assert_eq!(run.code, 1, "{run:?}");
     assert!(run.stderr.contains("does not exist") && run.stderr.contains("--create"), "{run:?}");
 }
+
+#[test]
+fn a_dump_that_never_got_its_manifest_is_removed_by_the_next_snapshot() {
+    let db = TestDb::new("orphan");
+    let pgm = Pgmedic::new(Backend::Local, &[("app", &db.url())], "", "");
+    let complete = pgm.snapshot("app")["id"].as_str().unwrap().to_string();
+    // What a process killed between storing the dump and writing the manifest leaves behind.
+    let orphan = pgm.snapshots_dir().join("app/20200101T000000Z-manual-0rphan");
+    std::fs::create_dir_all(&orphan).unwrap();
+    std::fs::write(orphan.join("dump.zst"), b"half a snapshot").unwrap();
+    assert_eq!(pgm.snapshot_ids(), vec![complete.clone()], "an orphan is never listed");
+    pgm.snapshot("app");
+    assert!(!orphan.exists(), "the next snapshot of the database removed it");
+    assert!(pgm.snapshot_ids().contains(&complete), "complete snapshots stay");
+}

@@ -119,3 +119,29 @@ pub async fn find(storage: &Arc<dyn Storage>, id: &str) -> Result<Manifest, Snap
         None => Err(SnapshotError::NotFound { id: id.into(), location: storage.location() }),
     }
 }
+
+/// Deletes the objects of `database`'s snapshots that have no manifest (a process killed between
+/// storing its dump and writing its manifest). Call only under the database's snapshot lock:
+/// then no snapshot of it is being written.
+pub async fn remove_orphans(storage: &Arc<dyn Storage>, database: &str) -> Result<usize, SnapshotError> {
+    let keys = storage.list(&format!("{database}/")).await?;
+    let mut by_id: std::collections::BTreeMap<&str, Vec<&String>> = std::collections::BTreeMap::new();
+    for key in &keys {
+        let parts: Vec<&str> = key.split('/').collect();
+        if parts.len() == 3 && super::id::is_valid(parts[1]) {
+            by_id.entry(parts[1]).or_default().push(key);
+        }
+    }
+    let mut removed = 0;
+    for (id, keys) in by_id {
+        if keys.iter().any(|k| k.ends_with(&format!("/{}", layout::MANIFEST))) {
+            continue;
+        }
+        tracing::warn!(database, id, "removing a snapshot that never got its manifest");
+        for key in keys {
+            storage.delete(key).await?;
+        }
+        removed += 1;
+    }
+    Ok(removed)
+}

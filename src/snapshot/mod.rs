@@ -113,6 +113,7 @@ impl Snapshotter {
         if cleaned > 0 {
             tracing::info!(cleaned, "removed partial uploads of earlier snapshots");
         }
+        manifest::remove_orphans(&self.storage, &db.name).await?;
         let server_version = session.server_version().await?;
         let migrations = read_migrations(&session, db).await?;
         let pg_dump_version = self.tools.version("pg_dump").await.map_err(|e| dump_err(db, e))?;
