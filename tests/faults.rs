@@ -252,3 +252,29 @@ fn a_dump_that_never_got_its_manifest_is_removed_by_the_next_snapshot() {
     assert!(!orphan.exists(), "the next snapshot of the database removed it");
     assert!(pgm.snapshot_ids().contains(&complete), "complete snapshots stay");
 }
+
+#[test]
+fn a_missing_owner_role_fails_cleanly_and_no_owner_restores() {
+    let db = TestDb::new("owner");
+    let role = unique("pgm_owner");
+    psql("postgres", &format!("CREATE ROLE {role}"));
+    db.sql(&format!("CREATE TABLE t(x int); INSERT INTO t VALUES (1), (2); ALTER TABLE t OWNER TO {role}"));
+    let pgm = Pgmedic::new(Backend::Local, &[("app", &db.url())], "", "");
+    let id = pgm.snapshot("app")["id"].as_str().unwrap().to_string();
+    // The snapshot's owner does not exist where we restore (as on a new cluster).
+    db.sql(&format!("DROP TABLE t; DROP ROLE {role}"));
+
+    let target = TestDb::reserved("owner_dst");
+    let run = pgm.run(&["restore", &id, "--target", &target.name, "--create"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains(&format!("role \"{role}\" does not exist")),
+        "pg_restore's reason is shown: {run:?}"
+    );
+    assert!(!target.exists(), "the database this restore created was dropped");
+
+    let run = pgm.run(&["restore", &id, "--target", &target.name, "--create", "--no-owner"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(target.sql("SELECT count(*) FROM t"), "2");
+    assert_eq!(target.sql("SELECT tableowner FROM pg_tables WHERE tablename = 't'"), "postgres");
+}

@@ -41,8 +41,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Restore { snapshot_id, target, create, clean, jobs, yes, json } => {
-            let opts = RestoreOptions { target, create, clean, jobs: jobs.max(1) };
+        Command::Restore { snapshot_id, target, create, clean, jobs, no_owner, yes, json } => {
+            let opts = RestoreOptions { target, create, clean, jobs: jobs.max(1), no_owner };
             cmd_restore(&cfg, &snapshot_id, opts, yes, json).await
         }
         Command::Verify { snapshot_id, deep, json } => cmd_verify(&cfg, &snapshot_id, deep, json).await,

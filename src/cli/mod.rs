@@ -79,6 +79,10 @@ pub enum Command {
         /// Parallel pg_restore jobs (decompresses to a file in the state directory first).
         #[arg(long, default_value_t = 1)]
         jobs: u32,
+        /// Make the restoring user own everything and skip grants, for a cluster that lacks
+        /// the snapshot's roles.
+        #[arg(long)]
+        no_owner: bool,
         /// Do not ask for confirmation.
         #[arg(long)]
         yes: bool,

@@ -76,6 +76,8 @@ pub struct RestoreOptions {
     pub create: bool,
     pub clean: bool,
     pub jobs: u32,
+    /// Objects owned by the restoring user, not the snapshot's roles (for a cluster without them).
+    pub no_owner: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -108,7 +110,7 @@ impl Restorer {
         let url = self.resolve_target(m, &opts.target)?;
         let created = self.prepare_target(&url, opts).await?;
         let result = if opts.jobs <= 1 {
-            self.restore_streaming(m, &url, opts.clean, progress).await
+            self.restore_streaming(m, &url, opts, progress).await
         } else {
             self.restore_parallel(m, &url, opts, progress).await
         };
@@ -209,13 +211,11 @@ impl Restorer {
         &self,
         m: &Manifest,
         url: &DbUrl,
-        clean: bool,
+        opts: &RestoreOptions,
         progress: &Progress,
     ) -> Result<stream::Streamed, RestoreError> {
         let mut args: Vec<OsString> = vec!["--single-transaction".into(), "--exit-on-error".into()];
-        if clean {
-            args.extend(["--clean".into(), "--if-exists".into()]);
-        }
+        args.extend(option_args(opts));
         let mut proc =
             self.tools.spawn("pg_restore", Some(url), &args, Pipes { stdin: true, ..Pipes::default() })?;
         let stdin = proc.take_stdin()?;
@@ -265,9 +265,7 @@ impl Restorer {
         let file = tmp.reopen().map_err(|e| local("cannot open the temporary dump in", e.to_string()))?;
         let streamed = stream_object(&self.storage, m, file, SinkMode::Strict, progress).await?;
         let mut args: Vec<OsString> = vec![format!("--jobs={}", opts.jobs).into(), "--exit-on-error".into()];
-        if opts.clean {
-            args.extend(["--clean".into(), "--if-exists".into()]);
-        }
+        args.extend(option_args(opts));
         args.push(tmp.path().into());
         let proc = self.tools.spawn("pg_restore", Some(url), &args, Pipes::default())?;
         proc.wait()
@@ -275,4 +273,16 @@ impl Restorer {
             .map_err(|e| RestoreError::Restore { target: url.display_target(), message: e.to_string() })?;
         Ok(streamed)
     }
+}
+
+/// pg_restore's arguments for `--clean` and `--no-owner`.
+fn option_args(opts: &RestoreOptions) -> Vec<OsString> {
+    let mut args: Vec<OsString> = Vec::new();
+    if opts.clean {
+        args.extend(["--clean".into(), "--if-exists".into()]);
+    }
+    if opts.no_owner {
+        args.extend(["--no-owner".into(), "--no-privileges".into()]);
+    }
+    args
 }

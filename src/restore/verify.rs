@@ -81,7 +81,8 @@ impl Restorer {
 
     async fn verify_deep(&self, m: &Manifest) -> Result<DeepReport, RestoreError> {
         let scratch = format!("pgmedic_verify_{:06x}", rand::random::<u32>() & 0xff_ffff);
-        let opts = RestoreOptions { target: scratch.clone(), create: true, clean: false, jobs: 1 };
+        let opts =
+            RestoreOptions { target: scratch.clone(), create: true, clean: false, jobs: 1, no_owner: false };
         let report = self.restore(m, &opts, &Progress::hidden()).await?;
         let url = self.resolve_target(m, &scratch)?;
         let tables = async { pg::connect(&url).await?.user_tables().await.map(|(n, _)| n) }.await;
