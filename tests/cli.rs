@@ -215,3 +215,27 @@ fn tls_modes_follow_libpq() {
     assert_eq!(run.code, 2, "{run:?}");
     assert!(run.stderr.contains("databases[0].url") && run.stderr.contains("sslmode `sometimes`"), "{run:?}");
 }
+
+#[test]
+fn restore_from_a_terminal_shows_progress() {
+    let db = TestDb::new("tty");
+    fill_random(&db, 2);
+    let pgm = Pgmedic::new(Backend::Local, &[("app", &db.url())], "", "");
+    let id = pgm.snapshot("app")["id"].as_str().unwrap().to_string();
+    let target = TestDb::reserved("tty_dst");
+    let cmd = format!(
+        "{} --config {} restore {id} --target {} --create",
+        env!("CARGO_BIN_EXE_pgmedic"),
+        pgm.config.display(),
+        target.name
+    );
+    // `script` runs the command on a pseudo-terminal, as an operator's shell would.
+    let out = std::process::Command::new("script").args(["-qec", &cmd, "/dev/null"]).output().unwrap();
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{screen}");
+    assert!(
+        screen.contains(&format!("restoring {id}: ")) && screen.contains("/s, ") && screen.contains(" left"),
+        "{screen}"
+    );
+    assert!(screen.contains(&format!("restored {id}")), "{screen}");
+}

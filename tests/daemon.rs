@@ -410,3 +410,16 @@ fn the_queue_depth_returns_to_zero_once_the_job_runs() {
     let app = daemon.status()["databases"]["app"].clone();
     assert_eq!((app["queued"].as_u64(), app["running"].is_null()), (Some(0), true), "{app}");
 }
+
+#[test]
+fn a_client_that_sends_nothing_is_timed_out() {
+    let db = TestDb::new("silent");
+    let pgm = Pgmedic::new(Backend::Local, &[("app", &db.url())], "", "");
+    let daemon = Daemon::start(&pgm);
+    let mut s = std::os::unix::net::UnixStream::connect(&daemon.socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut reply = String::new();
+    let _ = s.read_to_string(&mut reply); // the daemon answers, then hangs up
+    assert!(reply.contains("\"code\":\"timeout\""), "{reply}");
+    assert_eq!(daemon.status()["ok"], true);
+}
