@@ -250,3 +250,20 @@ fn a_row_without_logs_is_in_progress_while_prismas_lock_is_held_and_crashed_afte
     let human = pgm.run(&["migrations"]);
     assert!(human.stdout.contains("2 failed") && human.stdout.contains("No such table: Users"), "{human:?}");
 }
+
+#[test]
+fn a_repair_that_could_not_be_recorded_does_not_start() {
+    let db = p3009();
+    let pgm = with_playbook(Backend::Local, &db, "", hotfix_playbook);
+    std::fs::write(pgm.dir.path().join("state"), b"a file where the state directory should be").unwrap();
+    let run = pgm.run(&["repair"]);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(run.stderr.contains("nothing was done") && run.stderr.contains("daemon.state_dir"), "{run:?}");
+    assert!(pgm.snapshot_ids().is_empty(), "not even the snapshot was taken");
+    assert_eq!(
+        db.sql(
+            "SELECT count(*) FROM _prisma_migrations WHERE finished_at IS NULL AND rolled_back_at IS NULL"
+        ),
+        "1"
+    );
+}

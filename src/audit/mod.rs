@@ -73,6 +73,20 @@ impl AuditLog {
         AuditError { path: self.path.clone(), message: message.to_string() }
     }
 
+    /// Opens the log for appending without writing: a repair that could not be recorded must
+    /// not start.
+    pub fn check_writable(&self) -> Result<(), AuditError> {
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| self.err(e))?;
+        }
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
     /// Appends `rec` as one line and fsyncs it.
     pub fn append(&self, rec: &RunRecord) -> Result<(), AuditError> {
         if let Some(dir) = self.path.parent() {

@@ -201,6 +201,9 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
         if cause.is::<Refused>()
             || cause.downcast_ref::<SnapshotError>().is_some_and(SnapshotError::is_refusal)
             || cause.downcast_ref::<RestoreError>().is_some_and(RestoreError::is_refusal)
+            || cause
+                .downcast_ref::<crate::repair::RepairError>()
+                .is_some_and(crate::repair::RepairError::is_refusal)
         {
             return 3;
         }

@@ -34,7 +34,8 @@ pub enum ConfigError {
     Invalid { path: PathBuf, key: String, message: String },
 }
 
-#[derive(Debug, Clone)]
+/// Debug prints the redacted rendering: webhook tokens and passwords never reach a log.
+#[derive(Clone)]
 pub struct Config {
     pub source: PathBuf,
     pub daemon: DaemonConfig,
@@ -228,6 +229,12 @@ fn env_value(value: &str, keep_string: bool) -> toml::Value {
         }
     }
     toml::Value::String(value.to_string())
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&render_redacted(self))
+    }
 }
 
 /// The effective configuration as TOML, with secrets redacted, for `check-config`.

@@ -33,13 +33,48 @@ pub enum ResolveAs {
     RolledBack,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum Step {
     Sql { sql: String, timeout: Option<Duration> },
     SqlFile { path: PathBuf, timeout: Option<Duration> },
     Resolve(ResolveAs),
     Command { argv: Vec<String>, cwd: Option<PathBuf>, env: BTreeMap<String, String>, timeout: Duration },
     AssertSql { sql: String },
+}
+
+/// Env values and SQL may hold secrets: Debug shows names and redacted text only.
+impl std::fmt::Debug for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::audit::redact;
+        match self {
+            Step::Sql { sql, .. } => write!(f, "Sql({:?})", redact(sql)),
+            Step::SqlFile { path, .. } => write!(f, "SqlFile({path:?})"),
+            Step::Resolve(how) => write!(f, "Resolve({how:?})"),
+            Step::Command { argv, env, .. } => {
+                let argv: Vec<String> = argv.iter().map(|a| redact(a)).collect();
+                write!(f, "Command({argv:?}, env keys {:?})", env.keys().collect::<Vec<_>>())
+            }
+            Step::AssertSql { sql } => write!(f, "AssertSql({:?})", redact(sql)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod debug_tests {
+    use super::Step;
+
+    #[test]
+    fn debug_hides_env_values_and_passwords() {
+        let env = [("DATABASE_URL".to_string(), "postgresql://u:hunter2@db/app".to_string())].into();
+        let step = Step::Command {
+            argv: vec!["psql".into(), "postgresql://u:hunter2@db/x".into()],
+            cwd: None,
+            env,
+            timeout: std::time::Duration::from_secs(1),
+        };
+        let text = format!("{step:?}");
+        assert!(!text.contains("hunter2") && text.contains("DATABASE_URL"), "{text}");
+    }
 }
 
 const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(600);

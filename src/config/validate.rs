@@ -72,7 +72,16 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         }
         databases.push(db);
     }
-    let notify = raw.notify.into_iter().map(|n| n.webhook).collect();
+    let mut notify = Vec::new();
+    for (i, n) in raw.notify.into_iter().enumerate() {
+        // The URL carries a token: say what is wrong with it, never echo it.
+        match url::Url::parse(&n.webhook) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {
+                notify.push(n.webhook)
+            }
+            _ => return Err(ctx.err(format!("notify[{i}].webhook"), "is not an http(s) URL with a host")),
+        }
+    }
     let names: Vec<String> = databases.iter().map(|d| d.name.clone()).collect();
     let repair = super::playbook::repair(raw.repair).map_err(|(k, m)| ctx.err(k, m))?;
     let playbooks = raw
@@ -380,6 +389,13 @@ url = "postgresql://app:pw@127.0.0.1/app"
         let bad_resolve =
             format!("{BASE}\n[[playbooks]]\nname = \"p\"\nsteps = [ {{ resolve = \"done\" }} ]\n");
         assert!(load(&bad_resolve, &[]).unwrap_err().contains("rolled-back"));
+    }
+
+    #[test]
+    fn a_bad_webhook_is_named_but_not_echoed() {
+        let err =
+            load(&format!("{BASE}\n[[notify]]\nwebhook = \"hooks.example.com/T0K3N\"\n"), &[]).unwrap_err();
+        assert!(err.contains("notify[0].webhook") && !err.contains("T0K3N"), "{err}");
     }
 
     #[test]

@@ -33,8 +33,17 @@ pub enum RepairError {
     UnknownDatabase(String),
     #[error(transparent)]
     Db(#[from] DbError),
-    #[error(transparent)]
-    Audit(#[from] AuditError),
+    #[error("repair of {database} refused, nothing was done: {source}; fix daemon.state_dir so that runs can be recorded")]
+    AuditUnavailable { database: String, source: AuditError },
+    #[error("repair run {run_id} of {database} ended `{outcome}` but its audit record could not be written ({source}); the record was copied to storage if it was reachable")]
+    AuditLost { run_id: String, database: String, outcome: String, source: AuditError },
+}
+
+impl RepairError {
+    /// Refusals exit 3: nothing was done because it was not safe to go on.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, RepairError::AuditUnavailable { .. })
+    }
 }
 
 /// How the pre-repair snapshot is taken: in-process, or through the daemon's worker.
@@ -81,6 +90,11 @@ impl Repairer {
             .database(&req.database)
             .ok_or_else(|| RepairError::UnknownDatabase(req.database.clone()))?;
         let mig = db.migrations_or_default();
+        let log = AuditLog::new(&self.config.daemon.state_dir);
+        if !req.dry_run {
+            log.check_writable()
+                .map_err(|source| RepairError::AuditUnavailable { database: db.name.clone(), source })?;
+        }
         let started_at = Utc::now();
         let mut rec = RunRecord {
             run_id: audit::new_run_id(started_at),
@@ -106,8 +120,15 @@ impl Repairer {
         rec.finished_at = Utc::now();
         tracing::info!(run_id = %rec.run_id, database = %rec.database, outcome = %rec.outcome, error = ?rec.error, "repair run finished");
         if !req.dry_run {
-            AuditLog::new(&self.config.daemon.state_dir).append(&rec)?;
+            let appended = log.append(&rec);
+            // The storage copy is attempted even when the local log failed: it may be the only one.
             audit::store_copy(&self.storage, &rec).await;
+            appended.map_err(|source| RepairError::AuditLost {
+                run_id: rec.run_id.clone(),
+                database: rec.database.clone(),
+                outcome: rec.outcome.clone(),
+                source,
+            })?;
         }
         Ok(rec)
     }

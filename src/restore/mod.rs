@@ -264,6 +264,9 @@ impl Restorer {
             .map_err(|e| local("cannot create a temporary dump in", e.to_string()))?;
         let file = tmp.reopen().map_err(|e| local("cannot open the temporary dump in", e.to_string()))?;
         let streamed = stream_object(&self.storage, m, file, SinkMode::Strict, progress).await?;
+        if opts.clean {
+            tracing::warn!(target = %url.display_target(), "--clean with --jobs is not one transaction: a failure part way leaves the target partly replaced");
+        }
         let mut args: Vec<OsString> = vec![format!("--jobs={}", opts.jobs).into(), "--exit-on-error".into()];
         args.extend(option_args(opts));
         args.push(tmp.path().into());

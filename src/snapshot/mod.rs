@@ -34,9 +34,7 @@ pub enum SnapshotError {
     Storage(#[from] StorageError),
     #[error("snapshot of {database} failed: {source}")]
     Dump { database: String, source: ToolError },
-    #[error(
-        "snapshot of {database} is refused: another snapshot of it is running (pgmedic's advisory lock is held)"
-    )]
+    #[error("snapshot of {database} is refused: another snapshot of it is running (pgmedic's snapshot lock on the database is held); wait for it, or see `pgmedic status`")]
     Busy { database: String },
     #[error("snapshot {id} of {database} failed while compressing: {message}")]
     Pipeline { database: String, id: String, message: String },
