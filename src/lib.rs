@@ -4,7 +4,9 @@
 //! The binary is a thin shell over [`cli::main`]; the modules below are the architecture:
 //! `config` (one validated configuration), `storage` (local and S3 backends), `snapshot`
 //! (taking, listing, pruning), `restore` (restore and verify), `pg` (PostgreSQL access),
-//! `daemon` (schedules, workers, signals, metrics) and `control` (its socket, both ends).
+//! `daemon` (schedules, workers, signals, metrics) and `control` (its socket, both ends),
+//! `watch` and `repair` (migration tables and playbooks), `audit`, and two leaves: `process`
+//! (children in their own process group) and `redact` (secrets out of text).
 
 pub mod audit;
 pub mod cli;
@@ -12,6 +14,8 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod pg;
+pub mod process;
+pub mod redact;
 pub mod repair;
 pub mod restore;
 pub mod snapshot;

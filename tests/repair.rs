@@ -69,8 +69,10 @@ fn hotfix_and_resolve_applied_leave_the_rows_prisma_leaves() {
         (2, 3)
     );
     assert!(records[0]["steps"].as_array().unwrap().iter().all(|s| s["outcome"] == "ok"));
-    let stored =
-        pgm.snapshots_dir().join("audit/app").join(format!("{}.json", rec["run_id"].as_str().unwrap()));
+    let stored = pgm
+        .snapshots_dir()
+        .join("_pgmedic/audit/app")
+        .join(format!("{}.json", rec["run_id"].as_str().unwrap()));
     assert!(stored.exists(), "audit copy in storage at {}", stored.display());
 
     let again = pgm.run(&["repair", "--json"]);

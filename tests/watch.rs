@@ -75,7 +75,12 @@ fn sigusr1_and_the_socket_trigger_repairs() {
     assert_eq!(dry.json()["outcome"], "dry_run");
 
     daemon.signal(libc::SIGUSR1);
-    wait_for("the SIGUSR1 repair", MINUTE, || audit(&pgm).iter().any(|r| r["trigger"] == "signal:SIGUSR1"));
+    // The trail shows a run from its start (`started`, `running`): wait for its end.
+    wait_for("the SIGUSR1 repair", MINUTE, || {
+        audit(&pgm).iter().any(|r| {
+            r["trigger"] == "signal:SIGUSR1" && !matches!(r["outcome"].as_str(), Some("started" | "running"))
+        })
+    });
     assert_eq!(audit(&pgm)[0]["outcome"], "succeeded", "{:?}", audit(&pgm));
 
     let run = pgm.run(&["repair", "--json"]);

@@ -1,8 +1,11 @@
-//! The audit trail: one record per repair run, appended to `state_dir/audit.jsonl` and fsynced
-//! before the run is reported done, then copied to storage at `audit/<database>/<run_id>.json`.
-//! Records carry parameters with secrets redacted (see `redact`).
+//! The audit trail: a repair run appends a fsynced `started` record to `state_dir/audit.jsonl`
+//! before its snapshot and first step, a `running` record after each step, and its final record
+//! before it is reported done; the final record is also copied to storage. Reading merges a
+//! run's lines (the last one wins), so a run whose process died (kill -9, the OOM killer) shows
+//! as `interrupted`. The log is 0600 in a 0700 directory; parameters are redacted (`redact`).
 
 use std::io::{BufRead, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -11,6 +14,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::storage::{layout, Storage};
+
+pub use crate::redact::redact;
 
 pub const FILE: &str = "audit.jsonl";
 /// Captured output kept per step.
@@ -28,8 +33,14 @@ pub struct RunRecord {
     pub snapshot_id: Option<String>,
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
-    /// succeeded, failed, noop, refused, snapshot_failed, no_playbook or dry_run
+    /// succeeded, failed, noop, refused, snapshot_failed, no_playbook or dry_run; while it runs
+    /// `started` / `running`, and `interrupted` when its process died before finishing it
     pub outcome: String,
+    /// The host and pid running it, to tell a live run from an interrupted one.
+    #[serde(default)]
+    pub host: String,
+    #[serde(default)]
+    pub pid: u32,
     pub error: Option<String>,
     pub rows_before: Vec<serde_json::Value>,
     pub rows_after: Vec<serde_json::Value>,
@@ -76,35 +87,49 @@ impl AuditLog {
     /// Opens the log for appending without writing: a repair that could not be recorded must
     /// not start.
     pub fn check_writable(&self) -> Result<(), AuditError> {
+        self.open().map(|_| ())
+    }
+
+    fn open(&self) -> Result<std::fs::File, AuditError> {
         if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| self.err(e))?;
+            private_dir(dir).map_err(|e| self.err(e))?;
         }
-        std::fs::OpenOptions::new()
+        let f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(&self.path)
-            .map(|_| ())
-            .map_err(|e| self.err(e))
+            .map_err(|e| self.err(e))?;
+        // A log created by an older version may be wider open: records hold rows and output.
+        f.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(|e| self.err(e))?;
+        Ok(f)
     }
 
     /// Appends `rec` as one line and fsyncs it.
     pub fn append(&self, rec: &RunRecord) -> Result<(), AuditError> {
-        if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| self.err(e))?;
-        }
         let mut line = serde_json::to_vec(rec).map_err(|e| self.err(e))?;
         line.push(b'\n');
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)
-            .map_err(|e| self.err(e))?;
+        let mut f = self.open()?;
         f.write_all(&line).map_err(|e| self.err(e))?;
         f.sync_data().map_err(|e| self.err(e))
     }
 
-    /// Records of `database` (or all) that started after `since`, oldest first.
+    /// Records of `database` (or all) that started after `since`, oldest first; a run whose
+    /// process died before it finished is shown as `interrupted`.
     pub fn read(
+        &self,
+        database: Option<&str>,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<Vec<RunRecord>, AuditError> {
+        let mut out = self.merged(database, since)?;
+        for rec in out.iter_mut().filter(|r| r.is_unfinished() && !r.is_live()) {
+            rec.outcome = INTERRUPTED.into();
+        }
+        Ok(out)
+    }
+
+    /// Each run's last line, in the order the runs started.
+    fn merged(
         &self,
         database: Option<&str>,
         since: Option<DateTime<Utc>>,
@@ -114,7 +139,8 @@ impl AuditLog {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(self.err(e)),
         };
-        let mut out = Vec::new();
+        let mut out: Vec<RunRecord> = Vec::new();
+        let mut index = std::collections::HashMap::new();
         for (n, line) in std::io::BufReader::new(f).lines().enumerate() {
             let line = line.map_err(|e| self.err(e))?;
             let rec: RunRecord = match serde_json::from_str(&line) {
@@ -125,11 +151,68 @@ impl AuditLog {
                 }
             };
             if database.is_none_or(|d| d == rec.database) && since.is_none_or(|s| rec.started_at >= s) {
-                out.push(rec);
+                // A run's later lines (progress, its end) replace its earlier ones.
+                match index.get(&rec.run_id) {
+                    Some(&i) => out[i] = rec,
+                    None => {
+                        index.insert(rec.run_id.clone(), out.len());
+                        out.push(rec);
+                    }
+                }
             }
         }
         Ok(out)
     }
+
+    /// Runs whose last line says they were still going but whose process is gone: each gets a
+    /// final `interrupted` record (so this is reported once), which is returned.
+    pub fn close_interrupted(&self) -> Result<Vec<RunRecord>, AuditError> {
+        let mut closed = Vec::new();
+        let dead = self.merged(None, None)?.into_iter().filter(|r| r.is_unfinished() && !r.is_live());
+        for mut rec in dead {
+            rec.outcome = INTERRUPTED.into();
+            rec.finished_at = Utc::now();
+            rec.error = Some(format!(
+                "the process running this repair (pid {} on {}) stopped before it finished; the steps \
+                 marked ok ran, a step still `planned` may have run in part: check `pgmedic migrations` \
+                 and the database, and restore the pre-repair snapshot if needed",
+                rec.pid, rec.host
+            ));
+            self.append(&rec)?;
+            closed.push(rec);
+        }
+        Ok(closed)
+    }
+}
+
+pub const INTERRUPTED: &str = "interrupted";
+
+impl RunRecord {
+    fn is_unfinished(&self) -> bool {
+        matches!(self.outcome.as_str(), "started" | "running")
+    }
+
+    /// The run's process still exists on this host (it is pgmedic, not a reused pid).
+    fn is_live(&self) -> bool {
+        if self.host != crate::snapshot::hostname() || self.pid == 0 {
+            return false;
+        }
+        std::fs::read(format!("/proc/{}/cmdline", self.pid))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains("pgmedic"))
+    }
+}
+
+/// Creates `dir` (and missing parents) 0700, and narrows it to 0700 when it is wider: it holds
+/// the audit log and decompressed dumps.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    let meta = std::fs::metadata(dir)?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        if let Err(e) = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)) {
+            tracing::warn!(dir = %dir.display(), error = %e, "state directory is readable by others and cannot be narrowed to 0700");
+        }
+    }
+    Ok(())
 }
 
 /// Copies `rec` to storage; a failure is logged (the local record is the one that counts).
@@ -137,58 +220,5 @@ pub async fn store_copy(storage: &Arc<dyn Storage>, rec: &RunRecord) {
     let body = serde_json::to_vec_pretty(rec).unwrap_or_default();
     if let Err(e) = storage.put(&layout::audit(&rec.database, &rec.run_id), Bytes::from(body)).await {
         tracing::warn!(run_id = %rec.run_id, error = %e, "could not copy the audit record to storage");
-    }
-}
-
-/// Masks passwords in URLs (`scheme://user:***@`), `password=` pairs and SQL `PASSWORD '…'`.
-pub fn redact(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(i) = rest.find("://") {
-        let (head, tail) = rest.split_at(i + 3);
-        out.push_str(head);
-        let end = tail
-            .find(|c: char| c == '/' || c == '?' || c.is_whitespace() || c == '"' || c == '\'')
-            .unwrap_or(tail.len());
-        let authority = &tail[..end];
-        match authority.rsplit_once('@') {
-            Some((userinfo, host)) if userinfo.contains(':') => {
-                let user = userinfo.split(':').next().unwrap_or("");
-                out.push_str(&format!("{user}:***@{host}"));
-            }
-            _ => out.push_str(authority),
-        }
-        rest = &tail[end..];
-    }
-    out.push_str(rest);
-    mask_after(&mask_after(&out, "password=", |c| c.is_whitespace() || c == '&'), "PASSWORD '", |c| c == '\'')
-}
-
-fn mask_after(text: &str, marker: &str, stop: fn(char) -> bool) -> String {
-    let lower = text.to_ascii_lowercase();
-    let needle = marker.to_ascii_lowercase();
-    let mut out = String::new();
-    let mut pos = 0;
-    while let Some(i) = lower[pos..].find(&needle) {
-        let start = pos + i + marker.len();
-        out.push_str(&text[pos..start]);
-        let end = text[start..].find(stop).map(|e| start + e).unwrap_or(text.len());
-        out.push_str("***");
-        pos = end;
-    }
-    out.push_str(&text[pos..]);
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact;
-
-    #[test]
-    fn secrets_are_masked() {
-        assert_eq!(redact("psql postgresql://app:s3cret@db:5432/x"), "psql postgresql://app:***@db:5432/x");
-        assert_eq!(redact("host=db password=hunter2 user=x"), "host=db password=*** user=x");
-        assert_eq!(redact("CREATE ROLE a PASSWORD 'pw''; x"), "CREATE ROLE a PASSWORD '***''; x");
-        assert_eq!(redact("https://hooks.example.com/T0"), "https://hooks.example.com/T0");
     }
 }

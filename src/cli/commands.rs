@@ -72,19 +72,22 @@ pub(super) fn database<'a>(cfg: &'a Config, name: &str) -> Result<&'a DatabaseCo
     })
 }
 
-/// Who ran the command, for the manifest's trigger: the sudo caller, else the login name.
+/// Who ran the command, for triggers and the audit: the real uid and its name, which the caller
+/// cannot choose, and the sudo caller as sudo reports it (`alice(uid=1000)`,
+/// `root(uid=0),sudo_user=alice`). `SUDO_USER` alone is only an environment variable.
 pub(super) fn invoking_user() -> String {
-    if let Ok(u) = std::env::var("SUDO_USER") {
-        return u;
-    }
     let uid = unsafe { libc::getuid() };
     // getpwuid's buffer is static; the CLI reads it once, before any other thread asks.
     let pw = unsafe { libc::getpwuid(uid) };
-    if !pw.is_null() {
-        let name = unsafe { std::ffi::CStr::from_ptr((*pw).pw_name) };
-        return name.to_string_lossy().into_owned();
+    let name = if pw.is_null() {
+        "?".to_string()
+    } else {
+        unsafe { std::ffi::CStr::from_ptr((*pw).pw_name) }.to_string_lossy().into_owned()
+    };
+    match std::env::var("SUDO_USER") {
+        Ok(sudo) if !sudo.is_empty() => format!("{name}(uid={uid}),sudo_user={sudo}"),
+        _ => format!("{name}(uid={uid})"),
     }
-    std::env::var("USER").unwrap_or_else(|_| format!("uid {uid}"))
 }
 
 async fn cmd_snapshot(cfg: &Config, db: Option<&str>, reason: &str, json: bool) -> anyhow::Result<()> {
@@ -162,7 +165,9 @@ async fn cmd_restore(
     let restorer =
         Restorer { storage, tools: PgTools::new(cfg.snapshot.pg_bin_dir.clone()), config: cfg.clone() };
     let progress = Progress::start(format!("restoring {id}"), m.stored_bytes, !json);
-    let report = restorer.restore(&m, &opts, &progress).await?;
+    let cancel = CancellationToken::new();
+    crate::daemon::signals::cancel_on_terminate(cancel.clone());
+    let report = restorer.restore(&m, &opts, &progress, &cancel).await?;
     drop(progress);
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -181,10 +186,18 @@ async fn cmd_restore(
 }
 
 /// `--clean` replaces data: a terminal must type the target's name, a script must say --yes.
-fn confirm_clean(target: &str) -> Result<(), Refused> {
-    let name = target.rsplit(['/', '=']).next().unwrap_or(target).split('?').next().unwrap_or(target);
+fn confirm_clean(target: &str) -> anyhow::Result<()> {
+    // The name as libpq parses it: `postgresql://h/rv_a?sslmode=disable` is rv_a, not `disable`.
+    let parsed = if target.contains("://") || target.contains('=') {
+        let url: crate::config::DbUrl =
+            target.parse().map_err(|e| UsageError(format!("--target is not a connection string: {e}")))?;
+        url.dbname().to_string()
+    } else {
+        target.to_string()
+    };
+    let name = parsed.as_str();
     if !std::io::stdin().is_terminal() {
-        return Err(Refused(format!("--clean replaces the contents of {name}: confirm with --yes")));
+        return Err(Refused(format!("--clean replaces the contents of {name}: confirm with --yes")).into());
     }
     eprint!("--clean replaces what the snapshot holds in database {name}. Type its name to go on: ");
     let _ = std::io::stderr().flush();
@@ -193,7 +206,7 @@ fn confirm_clean(target: &str) -> Result<(), Refused> {
     if line.trim() == name {
         Ok(())
     } else {
-        Err(Refused(format!("not confirmed: {name} was left as it is")))
+        Err(Refused(format!("not confirmed: {name} was left as it is")).into())
     }
 }
 
@@ -203,7 +216,9 @@ async fn cmd_verify(cfg: &Arc<Config>, id: &str, deep: bool, json: bool) -> anyh
     let restorer =
         Restorer { storage, tools: PgTools::new(cfg.snapshot.pg_bin_dir.clone()), config: cfg.clone() };
     let progress = Progress::start(format!("verifying {id}"), m.stored_bytes, !json);
-    let report = restorer.verify(&m, deep, &progress).await?;
+    let cancel = CancellationToken::new();
+    crate::daemon::signals::cancel_on_terminate(cancel.clone());
+    let report = restorer.verify(&m, deep, &progress, &cancel).await?;
     drop(progress);
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -228,8 +243,11 @@ async fn cmd_verify(cfg: &Arc<Config>, id: &str, deep: bool, json: bool) -> anyh
 
 async fn cmd_prune(cfg: &Config, db: Option<&str>, dry_run: bool, json: bool) -> anyhow::Result<()> {
     let storage = open_storage(cfg).await?;
-    let name = db.map(|n| database(cfg, n).map(|d| d.name.as_str())).transpose()?;
-    let report = snapshot::prune(&storage, &cfg.snapshot.retention, name, dry_run).await?;
+    let names: Vec<&str> = match db {
+        Some(n) => vec![database(cfg, n)?.name.as_str()],
+        None => cfg.databases.iter().map(|d| d.name.as_str()).collect(),
+    };
+    let report = snapshot::prune(&storage, &cfg.snapshot.retention, &names, dry_run).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());

@@ -72,6 +72,25 @@ pub async fn status(cfg: &Config, json: bool) -> anyhow::Result<()> {
         ]);
     }
     print!("{}", table(&rows));
+    let snaps = &s["snapshots"];
+    println!(
+        "snapshots: {} running, {} waiting (snapshot.max_concurrent = {}); repairs running: {}",
+        snaps["running"], snaps["waiting"], snaps["max_concurrent"], s["repairs_running"]
+    );
+    for (name, d) in s["databases"].as_object().into_iter().flatten() {
+        let (m, r) = (&d["migrations"], &d["last_repair"]);
+        if let Some(state) = m["state"].as_str().filter(|st| *st != "ok") {
+            println!("{name}: migrations {state} {}", m["error"].as_str().unwrap_or(""));
+        }
+        if r.is_object() {
+            println!(
+                "{name}: last repair {} {} {}",
+                r["run_id"].as_str().unwrap_or(""),
+                r["outcome"].as_str().unwrap_or(""),
+                r["error"].as_str().unwrap_or("")
+            );
+        }
+    }
     Ok(())
 }
 

@@ -5,7 +5,11 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use tokio_postgres::config::{Host, SslMode};
+use std::time::Duration;
+
+use tokio_postgres::config::{
+    ChannelBinding, Host, LoadBalanceHosts, SslMode, SslNegotiation, TargetSessionAttrs,
+};
 
 /// Where libpq looks when a URL names no host (Debian's default socket directory).
 const DEFAULT_SOCKET_DIR: &str = "/var/run/postgresql";
@@ -50,8 +54,19 @@ impl FromStr for DbUrl {
             super::tls::SslMode::Allow | super::tls::SslMode::Prefer => SslMode::Prefer,
             _ => SslMode::Require,
         });
-        if config.get_hosts().is_empty() {
+        if config.get_hosts().is_empty() && config.get_hostaddrs().is_empty() {
             config.host_path(DEFAULT_SOCKET_DIR);
+        }
+        // A session that holds a lock through a long dump must notice a dead peer in minutes,
+        // not the kernel's two hours; a URL's own keepalive settings win.
+        if config.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
+            config.keepalives_idle(Duration::from_secs(30));
+        }
+        if config.get_keepalives_interval().is_none() {
+            config.keepalives_interval(Duration::from_secs(10));
+        }
+        if config.get_keepalives_retries().is_none() {
+            config.keepalives_retries(3);
         }
         if config.get_user().is_none() {
             config.user(current_user().as_str());
@@ -115,31 +130,83 @@ impl DbUrl {
         &self.config
     }
 
-    /// A libpq `key=value` string without the password, for pg_dump and friends.
+    /// A libpq `key=value` string without the password, for pg_dump and friends: every setting
+    /// pgmedic's own session used (hosts and `hostaddr`, `target_session_attrs`,
+    /// `load_balance_hosts`, `channel_binding`, timeouts, keepalives, TLS), so the tool reaches
+    /// the server pgmedic's session reached. Settings left at libpq's default are not written.
     pub fn conninfo(&self) -> String {
         let c = &self.config;
         let mut parts = Vec::new();
-        let hosts: Vec<String> = c.get_hosts().iter().map(host_text).collect();
-        parts.push(kv("host", &hosts.join(",")));
+        let list = |items: Vec<String>| items.join(",");
+        if !c.get_hosts().is_empty() {
+            parts.push(kv("host", &list(c.get_hosts().iter().map(host_text).collect())));
+        }
+        if !c.get_hostaddrs().is_empty() {
+            parts.push(kv("hostaddr", &list(c.get_hostaddrs().iter().map(|a| a.to_string()).collect())));
+        }
         if !c.get_ports().is_empty() {
-            let ports: Vec<String> = c.get_ports().iter().map(u16::to_string).collect();
-            parts.push(kv("port", &ports.join(",")));
+            parts.push(kv("port", &list(c.get_ports().iter().map(u16::to_string).collect())));
         }
         parts.push(kv("user", self.user()));
         parts.push(kv("dbname", self.dbname()));
-        if let Some(o) = c.get_options() {
-            parts.push(kv("options", o));
-        }
-        if let Some(a) = c.get_application_name() {
-            parts.push(kv("application_name", a));
+        for (k, v) in [("options", c.get_options()), ("application_name", c.get_application_name())] {
+            if let Some(v) = v {
+                parts.push(kv(k, v));
+            }
         }
         if let Some(t) = c.get_connect_timeout() {
             parts.push(kv("connect_timeout", &t.as_secs().max(1).to_string()));
         }
-        for (k, v) in self.tls.conninfo_pairs() {
+        if let Some(t) = c.get_tcp_user_timeout() {
+            parts.push(kv("tcp_user_timeout", &t.as_millis().to_string()));
+        }
+        parts.extend(self.keepalive_pairs());
+        parts.extend(self.routing_pairs());
+        // The files libpq's defaults resolve to, as pgmedic's session used them; when they
+        // cannot be resolved the tool resolves them itself, and fails the same way.
+        let tls = self.tls.effective().unwrap_or_else(|_| self.tls.clone());
+        for (k, v) in tls.conninfo_pairs() {
             parts.push(kv(k, &v));
         }
         parts.join(" ")
+    }
+
+    fn keepalive_pairs(&self) -> Vec<String> {
+        let c = &self.config;
+        if !c.get_keepalives() {
+            return vec![kv("keepalives", "0")];
+        }
+        let mut out = vec![kv("keepalives_idle", &c.get_keepalives_idle().as_secs().max(1).to_string())];
+        if let Some(i) = c.get_keepalives_interval() {
+            out.push(kv("keepalives_interval", &i.as_secs().max(1).to_string()));
+        }
+        if let Some(r) = c.get_keepalives_retries() {
+            out.push(kv("keepalives_count", &r.to_string())); // libpq's name for it
+        }
+        out
+    }
+
+    /// Which of several servers to use and how to authenticate to it.
+    fn routing_pairs(&self) -> Vec<String> {
+        let c = &self.config;
+        let mut out = Vec::new();
+        match c.get_target_session_attrs() {
+            TargetSessionAttrs::ReadWrite => out.push(kv("target_session_attrs", "read-write")),
+            TargetSessionAttrs::ReadOnly => out.push(kv("target_session_attrs", "read-only")),
+            _ => {}
+        }
+        if c.get_load_balance_hosts() == LoadBalanceHosts::Random {
+            out.push(kv("load_balance_hosts", "random"));
+        }
+        match c.get_channel_binding() {
+            ChannelBinding::Disable => out.push(kv("channel_binding", "disable")),
+            ChannelBinding::Require => out.push(kv("channel_binding", "require")),
+            _ => {}
+        }
+        if c.get_ssl_negotiation() == SslNegotiation::Direct {
+            out.push(kv("sslnegotiation", "direct"));
+        }
+        out
     }
 
     /// `postgresql://user:***@host:port/db`, safe for logs and check-config.
@@ -200,6 +267,27 @@ mod tests {
         assert_eq!(u.redacted(), "postgresql://app:***@db.example:6432/shop");
         assert!(!format!("{u:?}").contains("s3cr"));
         assert_eq!(passfile_line(&u.password().unwrap()), "*:*:*:*:s3cr\\:t\n");
+    }
+
+    #[test]
+    fn the_tools_get_every_setting() {
+        let u: DbUrl = "postgresql://app:pw@db1:5432,db2:5433/shop?hostaddr=10.0.0.1,10.0.0.2&target_session_attrs=read-write&load_balance_hosts=random&channel_binding=require&connect_timeout=7&keepalives_idle=60"
+            .parse()
+            .unwrap();
+        let c = u.conninfo();
+        for want in [
+            "host='db1,db2'",
+            "hostaddr='10.0.0.1,10.0.0.2'",
+            "port='5432,5433'",
+            "target_session_attrs='read-write'",
+            "load_balance_hosts='random'",
+            "channel_binding='require'",
+            "connect_timeout='7'",
+            "keepalives_idle='60'",
+        ] {
+            assert!(c.contains(want), "{want} missing from {c}");
+        }
+        assert!(!c.contains("pw"), "{c}");
     }
 
     #[test]

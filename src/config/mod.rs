@@ -5,6 +5,7 @@
 mod dburl;
 mod playbook;
 mod raw;
+mod render;
 mod schedule;
 mod tls;
 mod validate;
@@ -21,6 +22,8 @@ pub use validate::validate;
 /// Where the configuration is read from when neither `--config` nor `$PGMEDIC_CONFIG` says.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/pgmedic/pgmedic.toml";
 const ENV_PREFIX: &str = "PGMEDIC_";
+/// The storage folder of pgmedic's own records; no database may be named so.
+pub const OWN_STORAGE_FOLDER: &str = "_pgmedic";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -86,6 +89,10 @@ pub struct SnapshotConfig {
     pub compression_threads: u32,
     pub pg_bin_dir: Option<PathBuf>,
     pub retention: Retention,
+    /// Snapshots running at once across all databases (the daemon's global limit).
+    pub max_concurrent: usize,
+    /// How long pg_dump waits for a table lock before the snapshot fails.
+    pub lock_wait_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,11 +142,11 @@ impl Config {
     pub fn from_toml(text: &str, path: &Path, env: &[(String, String)]) -> Result<Config, ConfigError> {
         let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Parse {
             path: path.to_path_buf(),
-            message: e.to_string().trim().to_string(),
+            message: parse_message(&e, text),
         })?;
         let applied = apply_env_overrides(&mut table, env)?;
         let raw: raw::RawConfig = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
-            let mut message = e.to_string().trim().to_string();
+            let mut message = crate::redact::redact(e.to_string().trim());
             if !applied.is_empty() {
                 message.push_str(&format!(" (after environment overrides {})", applied.join(", ")));
             }
@@ -164,6 +171,22 @@ impl DatabaseConfig {
             watch_interval: Duration::from_secs(30),
             on_failure: OnFailure::Notify,
         })
+    }
+}
+
+/// Where and what, without the offending line: toml's own text quotes the line, and the line
+/// may hold a password (an unterminated `url = "postgresql://u:pw@…`). The message goes to
+/// logs and to `status`, which every allowed socket peer can read.
+fn parse_message(e: &toml::de::Error, text: &str) -> String {
+    let message = crate::redact::redact(e.message().trim());
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map(|l| l.chars().count() + 1).unwrap_or(1);
+            format!("TOML syntax error at line {line}, column {column}: {message}")
+        }
+        None => format!("TOML syntax error: {message}"),
     }
 }
 
@@ -239,5 +262,5 @@ impl std::fmt::Debug for Config {
 
 /// The effective configuration as TOML, with secrets redacted, for `check-config`.
 pub fn render_redacted(cfg: &Config) -> String {
-    validate::render(cfg)
+    render::render(cfg)
 }

@@ -45,7 +45,7 @@ pub enum Step {
 /// Env values and SQL may hold secrets: Debug shows names and redacted text only.
 impl std::fmt::Debug for Step {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        use crate::audit::redact;
+        use crate::redact::redact;
         match self {
             Step::Sql { sql, .. } => write!(f, "Sql({:?})", redact(sql)),
             Step::SqlFile { path, .. } => write!(f, "SqlFile({path:?})"),

@@ -60,6 +60,10 @@ pub struct RawSnapshot {
     pub pg_bin_dir: Option<String>,
     #[serde(default)]
     pub retention: RawRetention,
+    /// Snapshots at once across all databases; pre-repair snapshots go first.
+    pub max_concurrent: Option<usize>,
+    /// pg_dump's --lock-wait-timeout.
+    pub lock_wait_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -1,7 +1,9 @@
 //! The TLS part of a connection string, kept by pgmedic itself: libpq's `sslmode` (all six
 //! values, where tokio-postgres knows three), `sslrootcert`, `sslcert` and `sslkey`. They are
-//! taken out before the rest is parsed, used for pgmedic's own sessions, and passed on to the
-//! client tools unchanged.
+//! taken out before the rest is parsed. `effective` applies libpq's defaults exactly
+//! (`~/.postgresql/root.crt`, `postgresql.crt`, `postgresql.key`, found through `$HOME` and
+//! then the password database), and the same resolved files go to pgmedic's own sessions and to
+//! the client tools.
 
 use std::path::PathBuf;
 
@@ -53,12 +55,59 @@ pub struct TlsSettings {
     pub client_key: Option<PathBuf>,
 }
 
+/// libpq's message when verification needs a root certificate that is not there.
+const NO_ROOT_HINT: &str = "Either provide the file, use the system's trusted roots with sslrootcert=system, or change sslmode to disable server certificate verification.";
+
 impl TlsSettings {
-    /// libpq verifies the chain for verify-ca and verify-full, and for `require` when a root
-    /// certificate is given; the host name only for verify-full.
+    /// The settings as libpq applies them: `sslrootcert` defaults to `~/.postgresql/root.crt`
+    /// and counts only if that file exists (then the chain is verified in every mode that
+    /// encrypts, as libpq does); `sslcert`/`sslkey` default to `~/.postgresql/postgresql.crt`
+    /// and `.key` and count only if the certificate exists. Errors are libpq's: verify-ca and
+    /// verify-full need a root certificate.
+    pub fn effective(&self) -> Result<TlsSettings, String> {
+        let home = home_dir().map(|h| h.join(".postgresql"));
+        let verifies = matches!(self.mode, SslMode::VerifyCa | SslMode::VerifyFull);
+        let root = self.root_cert.clone().or_else(|| home.as_ref().map(|h| h.join("root.crt")));
+        let root_cert = match root {
+            Some(p) if p.as_os_str() == "system" => {
+                if self.mode != SslMode::VerifyFull {
+                    return Err("sslrootcert=system needs sslmode=verify-full (as libpq requires)".into());
+                }
+                Some(p)
+            }
+            Some(p) if p.exists() => Some(p),
+            Some(p) if verifies => {
+                return Err(format!(
+                    "root certificate file \"{}\" does not exist\n{NO_ROOT_HINT}",
+                    p.display()
+                ))
+            }
+            None if verifies => {
+                return Err(format!(
+                    "could not get home directory to locate root certificate file\n{NO_ROOT_HINT}"
+                ))
+            }
+            _ => None,
+        };
+        let cert = self.client_cert.clone().or_else(|| home.as_ref().map(|h| h.join("postgresql.crt")));
+        let (client_cert, client_key) = match cert.filter(|c| c.exists()) {
+            Some(c) => {
+                let key = self.client_key.clone().or_else(|| home.as_ref().map(|h| h.join("postgresql.key")));
+                (Some(c), key)
+            }
+            None => (None, None),
+        };
+        Ok(TlsSettings { mode: self.mode, root_cert, client_cert, client_key })
+    }
+
+    /// Whether the server's chain is checked: on effective settings, whenever a root
+    /// certificate is there and the connection encrypts.
     pub fn verifies_chain(&self) -> bool {
-        matches!(self.mode, SslMode::VerifyCa | SslMode::VerifyFull)
-            || (self.mode == SslMode::Require && self.root_cert.is_some())
+        self.mode != SslMode::Disable && self.root_cert.is_some()
+    }
+
+    pub fn uses_system_roots(&self) -> bool {
+        self.root_cert.as_ref().is_some_and(|p| p.as_os_str() == "system")
     }
 
     /// `key='value'` pairs for a libpq conninfo (empty for the defaults).
@@ -84,6 +133,19 @@ impl TlsSettings {
         }
         Ok(())
     }
+}
+
+/// libpq's home: `$HOME`, else the password database's entry for the effective uid.
+fn home_dir() -> Option<PathBuf> {
+    if let Some(h) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        return Some(PathBuf::from(h));
+    }
+    let pw = unsafe { libc::getpwuid(libc::geteuid()) };
+    if pw.is_null() {
+        return None;
+    }
+    let dir = unsafe { std::ffi::CStr::from_ptr((*pw).pw_dir) };
+    Some(PathBuf::from(dir.to_string_lossy().into_owned()))
 }
 
 const KEYS: [&str; 4] = ["sslmode", "sslrootcert", "sslcert", "sslkey"];
@@ -185,7 +247,6 @@ mod tests {
         assert_eq!(rest, "postgresql://u:p@db/app?application_name=x");
         assert_eq!(tls.mode, SslMode::VerifyFull);
         assert_eq!(tls.root_cert.as_deref(), Some(std::path::Path::new("/etc/ca.pem")));
-        assert!(tls.verifies_chain());
     }
 
     #[test]
@@ -194,6 +255,6 @@ mod tests {
         assert_eq!(rest, "host=db dbname='my app'");
         assert_eq!((tls.mode, tls.client_key.is_some()), (SslMode::VerifyCa, true));
         assert!(split("host=db sslmode=sometimes").unwrap_err().contains("sslmode `sometimes`"));
-        assert!(!split("host=db").unwrap().1.verifies_chain());
+        assert!(split("host=db").unwrap().1.root_cert.is_none());
     }
 }

@@ -1,5 +1,4 @@
-//! Turns the raw file into typed values, naming the key at fault when it cannot, and renders
-//! the effective configuration back with secrets redacted.
+//! Turns the raw file into typed values, naming the key at fault when it cannot.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -59,6 +58,15 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         compression_threads: raw.snapshot.compression_threads.unwrap_or(0),
         pg_bin_dir: raw.snapshot.pg_bin_dir.map(PathBuf::from),
         retention: retention(raw.snapshot.retention),
+        max_concurrent: match raw.snapshot.max_concurrent.unwrap_or(1) {
+            n @ 1..=64 => n,
+            n => return Err(ctx.err("snapshot.max_concurrent", format!("{n} is outside 1..=64"))),
+        },
+        lock_wait_timeout: ctx.duration(
+            "snapshot.lock_wait_timeout",
+            raw.snapshot.lock_wait_timeout.as_deref(),
+            Duration::from_secs(300),
+        )?,
     };
     if raw.databases.is_empty() {
         return Err(ctx.err("databases", "no [[databases]] entry: add one with `name` and `url`"));
@@ -160,6 +168,12 @@ fn database(ctx: &Ctx, i: usize, raw: RawDatabase) -> Result<DatabaseConfig, Con
     if !valid_name {
         return Err(ctx.err(key("name"), format!("`{}` must be 1-63 letters, digits, `_` or `-`", raw.name)));
     }
+    if raw.name.eq_ignore_ascii_case(super::OWN_STORAGE_FOLDER) {
+        return Err(ctx.err(
+            key("name"),
+            format!("`{}` is reserved: pgmedic keeps its own records under that storage folder", raw.name),
+        ));
+    }
     let text = match (raw.url, raw.url_file) {
         (Some(u), None) => u,
         (None, Some(f)) => std::fs::read_to_string(&f)
@@ -207,129 +221,6 @@ fn migrations(ctx: &Ctx, i: usize, raw: RawMigrations) -> Result<MigrationsConfi
         on_failure,
         tool,
     })
-}
-
-pub fn render(cfg: &Config) -> String {
-    let mut out = format!("# effective configuration from {}\n", cfg.source.display());
-    let d = &cfg.daemon;
-    out += &format!(
-        "[daemon]\nsocket = {:?}\nstate_dir = {:?}\nmetrics_listen = {:?}\nshutdown_timeout = {:?}\nallowed_uids = {:?}\n\n",
-        d.socket.display().to_string(),
-        d.state_dir.display().to_string(),
-        d.metrics_listen.map(|a| a.to_string()).unwrap_or_default(),
-        humantime::format_duration(d.shutdown_timeout).to_string(),
-        d.allowed_uids,
-    );
-    let s = &cfg.storage;
-    out += "[storage]\n";
-    match &s.backend {
-        StorageBackend::Local { path } => {
-            out += &format!("backend = \"local\"\npath = {:?}\n", path.display().to_string())
-        }
-        StorageBackend::S3(c) => {
-            out += &format!(
-                "backend = \"s3\"\nbucket = {:?}\nendpoint = {:?}\nregion = {:?}\nforce_path_style = {}\n",
-                c.bucket,
-                c.endpoint.clone().unwrap_or_default(),
-                c.region,
-                c.force_path_style
-            )
-        }
-    }
-    out += &format!(
-        "prefix = {:?}\ntimeout = {:?}\nupload_concurrency = {}\npart_size_mib = {}\n\n",
-        s.prefix,
-        humantime::format_duration(s.timeout).to_string(),
-        s.upload_concurrency,
-        s.part_size / MIB
-    );
-    let n = &cfg.snapshot;
-    let r = &n.retention;
-    out += &format!(
-        "[snapshot]\ncompression_level = {}\ncompression_threads = {}\npg_bin_dir = {:?}\nretention = {{ keep_last = {}, keep_daily = {}, keep_weekly = {}, keep_monthly = {}, keep_pre_repair_days = {} }}\n",
-        n.compression_level,
-        n.compression_threads,
-        n.pg_bin_dir
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default(),
-        r.keep_last,
-        r.keep_daily,
-        r.keep_weekly,
-        r.keep_monthly,
-        r.keep_pre_repair_days
-    );
-    for db in &cfg.databases {
-        out += &format!("\n[[databases]]\nname = {:?}\nurl = {:?}\n", db.name, db.url.redacted());
-        if let Some(s) = &db.schedule {
-            out += &format!("schedule = {:?}\n", s.as_str());
-        }
-        if let Some(m) = &db.migrations {
-            out += &format!(
-                "[databases.migrations]\ntool = {:?}\ntable = {:?}\nschema = {:?}\ndir = {:?}\nwatch_interval = {:?}\non_failure = {:?}\n",
-                m.tool,
-                m.table,
-                m.schema,
-                m.dir
-                    .as_ref()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default(),
-                humantime::format_duration(m.watch_interval).to_string(),
-                format!("{:?}", m.on_failure).to_lowercase()
-            );
-        }
-    }
-    out += &format!(
-        "\n[repair]\nstatement_timeout = {:?}\nlock_wait = {:?}\n",
-        humantime::format_duration(cfg.repair.statement_timeout).to_string(),
-        humantime::format_duration(cfg.repair.lock_wait).to_string()
-    );
-    for p in &cfg.playbooks {
-        out += &render_playbook(p);
-    }
-    for w in &cfg.notify {
-        out += &format!("\n[[notify]]\nwebhook = {:?}\n", redact_webhook(w));
-    }
-    out
-}
-
-fn render_playbook(p: &super::Playbook) -> String {
-    use super::Step;
-    let mut out = format!("\n[[playbooks]]\nname = {:?}\n", p.name);
-    if let Some(d) = &p.database {
-        out += &format!("database = {d:?}\n");
-    }
-    out += &format!(
-        "match = {{ migration = {:?}, log_contains = {:?} }}\nsteps = [\n",
-        p.migration.clone().unwrap_or_else(|| "*".into()),
-        p.log_contains.clone().unwrap_or_default()
-    );
-    for step in &p.steps {
-        let line = match step {
-            Step::Sql { sql, .. } => format!("{{ sql = {:?} }}", crate::audit::redact(sql)),
-            Step::SqlFile { path, .. } => format!("{{ sql_file = {:?} }}", path.display().to_string()),
-            Step::Resolve(how) => format!(
-                "{{ resolve = {:?} }}",
-                serde_json::to_value(how).unwrap_or_default().as_str().unwrap_or("")
-            ),
-            Step::Command { argv, timeout, .. } => format!(
-                "{{ command = {:?}, timeout = {:?} }}",
-                argv.iter().map(|a| crate::audit::redact(a)).collect::<Vec<_>>(),
-                humantime::format_duration(*timeout).to_string()
-            ),
-            Step::AssertSql { sql } => format!("{{ assert_sql = {:?} }}", crate::audit::redact(sql)),
-        };
-        out += &format!("  {line},\n");
-    }
-    out + "]\n"
-}
-
-/// Webhook URLs carry their token in the path (Slack, Teams): keep only scheme and host.
-fn redact_webhook(w: &str) -> String {
-    match url::Url::parse(w) {
-        Ok(u) => format!("{}://{}/***", u.scheme(), u.host_str().unwrap_or("")),
-        Err(_) => "***".into(),
-    }
 }
 
 #[cfg(test)]
@@ -399,9 +290,16 @@ url = "postgresql://app:pw@127.0.0.1/app"
     }
 
     #[test]
+    fn a_syntax_error_names_the_line_but_never_echoes_it() {
+        let text = "[storage]\npath = \"s\"\n[[databases]]\nname = \"app\"\nurl = \"postgresql://app:hunter2@db/app\n";
+        let err = load(text, &[]).unwrap_err();
+        assert!(err.contains("line 5") && !err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
     fn render_hides_password() {
         let cfg = load(BASE, &[]).unwrap();
-        let text = super::render(&cfg);
+        let text = super::super::render::render(&cfg);
         assert!(!text.contains("pw@"), "{text}");
         assert!(text.contains("app:***@"), "{text}");
     }

@@ -12,6 +12,7 @@ use serde_json::Value;
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::codec::{Framed, LinesCodec, LinesCodecError};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::protocol::{code, err, Request, MAX_REQUEST};
 
@@ -73,12 +74,14 @@ pub async fn bind(path: &Path) -> Result<UnixListener, ControlError> {
     bound.map_err(|e| io(format!("cannot bind: {e}")))
 }
 
-/// Serves until `shutdown`; each connection runs on its own task.
+/// Serves until `shutdown`; each connection runs on its own task, on `tasks`, so that a
+/// request being answered when shutdown comes (a repair) is finished and replied to.
 pub async fn serve(
     listener: UnixListener,
     peers: Peers,
     handler: Arc<dyn Handler>,
     shutdown: CancellationToken,
+    tasks: TaskTracker,
 ) {
     loop {
         let stream = tokio::select! {
@@ -93,7 +96,7 @@ pub async fn serve(
             },
         };
         let (peers, handler, shutdown) = (peers.clone(), handler.clone(), shutdown.clone());
-        tokio::spawn(async move { connection(stream, peers, handler, shutdown).await });
+        tasks.spawn(async move { connection(stream, peers, handler, shutdown).await });
     }
 }
 

@@ -94,6 +94,7 @@ impl Api {
             dbs.entry(db.name.clone())
                 .or_insert_with(|| json!({ "schedule": db.schedule.as_ref().map(|s| s.as_str()) }));
         }
+        let (running, waiting, limit) = self.shared.gate.counts();
         json!({
             "version": env!("CARGO_PKG_VERSION"),
             "pid": std::process::id(),
@@ -103,6 +104,8 @@ impl Api {
             "storage": rt.snapshotter.storage.location(),
             "metrics_listen": self.shared.metrics_addr.map(|a| a.to_string()),
             "last_reload": self.shared.reload_status(),
+            "snapshots": { "running": running, "waiting": waiting, "max_concurrent": limit },
+            "repairs_running": self.shared.repairs_running.load(std::sync::atomic::Ordering::SeqCst),
             "databases": dbs,
         })
     }

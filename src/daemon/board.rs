@@ -15,6 +15,8 @@ pub struct DbStatus {
     pub last_success_at: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
     pub running: Option<RunningJob>,
+    /// A job of this database waits for a slot under `snapshot.max_concurrent`.
+    pub waiting_for_slot: bool,
     /// Jobs waiting (0 or 1: triggers that find one waiting or running are coalesced).
     pub queued: u32,
     pub coalesced_total: u64,

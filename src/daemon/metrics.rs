@@ -27,8 +27,8 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancell
                 }
             },
         };
-        let shared = shared.clone();
-        tokio::spawn(async move {
+        let (shared, tasks) = (shared.clone(), shared.tasks.clone());
+        tasks.spawn(async move {
             let _ = tokio::time::timeout(Duration::from_secs(10), answer(stream, &shared)).await;
         });
     }
@@ -152,6 +152,25 @@ fn render(shared: &Shared) -> String {
         "gauge",
         "Failed migrations seen by the watcher (0 when healthy).",
         per_db(&|s| s.migrations.as_ref().map(|m| m.failed.len().to_string())),
+    );
+    let (running, waiting, limit) = shared.gate.counts();
+    metric(
+        "pgmedic_snapshots_running",
+        "gauge",
+        "Snapshots running now, across databases (at most snapshot.max_concurrent).",
+        vec![(String::new(), running.to_string())],
+    );
+    metric(
+        "pgmedic_snapshots_waiting",
+        "gauge",
+        "Snapshots waiting for a slot under snapshot.max_concurrent.",
+        vec![(String::new(), waiting.to_string())],
+    );
+    metric(
+        "pgmedic_snapshots_max_concurrent",
+        "gauge",
+        "snapshot.max_concurrent.",
+        vec![(String::new(), limit.to_string())],
     );
     metric(
         "pgmedic_snapshot_running",

@@ -1,12 +1,16 @@
 //! The long-running service: wiring of the control socket, the scheduler, one snapshot worker
-//! per database, metrics, webhooks and systemd, plus reload and an orderly drain on shutdown.
+//! per database behind a daemon-wide limit, migration watchers, metrics, webhooks and systemd,
+//! plus reload. Every task the daemon starts is spawned on one `TaskTracker`, so shutdown
+//! (`shutdown`) waits for what is in flight — a repair above all — before the process exits.
 //! Shutdown is passed in as a token; `signals` is the only place that touches OS signals.
 
 mod api;
 mod board;
+mod gate;
 mod metrics;
 mod repairs;
 mod scheduler;
+mod shutdown;
 pub mod signals;
 mod systemd;
 mod watcher;
@@ -16,14 +20,14 @@ mod worker;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ConfigError};
 use crate::control::{self, ControlError, Peers};
@@ -37,8 +41,9 @@ use signals::SignalEvent;
 use webhook::Notifier;
 use worker::{Enqueued, Job, Outcome, Worker};
 
-/// How long aborting a snapshot (after the shutdown timeout) may take before the daemon exits anyway.
-const ABORT_GRACE: Duration = Duration::from_secs(30);
+/// Migration watchers reading at once: each read is one short connection, so a hundred watched
+/// databases cost the server at most this many of its connections.
+const WATCH_CONNECTIONS: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -88,8 +93,18 @@ pub struct Shared {
     pub started_at: DateTime<Utc>,
     config_path: PathBuf,
     abort: CancellationToken,
+    /// Cancelled when the drain starts: jobs still waiting for a slot give up.
+    draining: CancellationToken,
     closing: AtomicBool,
     metrics_addr: Option<SocketAddr>,
+    /// Every task the daemon starts; shutdown waits for them.
+    pub tasks: TaskTracker,
+    /// The daemon-wide limit on snapshots at once.
+    pub gate: Arc<gate::Gate>,
+    /// Bounds the watchers' connections to the servers.
+    pub watch_slots: tokio::sync::Semaphore,
+    /// Repair runs in progress (shutdown waits for them and tells systemd how long).
+    pub repairs_running: AtomicUsize,
 }
 
 /// Work for the main loop from the control socket.
@@ -157,7 +172,7 @@ impl Shared {
         for name in removed {
             if let Some(w) = workers.remove(&name) {
                 w.close();
-                tokio::spawn(w.join());
+                self.tasks.spawn(w.join());
             }
         }
         let mut added = Vec::new();
@@ -191,7 +206,7 @@ impl Shared {
         for name in wanted {
             if let std::collections::btree_map::Entry::Vacant(slot) = watchers.entry(name) {
                 let token = shutdown.child_token();
-                tokio::spawn(watcher::watch(self.clone(), slot.key().clone(), token.clone()));
+                self.tasks.spawn(watcher::supervise(self.clone(), slot.key().clone(), token.clone()));
                 slot.insert(token);
             }
         }
@@ -222,9 +237,10 @@ pub async fn run(
     };
     let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
     let peers = Peers { allowed_uids: config.daemon.allowed_uids.clone() };
-    let shutdown_timeout = config.daemon.shutdown_timeout;
+    let tasks = TaskTracker::new();
     let shared = Arc::new(Shared {
-        notifier: RwLock::new(Notifier::new(config.notify.clone())),
+        notifier: RwLock::new(Notifier::new(config.notify.clone(), tasks.clone())),
+        gate: gate::Gate::new(config.snapshot.max_concurrent),
         runtime: RwLock::new(Arc::new(build_runtime(config, storage))),
         board: Board::default(),
         workers: Mutex::new(BTreeMap::new()),
@@ -233,24 +249,30 @@ pub async fn run(
         started_at: Utc::now(),
         config_path,
         abort: CancellationToken::new(),
+        draining: CancellationToken::new(),
         closing: AtomicBool::new(false),
         metrics_addr,
+        tasks,
+        watch_slots: tokio::sync::Semaphore::new(WATCH_CONNECTIONS),
+        repairs_running: AtomicUsize::new(0),
     });
+    shutdown::report_interrupted_runs(&shared).await;
     let names = shared.sync_workers();
     shared.sync_watchers(&shutdown);
     let mut scheduler = Scheduler::start().await?;
-    scheduler.sync(&shared).await?;
+    scheduler.sync(&shared, &shared.current().config.clone()).await?;
 
     let (signal_tx, mut signal_rx) = mpsc::channel(8);
-    let signal_task = tokio::spawn(signals::listen(signal_tx, shutdown.clone()));
+    let signal_task = shared.tasks.spawn(signals::listen(signal_tx, shutdown.clone()));
     let (main_tx, mut main_rx) = mpsc::channel(8);
     let api = Arc::new(api::Api { shared: shared.clone(), main: main_tx });
-    tokio::spawn(control::server::serve(listener, peers, api, shutdown.clone()));
+    let serve = control::server::serve(listener, peers, api, shutdown.clone(), shared.tasks.clone());
+    shared.tasks.spawn(serve);
     if let Some(l) = metrics {
         tracing::info!(addr = ?metrics_addr, "metrics listening");
-        tokio::spawn(metrics::serve(l, shared.clone(), shutdown.clone()));
+        shared.tasks.spawn(metrics::serve(l, shared.clone(), shutdown.clone()));
     }
-    tokio::spawn(scheduler::catch_up(shared.clone(), names));
+    shared.tasks.spawn(scheduler::catch_up(shared.clone(), names));
     tracing::info!(socket = %socket.display(), pid = std::process::id(), "pgmedic daemon ready");
     systemd::notify(&format!(
         "READY=1\nSTATUS=watching {} database(s)",
@@ -277,7 +299,7 @@ pub async fn run(
     if let Ok(Err(e)) = signal_task.await {
         return Err(DaemonError::Signals(e.to_string()));
     }
-    drain(shared, scheduler, shutdown_timeout).await;
+    shutdown::drain(shared, scheduler).await;
     let _ = std::fs::remove_file(&socket);
     tracing::info!("pgmedic daemon stopped");
     Ok(())
@@ -321,7 +343,8 @@ fn repair_all(shared: &Arc<Shared>) {
             trigger: "signal:SIGUSR1".into(),
             requested_by: "signal".into(),
         };
-        tokio::spawn(async move {
+        let tasks = shared.tasks.clone();
+        tasks.spawn(async move {
             if let Err(e) = shared.repair(req).await {
                 tracing::error!(error = %e, "repair could not run");
             }
@@ -329,7 +352,9 @@ fn repair_all(shared: &Arc<Shared>) {
     }
 }
 
-/// Re-reads the file; a file that fails to load or validate keeps the running configuration.
+/// Re-reads the file. Everything that can fail (loading, validating, opening storage,
+/// scheduling) happens before the new configuration replaces the running one, so a failure
+/// really does keep the old one; what comes after the swap cannot fail.
 async fn reload(
     shared: &Arc<Shared>,
     scheduler: &mut Scheduler,
@@ -345,12 +370,18 @@ async fn reload(
             tracing::warn!("daemon.socket and daemon.metrics_listen change only on restart");
         }
         let storage = storage::open(&config.storage).await?;
-        *shared.notifier.write().unwrap_or_else(|p| p.into_inner()) = Notifier::new(config.notify.clone());
+        if let Err(e) = scheduler.sync(shared, &config).await {
+            // Put the old schedules back: the running configuration stays whole.
+            let _ = scheduler.sync(shared, &old).await;
+            return Err(e);
+        }
+        let notifier = Notifier::new(config.notify.clone(), shared.tasks.clone());
+        shared.gate.set_limit(config.snapshot.max_concurrent);
+        *shared.notifier.write().unwrap_or_else(|p| p.into_inner()) = notifier;
         *shared.runtime.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(build_runtime(config, storage));
         let added = shared.sync_workers();
         shared.sync_watchers(shutdown);
-        scheduler.sync(shared).await?;
-        tokio::spawn(scheduler::catch_up(shared.clone(), added));
+        shared.tasks.spawn(scheduler::catch_up(shared.clone(), added));
         Ok::<(), DaemonError>(())
     }
     .await;
@@ -364,26 +395,4 @@ async fn reload(
     let note = if status.ok { "reloaded" } else { "reload failed, old configuration kept" };
     systemd::notify(&format!("READY=1\nSTATUS={note}"));
     status
-}
-
-/// Stops taking work, lets a running snapshot finish within `timeout`, then aborts it.
-async fn drain(shared: Arc<Shared>, scheduler: Scheduler, timeout: Duration) {
-    systemd::notify("STOPPING=1\nSTATUS=draining");
-    shared.closing.store(true, Ordering::SeqCst);
-    scheduler.stop().await;
-    let workers = shared.take_workers();
-    for w in &workers {
-        w.close();
-    }
-    let mut joined = Box::pin(futures::future::join_all(workers.into_iter().map(Worker::join)));
-    if tokio::time::timeout(timeout, &mut joined).await.is_err() {
-        tracing::warn!(
-            ?timeout,
-            "shutdown timeout reached: aborting the snapshot in flight (no manifest is written)"
-        );
-        shared.abort.cancel();
-        if tokio::time::timeout(ABORT_GRACE, &mut joined).await.is_err() {
-            tracing::error!("the aborted snapshot did not stop in time; exiting anyway");
-        }
-    }
 }

@@ -1,6 +1,7 @@
 //! Repairs inside the daemon: the pre-repair snapshot goes through the database's worker (so it
 //! never overlaps another snapshot), webhooks announce the run, and the board remembers it.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
 use async_trait::async_trait;
@@ -32,6 +33,12 @@ impl PreRepairSnapshot for ViaWorker {
 
 impl Shared {
     pub async fn repair(self: &Arc<Self>, req: RunRequest) -> Result<RunRecord, String> {
+        // Counted before the check, so the drain either sees this run or this run sees closing.
+        self.repairs_running.fetch_add(1, Ordering::SeqCst);
+        let _running = Running(self);
+        if self.closing.load(Ordering::SeqCst) && !req.dry_run {
+            return Err("the daemon is shutting down; the repair was not started".into());
+        }
         let rt = self.current();
         let repairer = Repairer {
             config: rt.config.clone(),
@@ -59,5 +66,14 @@ impl Shared {
         let summary = json!({ "run_id": rec.run_id, "outcome": rec.outcome, "at": rec.finished_at, "error": rec.error });
         self.board.update(&rec.database, |s| s.last_repair = Some(summary));
         Ok(rec)
+    }
+}
+
+/// Keeps `repairs_running` right whichever way a run ends.
+struct Running<'a>(&'a Shared);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.repairs_running.fetch_sub(1, Ordering::SeqCst);
     }
 }

@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use super::worker::Job;
 use super::{DaemonError, Shared};
+use crate::config::Config;
 use crate::snapshot;
 
 pub struct Scheduler {
@@ -34,10 +35,9 @@ impl Scheduler {
         Ok(Scheduler { inner, jobs: HashMap::new() })
     }
 
-    /// Makes the cron jobs match the current configuration: added, removed and rescheduled
-    /// databases take effect here, without a restart.
-    pub async fn sync(&mut self, shared: &Arc<Shared>) -> Result<(), DaemonError> {
-        let cfg = shared.current().config.clone();
+    /// Makes the cron jobs match `cfg` (called before a reloaded configuration goes live):
+    /// added, removed and rescheduled databases take effect here, without a restart.
+    pub async fn sync(&mut self, shared: &Arc<Shared>, cfg: &Config) -> Result<(), DaemonError> {
         let wanted: HashMap<String, String> = cfg
             .databases
             .iter()

@@ -1,12 +1,16 @@
 //! One watcher per database with a `[databases.migrations]` section: one cheap read every
-//! `watch_interval`, each new failure reacted to once (`on_failure`: notify, snapshot or
-//! repair). A missing table, a standby or an unreachable server is a state shown in `status`;
-//! the watcher backs off and reconnects, it never takes the daemon down.
+//! `watch_interval`, on a connection opened for that read (and at most a few at once across
+//! the daemon), each new failure reacted to once (`on_failure`: notify, snapshot or repair). A
+//! missing table, a standby, an unreachable server or a table it cannot read is a state shown
+//! in `status`; the watcher backs off and tries again. A watcher that panics is restarted, with
+//! backoff, by its supervisor, and the panic is shown in `status` too.
 
 use std::collections::HashSet;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -14,38 +18,57 @@ use super::board::MigrationsStatus;
 use super::worker::Job;
 use super::Shared;
 use crate::config::{DatabaseConfig, MigrationsConfig, OnFailure};
-use crate::pg::{self, DbError, Session};
+use crate::pg::{self, DbError};
 use crate::repair::RunRequest;
 use crate::watch::{self, Migration, TableState};
 
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
-pub async fn watch(shared: Arc<Shared>, db: String, cancel: CancellationToken) {
+/// Runs `db`'s watcher until `cancel`, restarting it after a panic.
+pub async fn supervise(shared: Arc<Shared>, db: String, cancel: CancellationToken) {
     let mut seen: HashSet<String> = HashSet::new();
-    let mut session: Option<Session> = None;
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let run = AssertUnwindSafe(watch(&shared, &db, &cancel, &mut seen)).catch_unwind().await;
+        let Err(panic) = run else { return };
+        let what = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "a panic".into());
+        tracing::error!(database = %db, error = %what, retry_in = ?backoff, "the migrations watcher failed; restarting it");
+        set_state(&shared, &db, "error", Some(format!("the watcher failed ({what}); restarting it")));
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+fn set_state(shared: &Shared, db: &str, state: &str, error: Option<String>) {
+    let status =
+        MigrationsStatus { state: state.into(), failed: Vec::new(), checked_at: chrono::Utc::now(), error };
+    shared.board.update(db, |s| s.migrations = Some(status));
+}
+
+async fn watch(shared: &Arc<Shared>, db: &str, cancel: &CancellationToken, seen: &mut HashSet<String>) {
     let mut backoff = Duration::from_secs(1);
     loop {
         let rt = shared.current();
-        let Some(cfg) = rt.config.database(&db).cloned() else { return };
+        let Some(cfg) = rt.config.database(db).cloned() else { return };
         let Some(mig) = cfg.migrations.clone() else { return };
         drop(rt);
-        let wait = match tick(&shared, &cfg, &mig, &mut session, &mut seen).await {
+        let wait = match tick(shared, &cfg, &mig, seen).await {
             Ok(()) => {
                 backoff = Duration::from_secs(1);
                 mig.watch_interval
             }
             Err(e) => {
-                session = None;
                 tracing::warn!(database = %db, error = %e, retry_in = ?backoff, "cannot read the migrations table");
-                let status = MigrationsStatus {
-                    state: "unreachable".into(),
-                    failed: Vec::new(),
-                    checked_at: chrono::Utc::now(),
-                    error: Some(e.to_string()),
-                };
-                shared.board.update(&db, |s| s.migrations = Some(status));
+                set_state(shared, db, "unreachable", Some(e.to_string()));
                 let w = backoff;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                backoff = (backoff * 2).min(MAX_BACKOFF).max(mig.watch_interval);
                 w
             }
         };
@@ -60,14 +83,13 @@ async fn tick(
     shared: &Arc<Shared>,
     cfg: &DatabaseConfig,
     mig: &MigrationsConfig,
-    session: &mut Option<Session>,
     seen: &mut HashSet<String>,
 ) -> Result<(), DbError> {
-    if session.is_none() {
-        *session = Some(pg::connect(&cfg.url).await?);
-    }
-    let s = session.as_ref().expect("just connected");
-    let state = watch::read(s, watch::dialect(mig).as_ref()).await?;
+    let state = {
+        let _slot = shared.watch_slots.acquire().await.expect("the semaphore is never closed");
+        let session = pg::connect(&cfg.url).await?;
+        watch::read(&session, watch::dialect(mig).as_ref()).await?
+    };
     let failing: Vec<Migration> = state.needing_repair().into_iter().cloned().collect();
     let label = match &state {
         TableState::Missing => "missing",
@@ -108,8 +130,8 @@ fn react(shared: &Arc<Shared>, cfg: &DatabaseConfig, on_failure: OnFailure, m: &
             let _ = shared.request(&cfg.name, job, None);
         }
         OnFailure::Repair => {
-            let (shared, db) = (shared.clone(), cfg.name.clone());
-            tokio::spawn(async move {
+            let (shared, db, tasks) = (shared.clone(), cfg.name.clone(), shared.tasks.clone());
+            tasks.spawn(async move {
                 let req = RunRequest {
                     database: db.clone(),
                     playbook: None,

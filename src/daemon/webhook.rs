@@ -1,11 +1,12 @@
-//! `[[notify]] webhook`: a JSON POST per event, sent from its own task with a timeout and a few
-//! retries, so a slow or dead receiver never holds up a snapshot. URLs carry tokens, so logs
-//! name only the host.
+//! `[[notify]] webhook`: a JSON POST per event, sent from its own task (on the daemon's tracker,
+//! so shutdown lets it go out) with a timeout and a few retries, so a slow or dead receiver
+//! never holds up a snapshot. URLs carry tokens, so logs name only the host.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use tokio_util::task::TaskTracker;
 
 const ATTEMPTS: u32 = 3;
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -14,12 +15,13 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Notifier {
     urls: Arc<Vec<String>>,
     client: reqwest::Client,
+    tasks: TaskTracker,
 }
 
 impl Notifier {
-    pub fn new(urls: Vec<String>) -> Notifier {
+    pub fn new(urls: Vec<String>, tasks: TaskTracker) -> Notifier {
         let client = reqwest::Client::builder().timeout(TIMEOUT).build().unwrap_or_default();
-        Notifier { urls: Arc::new(urls), client }
+        Notifier { urls: Arc::new(urls), client, tasks }
     }
 
     /// Fires `event` about `database` at every webhook; returns at once.
@@ -36,7 +38,7 @@ impl Notifier {
         });
         for url in self.urls.iter().cloned() {
             let (client, body) = (self.client.clone(), body.clone());
-            tokio::spawn(async move { post(client, url, body).await });
+            self.tasks.spawn(async move { post(client, url, body).await });
         }
     }
 }

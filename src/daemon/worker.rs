@@ -1,6 +1,7 @@
 //! One worker per database runs every snapshot of it, so two never overlap. Its queue has one
 //! slot: a trigger that finds a job waiting or running joins it (and is counted as coalesced)
-//! instead of queuing another dump of the same data.
+//! instead of queuing another dump of the same data. Before dumping, a job waits for a slot
+//! of the daemon-wide gate (`snapshot.max_concurrent`; pre-repair jobs first).
 
 use std::sync::{Arc, Mutex};
 
@@ -49,7 +50,8 @@ impl Worker {
     pub fn spawn(db: String, shared: Arc<Shared>, abort: CancellationToken) -> Worker {
         let slot = Arc::new(Mutex::new(Slot::default()));
         let wake = Arc::new(Notify::new());
-        let task = tokio::spawn(run(db, slot.clone(), wake.clone(), shared, abort));
+        let tasks = shared.tasks.clone();
+        let task = tasks.spawn(run(db, slot.clone(), wake.clone(), shared, abort));
         Worker { slot, wake, task }
     }
 
@@ -145,6 +147,17 @@ async fn run(
 }
 
 async fn run_job(db: &str, job: &Job, shared: &Shared, abort: &CancellationToken) -> Outcome {
+    shared.board.update(db, |s| s.waiting_for_slot = true);
+    let permit = tokio::select! {
+        p = shared.gate.acquire(job.reason == PRE_REPAIR) => Some(p),
+        // A job not yet started is dropped at shutdown rather than started late.
+        _ = shared.draining.cancelled() => None,
+        _ = abort.cancelled() => None,
+    };
+    shared.board.update(db, |s| s.waiting_for_slot = false);
+    if permit.is_none() {
+        return Err("the daemon is shutting down; the snapshot was not started".into());
+    }
     let started = Utc::now();
     shared.board.update(db, |s| {
         s.running =
@@ -199,7 +212,7 @@ async fn run_job(db: &str, job: &Job, shared: &Shared, abort: &CancellationToken
 async fn prune_after(db: &str, m: &Manifest, shared: &Shared) {
     let rt = shared.current();
     let policy = rt.config.snapshot.retention;
-    match snapshot::prune(&rt.snapshotter.storage, &policy, Some(db), false).await {
+    match snapshot::prune(&rt.snapshotter.storage, &policy, &[db], false).await {
         Ok(r) => {
             let gone = r.decisions.iter().filter(|d| !d.keep).count();
             if gone > 0 {

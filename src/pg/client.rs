@@ -163,6 +163,44 @@ impl Session {
         Ok(Some(rows.iter().map(|r| r.get(0)).collect()))
     }
 
+    /// Makes this session safe to hold a lock while idle through a long dump: no idle,
+    /// statement or lock timeout of the database's or role's defaults can end it.
+    pub async fn immune_to_timeouts(&self) -> Result<(), DbError> {
+        let sql = "SELECT set_config('statement_timeout', '0', false), \
+                          set_config('lock_timeout', '0', false), \
+                          set_config('idle_in_transaction_session_timeout', '0', false); \
+                   SELECT set_config('idle_session_timeout', '0', false) \
+                   WHERE current_setting('server_version_num')::int >= 140000";
+        self.client.batch_execute(sql).await.map_err(|e| self.err("turn off session timeouts", e))
+    }
+
+    /// Whether this session still holds `(class, id)`. A session the server ended answers
+    /// with an error, which is as good as "no".
+    pub async fn holds_advisory_lock(&self, class: i32, id: i32) -> Result<bool, DbError> {
+        let sql =
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() \
+                   AND granted AND classid = $1::int::oid AND objid = $2::int::oid AND objsubid = 2)";
+        let row = self
+            .client
+            .query_one(sql, &[&class, &id])
+            .await
+            .map_err(|e| self.err("check the snapshot lock", e))?;
+        Ok(row.get(0))
+    }
+
+    /// Who holds a granted lock on `table` (as pg_dump names it), for a lock-wait error.
+    pub async fn lock_holders(&self, table: &str) -> Result<Vec<String>, DbError> {
+        let sql = "SELECT format('pid %s (%s, %s, user %s, %s since %s)', a.pid, l.mode, \
+                          coalesce(nullif(a.application_name, ''), '?'), coalesce(a.usename::text, '?'), \
+                          coalesce(a.state, '?'), coalesce(a.xact_start, a.backend_start)::timestamptz(0)) \
+                   FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
+                   WHERE l.locktype = 'relation' AND l.granted AND l.relation = to_regclass($1) \
+                     AND l.pid <> pg_backend_pid() ORDER BY a.pid";
+        let rows =
+            self.client.query(sql, &[&table]).await.map_err(|e| self.err("look up lock holders", e))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
     /// `pg_try_advisory_lock(class, id)`: true when taken; held until this session ends.
     pub async fn try_advisory_lock(&self, class: i32, id: i32) -> Result<bool, DbError> {
         let row = self

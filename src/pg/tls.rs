@@ -1,8 +1,9 @@
-//! TLS for pgmedic's own sessions, with libpq's `sslmode` rules: prefer and require encrypt
-//! without checking the certificate (as libpq does, unless `require` names a root
-//! certificate); verify-ca checks the chain against `sslrootcert` (or the system's roots);
-//! verify-full also checks that the certificate names the host. Client certificates come from
-//! `sslcert` and `sslkey`.
+//! TLS for pgmedic's own sessions, with libpq's rules (`TlsSettings::effective`): when a root
+//! certificate is there (`sslrootcert`, else `~/.postgresql/root.crt`) the chain is checked
+//! against it in every mode that encrypts; without one, prefer and require encrypt without
+//! checking and verify-ca/verify-full refuse to connect; verify-full also checks that the
+//! certificate names the host; `sslrootcert=system` uses the system's roots. Client
+//! certificates come from `sslcert`/`sslkey` or their `~/.postgresql` defaults.
 
 use std::sync::Arc;
 
@@ -19,6 +20,7 @@ use crate::config::{SslMode, TlsSettings};
 
 /// A connector for `tls`; errors name the file at fault.
 pub fn connector(tls: &TlsSettings) -> Result<MakeRustlsConnect, String> {
+    let tls = &tls.effective()?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let roots = if tls.verifies_chain() { Some(Arc::new(roots(tls)?)) } else { None };
     let verifier = Arc::new(LibpqVerifier {
@@ -38,8 +40,10 @@ pub fn connector(tls: &TlsSettings) -> Result<MakeRustlsConnect, String> {
                 PrivateKeyDer::from_pem_file(key).map_err(|e| format!("sslkey {}: {e}", key.display()))?;
             builder.with_client_auth_cert(certs, key).map_err(|e| format!("sslcert/sslkey: {e}"))?
         }
-        (None, None) => builder.with_no_client_auth(),
-        _ => return Err("sslcert and sslkey go together: give both or neither".into()),
+        (None, _) => builder.with_no_client_auth(),
+        (Some(cert), None) => {
+            return Err(format!("certificate present, but not private key file for {}", cert.display()))
+        }
     };
     Ok(MakeRustlsConnect::new(config))
 }
@@ -57,18 +61,19 @@ fn read_certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, St
 fn roots(tls: &TlsSettings) -> Result<RootCertStore, String> {
     let mut store = RootCertStore::empty();
     match &tls.root_cert {
+        Some(_) if tls.uses_system_roots() => {
+            let found = rustls_native_certs::load_native_certs();
+            store.add_parsable_certificates(found.certs);
+            if store.is_empty() {
+                return Err("sslrootcert=system, but the system has no CA certificates".into());
+            }
+        }
         Some(path) => {
             for cert in read_certs(path)? {
                 store.add(cert).map_err(|e| format!("sslrootcert {}: {e}", path.display()))?;
             }
         }
-        None => {
-            let found = rustls_native_certs::load_native_certs();
-            store.add_parsable_certificates(found.certs);
-            if store.is_empty() {
-                return Err("sslmode verifies the server, but no sslrootcert is given and the system has no CA certificates".into());
-            }
-        }
+        None => return Err("no root certificate to verify the server against".into()),
     }
     Ok(store)
 }

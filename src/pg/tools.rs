@@ -1,5 +1,6 @@
-//! pg_dump, pg_dumpall, pg_restore and psql as typed values. A running tool is killed when its
-//! value is dropped, its stderr is kept (capped) for the error, and the password reaches it only
+//! pg_dump, pg_dumpall, pg_restore and psql as typed values. A running tool lives in its own
+//! process group (killed as a group when its value is dropped), starts from a cleared
+//! environment, its stderr is kept (capped) for the error, and the password reaches it only
 //! through a 0600 passfile that lives as long as the process: never argv, never a log.
 
 use std::ffi::OsString;
@@ -9,10 +10,10 @@ use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 
 use tokio::io::AsyncReadExt;
-use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
 use crate::config::{passfile_line, DbUrl};
+use crate::process::{self, Group};
 
 const STDERR_CAP: usize = 64 * 1024;
 
@@ -66,26 +67,26 @@ impl PgTools {
             None => None,
         };
         let program = self.program(tool);
-        let mut cmd = Command::new(&program);
+        // A cleared environment: no PG* variable steers the tool away from what pgmedic's own
+        // session saw, and no secret of the daemon's reaches it.
+        let mut cmd = process::command(&program);
         if let Some(url) = url {
             cmd.arg(format!("--dbname={}", url.conninfo())).arg("--no-password");
         }
         cmd.args(args)
             .env("PGAPPNAME", "pgmedic")
-            .env_remove("PGPASSWORD")
             .stdin(if pipes.stdin { Stdio::piped() } else { Stdio::null() })
             .stdout(if pipes.stdout { Stdio::piped() } else { Stdio::null() })
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
+            .stderr(Stdio::piped());
         if let Some(f) = &passfile {
             cmd.env("PGPASSFILE", f.path());
         }
-        let mut child = cmd.spawn().map_err(|source| ToolError::Spawn {
+        let mut group = Group::spawn(&mut cmd).map_err(|source| ToolError::Spawn {
             tool,
             path: program.display().to_string(),
             source,
         })?;
-        let stderr = child.stderr.take().map(|mut s| {
+        let stderr = group.child().stderr.take().map(|mut s| {
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 let _ = (&mut s).take(STDERR_CAP as u64).read_to_end(&mut buf).await;
@@ -95,13 +96,13 @@ impl PgTools {
             })
         });
         let target = url.map(DbUrl::display_target).unwrap_or_else(|| "its input".into());
-        Ok(Running { tool, target, child, stderr, _passfile: passfile })
+        Ok(Running { tool, target, group, stderr, _passfile: passfile })
     }
 
     /// `<tool> --version`, recorded in manifests.
     pub async fn version(&self, tool: &'static str) -> Result<String, ToolError> {
         let program = self.program(tool);
-        let out = Command::new(&program)
+        let out = process::command(&program)
             .arg("--version")
             .output()
             .await
@@ -123,7 +124,7 @@ fn write_passfile(tool: &'static str, line: &str) -> Result<tempfile::NamedTempF
 pub struct Running {
     tool: &'static str,
     target: String,
-    child: Child,
+    group: Group,
     stderr: Option<JoinHandle<String>>,
     _passfile: Option<tempfile::NamedTempFile>,
 }
@@ -132,7 +133,8 @@ impl Running {
     /// The tool's stdout as a blocking file, for a pipeline thread.
     pub fn take_stdout(&mut self) -> Result<File, ToolError> {
         let out = self
-            .child
+            .group
+            .child()
             .stdout
             .take()
             .ok_or(ToolError::Io { tool: self.tool, message: "no stdout pipe".into() })?;
@@ -144,7 +146,8 @@ impl Running {
     /// The tool's stdin as a blocking file, for a pipeline thread.
     pub fn take_stdin(&mut self) -> Result<File, ToolError> {
         let inp = self
-            .child
+            .group
+            .child()
             .stdin
             .take()
             .ok_or(ToolError::Io { tool: self.tool, message: "no stdin pipe".into() })?;
@@ -154,20 +157,21 @@ impl Running {
     }
 
     pub fn take_async_stdout(&mut self) -> Option<tokio::process::ChildStdout> {
-        self.child.stdout.take()
+        self.group.child().stdout.take()
     }
 
     /// Waits for exit; a non-zero status becomes an error carrying stderr.
     pub async fn wait(mut self) -> Result<String, ToolError> {
         let status =
-            self.child.wait().await.map_err(|e| ToolError::Io { tool: self.tool, message: e.to_string() })?;
+            self.group.wait().await.map_err(|e| ToolError::Io { tool: self.tool, message: e.to_string() })?;
         let stderr = self.take_stderr().await;
         check(self.tool, &self.target, status, stderr)
     }
 
-    /// Stops the tool now (SIGKILL), reaps it, and returns what it had said on stderr.
+    /// Stops the tool now (SIGKILL to its group), reaps it, and returns what it had said on
+    /// stderr.
     pub async fn kill(mut self) -> String {
-        let _ = self.child.kill().await;
+        self.group.kill().await;
         self.take_stderr().await
     }
 

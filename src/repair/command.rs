@@ -1,5 +1,7 @@
-//! `command` steps: argv without a shell, a working directory, extra environment, a timeout
-//! after which the process is killed; stdout and stderr are captured (capped) for the audit.
+//! `command` steps: argv without a shell, a working directory, the step's own environment on
+//! top of a cleared one (see `process`), a timeout after which the whole process group gets
+//! SIGTERM and then SIGKILL; stdout and stderr are captured (capped) for the audit. Whatever the
+//! command left running in its group when it exits is killed too.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -10,6 +12,7 @@ use tokio::io::AsyncReadExt;
 
 use super::StepFailure;
 use crate::audit::OUTPUT_CAP;
+use crate::process::{self, Group, TERM_GRACE};
 
 pub async fn run(
     argv: &[String],
@@ -17,31 +20,31 @@ pub async fn run(
     env: &BTreeMap<String, String>,
     timeout: Duration,
 ) -> Result<String, StepFailure> {
-    let mut cmd = tokio::process::Command::new(&argv[0]);
-    cmd.args(&argv[1..])
-        .envs(env)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+    let mut cmd = process::command(&argv[0]);
+    cmd.args(&argv[1..]).envs(env).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     if let Some(dir) = cwd {
         cmd.current_dir(dir);
     }
-    let mut child = cmd.spawn().map_err(|e| StepFailure(format!("cannot start {}: {e}", argv[0])))?;
-    let (mut out, mut err) = (child.stdout.take().expect("piped"), child.stderr.take().expect("piped"));
-    let capture = async { tokio::join!(keep_head(&mut out), keep_head(&mut err)) };
-    let waited = tokio::time::timeout(timeout, async { tokio::join!(child.wait(), capture) }).await;
-    let (status, (stdout, stderr)) = match waited {
-        Ok(r) => r,
+    let mut group =
+        Group::spawn(&mut cmd).map_err(|e| StepFailure(format!("cannot start {}: {e}", argv[0])))?;
+    let child = group.child();
+    let out = tokio::spawn(keep_head(child.stdout.take().expect("piped")));
+    let err = tokio::spawn(keep_head(child.stderr.take().expect("piped")));
+    let status = match tokio::time::timeout(timeout, group.child().wait()).await {
+        Ok(status) => status,
         Err(_) => {
-            let _ = child.kill().await;
+            group.terminate(TERM_GRACE).await;
             return Err(StepFailure(format!(
-                "{} timed out after {} and was killed",
+                "{} timed out after {} and was killed (with its process group)",
                 argv[0],
                 humantime::format_duration(timeout)
             )));
         }
     };
+    // Background members of the group do not outlive the step; killing them also closes
+    // the pipes they inherited, so the readers below reach end of file.
+    group.kill().await;
+    let (stdout, stderr) = (out.await.unwrap_or_default(), err.await.unwrap_or_default());
     let output = format!("{}{}", String::from_utf8_lossy(&stdout), String::from_utf8_lossy(&stderr));
     match status {
         Ok(s) if s.success() => Ok(output),
@@ -52,9 +55,9 @@ pub async fn run(
 
 /// The first OUTPUT_CAP bytes; the rest is read and dropped so the command never blocks on a
 /// full pipe.
-async fn keep_head(r: &mut (impl tokio::io::AsyncRead + Unpin)) -> Vec<u8> {
+async fn keep_head(mut r: impl tokio::io::AsyncRead + Unpin) -> Vec<u8> {
     let mut head = Vec::new();
-    let _ = r.take(OUTPUT_CAP as u64).read_to_end(&mut head).await;
-    let _ = tokio::io::copy(r, &mut tokio::io::sink()).await;
+    let _ = (&mut r).take(OUTPUT_CAP as u64).read_to_end(&mut head).await;
+    let _ = tokio::io::copy(&mut r, &mut tokio::io::sink()).await;
     head
 }

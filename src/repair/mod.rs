@@ -108,12 +108,14 @@ impl Repairer {
             started_at,
             finished_at: started_at,
             outcome: "failed".into(),
+            host: crate::snapshot::hostname(),
+            pid: std::process::id(),
             error: None,
             rows_before: Vec::new(),
             rows_after: Vec::new(),
             steps: Vec::new(),
         };
-        if let Err(e) = self.attempt(db, &mig, req, &mut rec).await {
+        if let Err(e) = self.attempt(db, &mig, req, &log, &mut rec).await {
             rec.outcome = "failed".into();
             rec.error = Some(e.to_string());
         }
@@ -138,6 +140,7 @@ impl Repairer {
         db: &DatabaseConfig,
         mig: &MigrationsConfig,
         req: &RunRequest,
+        log: &AuditLog,
         rec: &mut RunRecord,
     ) -> Result<(), RepairError> {
         let session = pg::connect(&db.url).await?;
@@ -175,6 +178,11 @@ impl Repairer {
             return Ok(());
         }
         rec.rows_before = dialect.raw_rows(&session).await?;
+        // Durable before anything can change: a run killed from here on is seen as interrupted.
+        rec.outcome = "started".into();
+        if let Err(source) = log.append(rec) {
+            return Err(RepairError::AuditUnavailable { database: db.name.clone(), source });
+        }
         match self.snapshots.take(db, &format!("repair:{}", rec.run_id)).await {
             Ok(m) => rec.snapshot_id = Some(m.id),
             Err(e) => {
@@ -183,7 +191,7 @@ impl Repairer {
                 return Ok(());
             }
         }
-        let failed = self.run_steps(&session, mig, playbook, &target.name, rec).await;
+        let failed = self.run_steps(&session, mig, playbook, &target.name, log, rec).await;
         rec.rows_after = dialect.raw_rows(&session).await?;
         if !failed {
             let after = watch::read(&session, dialect.as_ref()).await?;
@@ -245,9 +253,17 @@ impl Repairer {
         mig: &MigrationsConfig,
         playbook: &Playbook,
         name: &str,
+        log: &AuditLog,
         rec: &mut RunRecord,
     ) -> bool {
         for (i, step) in playbook.steps.iter().enumerate() {
+            if i > 0 {
+                // Progress, so that an interrupted run shows which steps had finished.
+                rec.outcome = "running".into();
+                if let Err(e) = log.append(rec) {
+                    tracing::warn!(run_id = %rec.run_id, error = %e, "could not record the repair's progress");
+                }
+            }
             let started = Utc::now();
             let result = self.step(session, mig, name, step).await;
             let r = &mut rec.steps[i];

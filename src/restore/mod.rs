@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, DbUrl};
 use crate::pg::{self, DbError, PgTools, Pipes, ToolError};
@@ -60,6 +61,8 @@ pub enum RestoreError {
     Tool(#[from] ToolError),
     #[error("{what} {path}: {message}")]
     Local { what: &'static str, path: PathBuf, message: String },
+    #[error("restore of {id} was interrupted: nothing was committed{dropped}")]
+    Cancelled { id: String, dropped: String },
     #[error("snapshot {id} decompressed to {actual} bytes, the manifest says {expected}")]
     RawSize { id: String, expected: u64, actual: u64 },
 }
@@ -100,19 +103,33 @@ pub struct Restorer {
 }
 
 impl Restorer {
+    /// Restores `m`; `cancel` (Ctrl-C) stops it: pg_restore's process group is killed (one
+    /// transaction: nothing committed), the temporary dump of `--jobs` removed, and a database
+    /// this restore created dropped.
     pub async fn restore(
         &self,
         m: &Manifest,
         opts: &RestoreOptions,
         progress: &Progress,
+        cancel: &CancellationToken,
     ) -> Result<RestoreReport, RestoreError> {
         let started = Instant::now();
         let url = self.resolve_target(m, &opts.target)?;
         let created = self.prepare_target(&url, opts).await?;
-        let result = if opts.jobs <= 1 {
-            self.restore_streaming(m, &url, opts, progress).await
-        } else {
-            self.restore_parallel(m, &url, opts, progress).await
+        let work = async {
+            if opts.jobs <= 1 {
+                self.restore_streaming(m, &url, opts, progress).await
+            } else {
+                self.restore_parallel(m, &url, opts, progress).await
+            }
+        };
+        // Dropping `work` drops pg_restore (its group is killed) and the temporary file.
+        let result = tokio::select! {
+            r = work => r,
+            _ = cancel.cancelled() => Err(RestoreError::Cancelled {
+                id: m.id.clone(),
+                dropped: if created { format!(", and {} which it had created was dropped", url.dbname()) } else { String::new() },
+            }),
         };
         match result {
             Ok(s) => Ok(RestoreReport {
@@ -127,7 +144,7 @@ impl Restorer {
             }),
             Err(e) => {
                 if created {
-                    self.drop_created(&url).await;
+                    self.drop_created(&url, "this failed restore had created").await;
                 }
                 Err(e)
             }
@@ -185,22 +202,21 @@ impl Restorer {
         };
         if let Err(e) = check.await {
             if created {
-                self.drop_created(url).await;
+                self.drop_created(url, "this failed restore had created").await;
             }
             return Err(e);
         }
         Ok(created)
     }
 
-    async fn drop_created(&self, url: &DbUrl) {
+    /// Drops a database this process created; `whose` says which, for the log.
+    async fn drop_created(&self, url: &DbUrl, whose: &str) {
         let dropped =
             async { pg::connect(&url.with_dbname("postgres")).await?.drop_database(url.dbname()).await };
         match dropped.await {
-            Ok(()) => {
-                tracing::info!(database = %url.dbname(), "dropped the database this failed restore had created")
-            }
+            Ok(()) => tracing::info!(database = %url.dbname(), "dropped the database {whose}"),
             Err(e) => {
-                tracing::error!(database = %url.dbname(), error = %e, "could not drop the database this failed restore created")
+                tracing::error!(database = %url.dbname(), error = %e, "could not drop the database {whose}")
             }
         }
     }
@@ -256,7 +272,7 @@ impl Restorer {
     ) -> Result<stream::Streamed, RestoreError> {
         let dir = self.config.daemon.state_dir.clone();
         let local = |what, message: String| RestoreError::Local { what, path: dir.clone(), message };
-        std::fs::create_dir_all(&dir).map_err(|e| local("cannot create state directory", e.to_string()))?;
+        crate::audit::private_dir(&dir).map_err(|e| local("cannot create state directory", e.to_string()))?;
         let tmp = tempfile::Builder::new()
             .prefix(&format!("restore-{}-", m.id))
             .suffix(".dump")

@@ -6,6 +6,7 @@ use std::ffi::OsString;
 
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio_util::sync::CancellationToken;
 
 use super::stream::{stream_object, SinkMode};
 use super::{Progress, RestoreError, RestoreOptions, Restorer};
@@ -36,6 +37,7 @@ impl Restorer {
         m: &Manifest,
         deep: bool,
         progress: &Progress,
+        cancel: &CancellationToken,
     ) -> Result<VerifyReport, RestoreError> {
         let args: Vec<OsString> = vec!["--list".into()];
         let mut proc = self.tools.spawn("pg_restore", None, &args, Pipes { stdin: true, stdout: true })?;
@@ -67,7 +69,7 @@ impl Restorer {
                 actual: streamed.raw_bytes,
             });
         }
-        let deep = if deep { Some(self.verify_deep(m).await?) } else { None };
+        let deep = if deep { Some(self.verify_deep(m, cancel).await?) } else { None };
         Ok(VerifyReport {
             id: m.id.clone(),
             database: m.database.clone(),
@@ -79,14 +81,35 @@ impl Restorer {
         })
     }
 
-    async fn verify_deep(&self, m: &Manifest) -> Result<DeepReport, RestoreError> {
-        let scratch = format!("pgmedic_verify_{:06x}", rand::random::<u32>() & 0xff_ffff);
+    /// Restores into a scratch database this verify creates itself (never one that already
+    /// exists), and drops exactly that one, whatever happens.
+    async fn verify_deep(
+        &self,
+        m: &Manifest,
+        cancel: &CancellationToken,
+    ) -> Result<DeepReport, RestoreError> {
+        let url = self.resolve_target(m, "postgres")?;
+        let admin = pg::connect(&url).await?;
+        let scratch = loop {
+            let name = format!("pgmedic_verify_{:06x}", rand::random::<u32>() & 0xff_ffff);
+            if !admin.database_exists(&name).await? {
+                admin.create_database(&name).await?;
+                break name;
+            }
+        };
+        drop(admin);
+        let url = url.with_dbname(&scratch);
         let opts =
-            RestoreOptions { target: scratch.clone(), create: true, clean: false, jobs: 1, no_owner: false };
-        let report = self.restore(m, &opts, &Progress::hidden()).await?;
-        let url = self.resolve_target(m, &scratch)?;
-        let tables = async { pg::connect(&url).await?.user_tables().await.map(|(n, _)| n) }.await;
-        self.drop_created(&url).await;
+            RestoreOptions { target: scratch.clone(), create: false, clean: false, jobs: 1, no_owner: false };
+        let restored = self.restore(m, &opts, &Progress::hidden(), cancel).await;
+        let tables: Result<i64, RestoreError> = match &restored {
+            Ok(_) => async { pg::connect(&url).await?.user_tables().await.map(|(n, _)| n) }
+                .await
+                .map_err(RestoreError::from),
+            Err(_) => Ok(0),
+        };
+        self.drop_created(&url, "verify --deep restored into (scratch)").await;
+        let report = restored?;
         Ok(DeepReport { scratch_database: scratch, tables: tables?, seconds: report.seconds })
     }
 }

@@ -95,10 +95,13 @@ pub async fn list(
     Ok(out)
 }
 
-/// `<database>/<id>/manifest.json`, and not an audit record.
+/// `<database>/<id>/manifest.json` (never under pgmedic's own folder).
 fn is_manifest_key(key: &str) -> bool {
     let parts: Vec<&str> = key.split('/').collect();
-    parts.len() == 3 && parts[0] != "audit" && parts[2] == layout::MANIFEST && super::id::is_valid(parts[1])
+    parts.len() == 3
+        && parts[0] != layout::OWN
+        && parts[2] == layout::MANIFEST
+        && super::id::is_valid(parts[1])
 }
 
 async fn load(storage: &Arc<dyn Storage>, key: &str) -> Result<Manifest, SnapshotError> {
@@ -128,7 +131,8 @@ pub async fn remove_orphans(storage: &Arc<dyn Storage>, database: &str) -> Resul
     let mut by_id: std::collections::BTreeMap<&str, Vec<&String>> = std::collections::BTreeMap::new();
     for key in &keys {
         let parts: Vec<&str> = key.split('/').collect();
-        if parts.len() == 3 && super::id::is_valid(parts[1]) {
+        // Only snapshot objects: an old audit copy under `audit/` is never taken for an orphan.
+        if parts.len() == 3 && super::id::is_valid(parts[1]) && layout::is_snapshot_object(parts[2]) {
             by_id.entry(parts[1]).or_default().push(key);
         }
     }

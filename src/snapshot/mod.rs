@@ -38,6 +38,10 @@ pub enum SnapshotError {
     Busy { database: String },
     #[error("snapshot {id} of {database} failed while compressing: {message}")]
     Pipeline { database: String, id: String, message: String },
+    #[error("snapshot of {database} failed: pgmedic's snapshot lock on it was lost ({detail}); another snapshot may have started meanwhile, so nothing of this one was kept: take a new snapshot")]
+    LockLost { database: String, detail: String },
+    #[error("snapshot of {database} failed: pg_dump waited {waited} (snapshot.lock_wait_timeout) for a lock on table {table}, held by {holders}; end that session or raise snapshot.lock_wait_timeout ({stderr})")]
+    LockWait { database: String, table: String, waited: String, holders: String, stderr: String },
     #[error("snapshot of {database} was cancelled; nothing was stored")]
     Cancelled { database: String },
     #[error("snapshot {id} not found in {location} (list them with `pgmedic snapshots`)")]
@@ -103,10 +107,14 @@ impl Snapshotter {
         cancel: &CancellationToken,
     ) -> Result<Manifest, SnapshotError> {
         let session = pg::connect(&db.url).await?;
+        // The lock lives as long as this session: the database's idle_session_timeout must not
+        // end it half way through a dump.
+        session.immune_to_timeouts().await?;
         if !session.try_advisory_lock(locks::CLASS, locks::SNAPSHOT).await? {
             return Err(SnapshotError::Busy { database: db.name.clone() });
         }
         // The lock is ours, so any partial upload of this database belongs to a dead process.
+        check_lock(&session, db).await?;
         let cleaned = self.storage.abort_partial_writes(&format!("{}/", db.name)).await?;
         if cleaned > 0 {
             tracing::info!(cleaned, "removed partial uploads of earlier snapshots");
@@ -121,9 +129,15 @@ impl Snapshotter {
             Ok(d) => d,
             Err(e) => {
                 self.delete_quietly(db, id, globals.as_ref()).await;
-                return Err(e);
+                return Err(explain_lock_wait(&session, db, &self.cfg, e).await);
             }
         };
+        // Without the lock another snapshot may be cleaning this folder: never finish it then.
+        if let Err(e) = check_lock(&session, db).await {
+            let _ = self.storage.delete(&layout::object(&db.name, id, layout::DUMP)).await;
+            self.delete_quietly(db, id, globals.as_ref()).await;
+            return Err(e);
+        }
         let manifest = Manifest {
             format_version: FORMAT_VERSION,
             id: id.to_string(),
@@ -183,7 +197,12 @@ impl Snapshotter {
     ) -> Result<Dumped, SnapshotError> {
         let key = layout::object(&db.name, id, layout::DUMP);
         let mut writer = self.storage.create(&key).await?;
-        let args: Vec<OsString> = vec!["--format=custom".into(), "--compress=0".into()];
+        let wait_ms = self.cfg.lock_wait_timeout.as_millis().max(1);
+        let args: Vec<OsString> = vec![
+            "--format=custom".into(),
+            "--compress=0".into(),
+            format!("--lock-wait-timeout={wait_ms}").into(),
+        ];
         let mut proc = match self.tools.spawn(
             "pg_dump",
             Some(&db.url),
@@ -300,6 +319,46 @@ async fn pump(
                 Err(e) => return Err(PumpError::Storage(e)),
             },
         }
+    }
+}
+
+async fn check_lock(session: &pg::Session, db: &DatabaseConfig) -> Result<(), SnapshotError> {
+    let lost = |detail: String| SnapshotError::LockLost { database: db.name.clone(), detail };
+    match session.holds_advisory_lock(locks::CLASS, locks::SNAPSHOT).await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(lost("the session no longer holds it".into())),
+        Err(e) => Err(lost(format!("its session ended: {e}"))),
+    }
+}
+
+/// A pg_dump that gave up waiting for a table lock: say which table and who holds it.
+async fn explain_lock_wait(
+    session: &pg::Session,
+    db: &DatabaseConfig,
+    cfg: &SnapshotConfig,
+    e: SnapshotError,
+) -> SnapshotError {
+    let SnapshotError::Dump { source: ToolError::Failed { stderr, .. }, .. } = &e else { return e };
+    // pg_dump 15 enforces --lock-wait-timeout with statement_timeout, newer ones may with
+    // lock_timeout: what identifies the case is the statement it gave up in.
+    if !(stderr.contains("lock timeout") || stderr.contains("statement timeout")) {
+        return e;
+    }
+    // pg_dump reports the statement it was waiting in: `LOCK TABLE public.t IN ACCESS SHARE MODE`.
+    let Some(table) = stderr.split("LOCK TABLE ").nth(1).and_then(|r| r.split(" IN ").next()) else {
+        return e;
+    };
+    let holders = match session.lock_holders(table).await {
+        Ok(h) if !h.is_empty() => h.join("; "),
+        Ok(_) => "a session that has let go since".into(),
+        Err(err) => format!("unknown ({err})"),
+    };
+    SnapshotError::LockWait {
+        database: db.name.clone(),
+        table: table.to_string(),
+        waited: humantime::format_duration(cfg.lock_wait_timeout).to_string(),
+        holders,
+        stderr: stderr.clone(),
     }
 }
 

@@ -93,14 +93,18 @@ pub struct PruneReport {
     pub decisions: Vec<Decision>,
 }
 
-/// Applies `policy` to the snapshots of `database` (or all); with `dry_run` deletes nothing.
+/// Applies `policy` to the snapshots of `databases`; with `dry_run` deletes nothing. Only the
+/// databases named are touched: another installation may share the prefix (README).
 pub async fn prune(
     storage: &Arc<dyn Storage>,
     policy: &Retention,
-    database: Option<&str>,
+    databases: &[&str],
     dry_run: bool,
 ) -> Result<PruneReport, SnapshotError> {
-    let snapshots = list(storage, database).await?;
+    let mut snapshots = Vec::new();
+    for db in databases {
+        snapshots.extend(list(storage, Some(db)).await?);
+    }
     let decisions = plan(&snapshots, policy, Utc::now());
     if !dry_run {
         for d in decisions.iter().filter(|d| !d.keep) {

@@ -69,11 +69,23 @@ pub async fn open(cfg: &StorageConfig) -> Result<Arc<dyn Storage>, StorageError>
     })
 }
 
-/// The layout of snapshots and audit records inside the prefix.
+/// The layout of snapshots and audit records inside the prefix: a database's snapshots under
+/// `<database>/<id>/`, pgmedic's own records under `_pgmedic/`, a name no database may take
+/// (validation refuses it), so the two can never meet. Versions before 0.2 wrote audit copies to
+/// `audit/<database>/`; a database named `audit` is safe beside them, because snapshots are
+/// recognised by their object names, never by folder.
 pub mod layout {
     pub const DUMP: &str = "dump.zst";
     pub const GLOBALS: &str = "globals.sql.zst";
+    pub const SCHEMA: &str = "schema.sql.zst";
     pub const MANIFEST: &str = "manifest.json";
+    /// The top-level folder of pgmedic's own records.
+    pub const OWN: &str = crate::config::OWN_STORAGE_FOLDER;
+
+    /// Whether `name` is an object a snapshot folder holds.
+    pub fn is_snapshot_object(name: &str) -> bool {
+        matches!(name, DUMP | GLOBALS | SCHEMA | MANIFEST)
+    }
 
     pub fn snapshot_dir(database: &str, id: &str) -> String {
         format!("{database}/{id}/")
@@ -84,6 +96,6 @@ pub mod layout {
     }
 
     pub fn audit(database: &str, run_id: &str) -> String {
-        format!("audit/{database}/{run_id}.json")
+        format!("{OWN}/audit/{database}/{run_id}.json")
     }
 }

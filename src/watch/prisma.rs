@@ -15,6 +15,34 @@ pub struct Prisma {
     pub table: String,
 }
 
+type Timestamp = Option<chrono::DateTime<chrono::Utc>>;
+
+/// One row, classified. Data from the database never panics: a NULL where Prisma's schema has
+/// NOT NULL is read as empty, a column of another type is an error.
+fn row(r: &tokio_postgres::Row) -> Result<Migration, tokio_postgres::Error> {
+    let (finished, rolled_back): (Timestamp, Timestamp) = (r.try_get(4)?, r.try_get(5)?);
+    let logs: Option<String> = r.try_get(7)?;
+    let locked: Option<bool> = r.try_get(8)?;
+    let status = match (finished, rolled_back, &logs) {
+        (_, Some(_), _) => Status::RolledBack,
+        (Some(_), None, _) => Status::Applied,
+        (None, None, Some(_)) => Status::Failed,
+        (None, None, None) if locked == Some(true) => Status::InProgress,
+        (None, None, None) => Status::Crashed,
+    };
+    Ok(Migration {
+        id: r.try_get::<_, Option<String>>(0)?.unwrap_or_default(),
+        name: r.try_get::<_, Option<String>>(1)?.unwrap_or_default(),
+        checksum: r.try_get::<_, Option<String>>(2)?.unwrap_or_default(),
+        started_at: r.try_get(3)?,
+        finished_at: finished,
+        rolled_back_at: rolled_back,
+        applied_steps_count: r.try_get::<_, Option<i32>>(6)?.unwrap_or_default(),
+        logs,
+        status,
+    })
+}
+
 impl Prisma {
     fn qualified(&self) -> String {
         format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.table))
@@ -41,35 +69,12 @@ impl Dialect for Prisma {
             self.qualified()
         );
         let rows = session.query(&sql, "read the migrations table").await?;
-        let migrations = rows
-            .iter()
-            .map(|r| {
-                let (finished, rolled_back, logs, locked) = (
-                    r.get::<_, Option<chrono::DateTime<chrono::Utc>>>(4),
-                    r.get::<_, Option<chrono::DateTime<chrono::Utc>>>(5),
-                    r.get::<_, Option<String>>(7),
-                    r.get::<_, bool>(8),
-                );
-                let status = match (finished, rolled_back, &logs) {
-                    (_, Some(_), _) => Status::RolledBack,
-                    (Some(_), None, _) => Status::Applied,
-                    (None, None, Some(_)) => Status::Failed,
-                    (None, None, None) if locked => Status::InProgress,
-                    (None, None, None) => Status::Crashed,
-                };
-                Migration {
-                    id: r.get(0),
-                    name: r.get(1),
-                    checksum: r.get(2),
-                    started_at: r.get(3),
-                    finished_at: finished,
-                    rolled_back_at: rolled_back,
-                    applied_steps_count: r.get(6),
-                    logs,
-                    status,
-                }
-            })
-            .collect();
+        let bad = |e: tokio_postgres::Error| DbError::Query {
+            target: session.target().to_string(),
+            what: "read the migrations table",
+            message: format!("{} has a column pgmedic cannot read as Prisma's: {e}", self.qualified()),
+        };
+        let migrations = rows.iter().map(|r| row(r).map_err(bad)).collect::<Result<_, _>>()?;
         Ok(TableState::Rows { migrations })
     }
 

@@ -1,0 +1,132 @@
+//! The effective configuration rendered back as TOML for `check-config` and `Debug`, with
+//! secrets redacted: URL passwords, webhook tokens, secrets in playbook SQL and commands.
+
+use super::*;
+
+const MIB: u64 = 1024 * 1024;
+
+pub fn render(cfg: &Config) -> String {
+    let mut out = format!("# effective configuration from {}\n", cfg.source.display());
+    let d = &cfg.daemon;
+    out += &format!(
+        "[daemon]\nsocket = {:?}\nstate_dir = {:?}\nmetrics_listen = {:?}\nshutdown_timeout = {:?}\nallowed_uids = {:?}\n\n",
+        d.socket.display().to_string(),
+        d.state_dir.display().to_string(),
+        d.metrics_listen.map(|a| a.to_string()).unwrap_or_default(),
+        humantime::format_duration(d.shutdown_timeout).to_string(),
+        d.allowed_uids,
+    );
+    let s = &cfg.storage;
+    out += "[storage]\n";
+    match &s.backend {
+        StorageBackend::Local { path } => {
+            out += &format!("backend = \"local\"\npath = {:?}\n", path.display().to_string())
+        }
+        StorageBackend::S3(c) => {
+            out += &format!(
+                "backend = \"s3\"\nbucket = {:?}\nendpoint = {:?}\nregion = {:?}\nforce_path_style = {}\n",
+                c.bucket,
+                c.endpoint.clone().unwrap_or_default(),
+                c.region,
+                c.force_path_style
+            )
+        }
+    }
+    out += &format!(
+        "prefix = {:?}\ntimeout = {:?}\nupload_concurrency = {}\npart_size_mib = {}\n\n",
+        s.prefix,
+        humantime::format_duration(s.timeout).to_string(),
+        s.upload_concurrency,
+        s.part_size / MIB
+    );
+    let n = &cfg.snapshot;
+    let r = &n.retention;
+    out += &format!(
+        "[snapshot]\ncompression_level = {}\ncompression_threads = {}\nmax_concurrent = {}\nlock_wait_timeout = {:?}\npg_bin_dir = {:?}\nretention = {{ keep_last = {}, keep_daily = {}, keep_weekly = {}, keep_monthly = {}, keep_pre_repair_days = {} }}\n",
+        n.compression_level,
+        n.compression_threads,
+        n.max_concurrent,
+        humantime::format_duration(n.lock_wait_timeout).to_string(),
+        n.pg_bin_dir
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        r.keep_last,
+        r.keep_daily,
+        r.keep_weekly,
+        r.keep_monthly,
+        r.keep_pre_repair_days
+    );
+    for db in &cfg.databases {
+        out += &format!("\n[[databases]]\nname = {:?}\nurl = {:?}\n", db.name, db.url.redacted());
+        if let Some(s) = &db.schedule {
+            out += &format!("schedule = {:?}\n", s.as_str());
+        }
+        if let Some(m) = &db.migrations {
+            out += &format!(
+                "[databases.migrations]\ntool = {:?}\ntable = {:?}\nschema = {:?}\ndir = {:?}\nwatch_interval = {:?}\non_failure = {:?}\n",
+                m.tool,
+                m.table,
+                m.schema,
+                m.dir
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                humantime::format_duration(m.watch_interval).to_string(),
+                format!("{:?}", m.on_failure).to_lowercase()
+            );
+        }
+    }
+    out += &format!(
+        "\n[repair]\nstatement_timeout = {:?}\nlock_wait = {:?}\n",
+        humantime::format_duration(cfg.repair.statement_timeout).to_string(),
+        humantime::format_duration(cfg.repair.lock_wait).to_string()
+    );
+    for p in &cfg.playbooks {
+        out += &render_playbook(p);
+    }
+    for w in &cfg.notify {
+        out += &format!("\n[[notify]]\nwebhook = {:?}\n", redact_webhook(w));
+    }
+    out
+}
+
+fn render_playbook(p: &super::Playbook) -> String {
+    use super::Step;
+    let mut out = format!("\n[[playbooks]]\nname = {:?}\n", p.name);
+    if let Some(d) = &p.database {
+        out += &format!("database = {d:?}\n");
+    }
+    out += &format!(
+        "match = {{ migration = {:?}, log_contains = {:?} }}\nsteps = [\n",
+        p.migration.clone().unwrap_or_else(|| "*".into()),
+        p.log_contains.clone().unwrap_or_default()
+    );
+    for step in &p.steps {
+        let line = match step {
+            Step::Sql { sql, .. } => format!("{{ sql = {:?} }}", crate::redact::redact(sql)),
+            Step::SqlFile { path, .. } => format!("{{ sql_file = {:?} }}", path.display().to_string()),
+            Step::Resolve(how) => format!(
+                "{{ resolve = {:?} }}",
+                serde_json::to_value(how).unwrap_or_default().as_str().unwrap_or("")
+            ),
+            Step::Command { argv, timeout, .. } => format!(
+                "{{ command = {:?}, timeout = {:?} }}",
+                argv.iter().map(|a| crate::redact::redact(a)).collect::<Vec<_>>(),
+                humantime::format_duration(*timeout).to_string()
+            ),
+            Step::AssertSql { sql } => format!("{{ assert_sql = {:?} }}", crate::redact::redact(sql)),
+        };
+        out += &format!("  {line},\n");
+    }
+    out + "]\n"
+}
+
+/// Webhook URLs carry their token in the path (Slack, Teams): keep only scheme and host.
+fn redact_webhook(w: &str) -> String {
+    match url::Url::parse(w) {
+        Ok(u) => format!("{}://{}/***", u.scheme(), u.host_str().unwrap_or("")),
+        Err(_) => "***".into(),
+    }
+}
+
