@@ -207,27 +207,34 @@ fn a_toml_syntax_error_never_echoes_the_password() {
 }
 
 #[test]
-fn verify_ca_finds_the_root_certificate_where_libpq_does() {
+fn tls_finds_the_root_certificate_where_libpq_does() {
     assert_eq!(psql("postgres", "SHOW ssl"), "on", "this test needs the local PostgreSQL to offer TLS");
     let ca = psql("postgres", "SHOW ssl_cert_file");
     let db = TestDb::new("tls_home");
     db.sql("CREATE TABLE t(x int)");
-    let url = format!("postgresql://postgres@127.0.0.1:{PG_PORT}/{}?sslmode=verify-ca", db.name);
-    let pgm = Pgmedic::new(Backend::Local, &[("app", &url)], "", "");
+    let url = |mode: &str| format!("postgresql://postgres@127.0.0.1:{PG_PORT}/{}?sslmode={mode}", db.name);
     let home = tempfile::tempdir().unwrap();
     let home_str = home.path().display().to_string();
-    let missing = pgm.run_env(&["snapshot"], &[("HOME", &home_str)]);
+    let as_home = |mode: &str, args: &[&str]| {
+        Pgmedic::new(Backend::Local, &[("app", &url(mode))], "", "").run_env(args, &[("HOME", &home_str)])
+    };
+    // `migrations` uses only pgmedic's own session: it must refuse exactly as libpq does (the
+    // system's CAs are not libpq's default, even where they would trust the server).
+    let missing = as_home("verify-ca", &["migrations"]);
     assert_eq!(missing.code, 1, "{missing:?}");
-    assert!(
-        missing
-            .stderr
-            .contains(&format!("root certificate file \"{home_str}/.postgresql/root.crt\" does not exist")),
-        "{missing:?}"
-    );
+    let want = format!("root certificate file \"{home_str}/.postgresql/root.crt\" does not exist");
+    assert!(missing.stderr.contains(&want), "{missing:?}");
+    // A root.crt that does not sign the server's certificate fails even `require`, as in libpq.
     std::fs::create_dir(home.path().join(".postgresql")).unwrap();
+    std::fs::copy("/etc/ssl/certs/ISRG_Root_X1.pem", home.path().join(".postgresql/root.crt")).unwrap();
+    let wrong = as_home("require", &["migrations"]);
+    assert_eq!(wrong.code, 1, "{wrong:?}");
+    // With the server's own certificate there, both the session and the tools verify it.
     std::fs::copy(&ca, home.path().join(".postgresql/root.crt")).unwrap();
-    let found = pgm.run_env(&["snapshot"], &[("HOME", &home_str)]);
-    assert_eq!(found.code, 0, "{found:?}");
+    for mode in ["require", "verify-ca"] {
+        let found = as_home(mode, &["snapshot"]);
+        assert_eq!(found.code, 0, "{mode}: {found:?}");
+    }
 }
 
 /// A pg_bin_dir whose pg_restore announces itself (a file) and then waits: a restore that is

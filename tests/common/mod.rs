@@ -5,6 +5,7 @@
 
 mod daemon;
 pub mod prisma;
+pub mod proxy;
 mod s3;
 #[allow(unused_imports)]
 pub use daemon::Daemon;
