@@ -74,6 +74,24 @@ fn prune_without_db_leaves_other_installations_alone() {
     );
 }
 
+/// A child that is killed if the test fails first (a gated snapshot would wait forever).
+struct Killed(Option<std::process::Child>);
+
+impl Killed {
+    fn wait(mut self) -> std::process::Output {
+        self.0.take().unwrap().wait_with_output().unwrap()
+    }
+}
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// The pid of the session holding pgmedic's snapshot lock on `db`, once there is one.
 fn snapshot_lock_pid(db: &TestDb) -> String {
     let sql = "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = 1885826404 AND objid = 1 AND objsubid = 2 \
@@ -92,7 +110,7 @@ fn idle_session_timeout_cannot_take_the_snapshot_lock() {
     db.sql(&format!("CREATE TABLE t(x int); ALTER DATABASE {} SET idle_session_timeout = '500ms'", db.name));
     let gated = GatedTools::new();
     let pgm = Pgmedic::new(Backend::Local, &[("app", &db.url())], "", &gated.snapshot_extra());
-    let first = pgm.command(&["snapshot", "--json"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let first = Killed(Some(pgm.command(&["snapshot", "--json"]).stdout(std::process::Stdio::piped()).spawn().unwrap()));
     let pid = snapshot_lock_pid(&db);
     // The lock session now sits idle while pg_dump waits at the gate: give the database's
     // idle_session_timeout three times its length to end it, as it would without the fix.
@@ -102,7 +120,7 @@ fn idle_session_timeout_cannot_take_the_snapshot_lock() {
     let second = pgm.run_env(&["snapshot"], &[(real.0, &real.1)]);
     assert_eq!(second.code, 3, "a second snapshot is refused while the first runs: {second:?}");
     gated.open();
-    let out = first.wait_with_output().unwrap();
+    let out = first.wait();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     assert_eq!(pgm.snapshot_ids().len(), 1);
 }
@@ -113,11 +131,11 @@ fn a_snapshot_that_lost_its_lock_fails_and_is_not_listed() {
     db.sql("CREATE TABLE t(x int)");
     let gated = GatedTools::new();
     let pgm = Pgmedic::new(Backend::Local, &[("app", &db.url())], "", &gated.snapshot_extra());
-    let first = pgm.command(&["snapshot"]).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let first = Killed(Some(pgm.command(&["snapshot"]).stderr(std::process::Stdio::piped()).spawn().unwrap()));
     let pid = snapshot_lock_pid(&db);
     db.sql(&format!("SELECT pg_terminate_backend({pid})"));
     gated.open();
-    let out = first.wait_with_output().unwrap();
+    let out = first.wait();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("snapshot lock on it was lost"), "{stderr}");
