@@ -148,8 +148,21 @@ pub struct UsageError(pub String);
 #[error("{0}")]
 pub struct Refused(pub String);
 
+/// Memory that is freed goes back to the system. glibc would otherwise raise its mmap threshold
+/// to the size of the multipart buffers once one is freed, serve the next ones from the heap,
+/// and keep an arena per thread: the daemon's resident memory would ratchet up to several
+/// uploads' worth and stay there, on the host whose memory belongs to PostgreSQL.
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 512 * 1024);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 /// Parses arguments, runs the command, and returns the exit code.
 pub fn main() -> ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

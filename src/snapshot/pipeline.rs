@@ -1,6 +1,9 @@
-//! The hot path: pg_dump's output → zstd (all cores) → SHA-256 → chunks for the uploader, on
-//! one blocking thread with bounded buffers. Nothing here touches disk, and memory does not
-//! grow with the database: the channel to the uploader holds a few chunks at most.
+//! The hot path: pg_dump's output → a read-ahead thread → zstd (all cores) → SHA-256 → chunks
+//! for the uploader, with bounded buffers. The read-ahead thread keeps draining pg_dump's pipe
+//! while the compressing thread waits for a zstd worker or for the uploader (as zstd's own
+//! command line does with its I/O threads), so pg_dump and its backend are never held up by a
+//! full 1 MiB pipe. Nothing here touches disk, and memory does not grow with the database: the
+//! read-ahead holds at most `READ_AHEAD` reads and the channel to the uploader a few chunks.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -13,6 +16,9 @@ use tokio::sync::mpsc;
 /// Size of the chunks handed to storage (and the slack its part buffers reserve).
 pub const CHUNK: usize = 1024 * 1024;
 const READ_BUF: usize = 256 * 1024;
+/// Reads buffered between the pipe and the compressor (2 MiB; with the pipe's 1 MiB, enough to
+/// ride out a zstd job hand-off; more only adds memory).
+const READ_AHEAD: usize = 8;
 /// A bigger pipe lets pg_dump run ahead while a compression job is being handed off.
 const PIPE_SIZE: i32 = 1024 * 1024;
 const JOB_SIZE: u32 = 2 * 1024 * 1024;
@@ -29,6 +35,10 @@ pub struct Stats {
 pub fn compress(mut input: File, level: i32, threads: u32, tx: mpsc::Sender<Bytes>) -> io::Result<Stats> {
     // Best effort: the default 64 KiB pipe still works, only slower.
     unsafe { libc::fcntl(input.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
+    let (raw_tx, raw_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(READ_AHEAD);
+    let reader = std::thread::Builder::new()
+        .name("pgmedic-read".into())
+        .spawn(move || read_ahead(&mut input, raw_tx))?;
     let sink = ChunkSink { tx, buf: Vec::with_capacity(CHUNK), hasher: Sha256::new(), stored: 0 };
     let mut enc = zstd::stream::write::Encoder::new(sink, level)?;
     enc.include_checksum(true)?;
@@ -39,21 +49,33 @@ pub fn compress(mut input: File, level: i32, threads: u32, tx: mpsc::Sender<Byte
         // smaller jobs keep the daemon's memory small at a negligible cost in ratio.
         enc.set_parameter(zstd::stream::raw::CParameter::JobSize(JOB_SIZE))?;
     }
-    let mut buf = vec![0u8; READ_BUF];
     let mut raw = 0u64;
+    // Ends when the reader hangs up: at the end of pg_dump's output, or on a read error.
+    for buf in raw_rx.iter() {
+        raw += buf.len() as u64;
+        enc.write_all(&buf)?; // on error raw_rx is dropped, and the reader stops too
+    }
+    reader.join().map_err(|_| io::Error::other("the read-ahead thread panicked"))??;
+    let mut sink = enc.finish()?;
+    sink.send()?;
+    Ok(Stats { raw_bytes: raw, stored_bytes: sink.stored, sha256: hex::encode(sink.hasher.finalize()) })
+}
+
+/// Reads `input` to its end into buffers for the compressor; stops early when it hangs up.
+fn read_ahead(input: &mut File, out: std::sync::mpsc::SyncSender<Vec<u8>>) -> io::Result<()> {
     loop {
+        let mut buf = vec![0u8; READ_BUF];
         let n = match input.read(&mut buf) {
-            Ok(0) => break,
+            Ok(0) => return Ok(()),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
-        raw += n as u64;
-        enc.write_all(&buf[..n])?;
+        buf.truncate(n);
+        if out.send(buf).is_err() {
+            return Ok(()); // the compressor failed; its error is the one reported
+        }
     }
-    let mut sink = enc.finish()?;
-    sink.send()?;
-    Ok(Stats { raw_bytes: raw, stored_bytes: sink.stored, sha256: hex::encode(sink.hasher.finalize()) })
 }
 
 /// Compresses a small in-memory object (the cluster's globals) with the same settings.
