@@ -187,6 +187,7 @@ fn s3_stalled_past_the_timeout_fails_in_bounded_time_and_the_next_snapshot_clean
     let took = stalled_at.elapsed();
     assert_eq!(run.code, 1, "{run:?}");
     assert!(run.stderr.contains("storage s3://") && run.stderr.contains("timed out"), "{run:?}");
+    assert!(run.stderr.contains("tried 4 times, each attempt limited by storage.timeout"), "{run:?}");
     // Four attempts of 1 s and their backoff for the part, the abort and the globals' delete.
     assert!(took < Duration::from_secs(45), "retries are bounded: failed {took:?} into the stall");
     // A timed-out attempt's connection is dropped, so each retry is a new connection.

@@ -20,6 +20,8 @@ use super::{ObjectReader, ObjectWriter, Storage, StorageError};
 use crate::config::{S3Config, StorageConfig};
 
 const MAX_PART: u64 = 5 * 1024 * 1024 * 1024;
+/// Attempts per request (the SDK's standard retries), each limited by `storage.timeout`.
+const ATTEMPTS: u32 = 4;
 const PARTS_PER_DOUBLING: i32 = 1000;
 /// Chunks handed to `write` are at most this large; part buffers reserve it as slack.
 const CHUNK_SLACK: usize = 1024 * 1024;
@@ -57,7 +59,7 @@ impl S3Storage {
                     .operation_attempt_timeout(cfg.timeout)
                     .build(),
             )
-            .retry_config(RetryConfig::standard().with_max_attempts(4))
+            .retry_config(RetryConfig::standard().with_max_attempts(ATTEMPTS))
             .build();
         Ok(S3Storage {
             client: Client::from_conf(conf),
@@ -90,7 +92,14 @@ impl S3Storage {
 }
 
 fn backend_err<E: std::error::Error>(location: String, op: &'static str, key: &str, e: E) -> StorageError {
-    StorageError::Backend { location, op, key: key.into(), message: DisplayErrorContext(e).to_string() }
+    let mut message = DisplayErrorContext(e).to_string();
+    if message.contains("timeout") {
+        // The SDK names only the last attempt; say that it was the last of several.
+        message.push_str(&format!(
+            " (the request was tried {ATTEMPTS} times, each attempt limited by storage.timeout)"
+        ));
+    }
+    StorageError::Backend { location, op, key: key.into(), message }
 }
 
 #[async_trait]
