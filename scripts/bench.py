@@ -1,152 +1,119 @@
-"""pgmedic's benchmark: every figure is measured in this one run, so the ratios hold on a noisy
-machine where absolute times do not. Run through scripts/bench."""
-import json
+"""pgmedic's benchmark: pgmedic against the shell commands it replaces, every figure measured in
+this one run on this machine, so the ratios hold where absolute times do not. Run it through
+scripts/bench, which builds the release binary and the Python environment first:
+
+    scripts/bench                    # snapshot, restore and many (the default)
+    scripts/bench many               # one part alone (also PGMEDIC_BENCH_ONLY=many); parts combine
+
+What it measures
+  snapshot  pg_dump -Fc -Z0 > /dev/null             the limit: pg_dump (and its backend) alone
+            pg_dump -Fc -Z0 | zstd -3 -T0 > file    the yardstick: the same compression as pgmedic,
+                                                    as fast as this machine allows
+            pg_dump -Fc | aws s3 cp -               the usual shell pipeline to S3 (PGMEDIC_BENCH_AWS=0 skips it)
+            pgmedic snapshot → local, → S3 (moto)
+  restore   createdb && pg_restore of a local -Fc -Z0 dump      the baseline
+            the same with --single-transaction, which is how pgmedic restores
+            pgmedic restore --create ← local, ← S3    (every restore into a fresh database, dropped after)
+  many      pgmedic daemon with 100 tiny databases on a nightly schedule: at start it catches up on
+            every one of them. Sampled every 20 ms from /proc: the pg_dump processes under the
+            daemon and its VmRSS; at the end its VmHWM and how many snapshots each database got.
+
+How
+  Every command runs PGMEDIC_BENCH_ROUNDS times (default 3), interleaved (round 1: A B C D, round
+  2: A B C D, ...), so a slow spell of the machine hits every command alike. Reported per command:
+  the median wall time; the median CPU seconds, user + sys of the whole process tree (os.wait4's
+  rusage covers the child and every descendant it reaped: sh reaps both sides of a pipe, pgmedic
+  the pg_dump it spawns; this script is a child subreaper, so a descendant that escaped reaping
+  would come back here, be added, and be counted as an orphan); and the max peak RSS, ru_maxrss,
+  which is the largest single process of the tree, not their sum. The PostgreSQL backends'
+  CPU is in neither figure (they are the postmaster's children): it is reported apart as "PG CPU",
+  the utime+stime of the backends serving the command's database, sampled from /proc every 50 ms
+  while it runs (other sessions and autovacuum are left out; a backend's last < 50 ms are
+  missed). The S3 server's (moto's) CPU is outside the tree too: "S3 CPU", from its /proc/<pid>/stat.
+
+  A child's ru_maxrss starts at its parent's peak (Linux carries the high-water mark of the
+  forking process over exec), so nothing below this script's own peak (~15-18 MiB) can be seen:
+  such values print as "<N MiB".
+
+Settings (environment): PGMEDIC_BENCH_ROWS (3,000,000 events in `pgmedic_bench`; another size
+gets its own `pgmedic_bench_<rows>`), PGMEDIC_BENCH_ROUNDS (3),
+PGMEDIC_BENCH_REBUILD=1 (rebuild the database), PGMEDIC_BENCH_AWS=0, PGMEDIC_BENCH_MANY (100
+databases), PGMEDIC_BENCH_MANY_TIMEOUT (600 s), PGMEDIC_BENCH_JSON (target/bench-results.json).
+"""
 import os
 import subprocess
 import sys
 import tempfile
-import time
-from pathlib import Path
+from datetime import datetime, timezone
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = ROOT / "target/release/pgmedic"
-DB = "pgmedic_bench"
-ROWS = int(os.environ.get("PGMEDIC_BENCH_ROWS", "3000000"))
-PG = ["-h", "127.0.0.1", "-p", "5432", "-U", "postgres"]
-ENV = dict(os.environ, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
-           AWS_EC2_METADATA_DISABLED="true", PGMEDIC_LOG="warn")
-
-
-def psql(sql, db="postgres"):
-    # On stdin, not -c: -c would run every statement in one transaction, which VACUUM refuses.
-    out = subprocess.run(["psql", *PG, "-d", db, "-XAtq", "-v", "ON_ERROR_STOP=1"],
-                         input=sql, capture_output=True, text=True)
-    if out.returncode != 0:
-        sys.exit(f"bench: psql on {db} failed: {out.stderr.strip()}")
-    return out.stdout.strip()
+from benchlib.database import build_database
+from benchlib.many import many
+from benchlib.measure import Meter, become_subreaper, run_rounds, summary
+from benchlib.report import report
+from benchlib.restore import restore_commands
+from benchlib.settings import BIN, PARTS, ROOT, ROUNDS, ROWS
+from benchlib.snapshot import snapshot_commands
+from benchlib.storage import config, latest_snapshot, start_s3
 
 
-def timed(label, cmd, shell=False):
-    """Runs cmd; returns (seconds, peak RSS in KiB of the process tree's largest process)."""
-    start = time.monotonic()
-    proc = subprocess.Popen(cmd, shell=shell, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    elapsed = time.monotonic() - start
-    err = proc.stderr.read().decode()
-    if status != 0:
-        sys.exit(f"bench: {label} failed (status {status}): {err}")
-    return elapsed, usage.ru_maxrss
+def parts_wanted(argv):
+    wanted = argv or [p for p in os.environ.get("PGMEDIC_BENCH_ONLY", "").replace(",", " ").split()] or list(PARTS)
+    unknown = [p for p in wanted if p not in PARTS]
+    if unknown:
+        sys.exit(f"bench: unknown part {' '.join(unknown)}; choose from {' '.join(PARTS)}")
+    return wanted
 
 
-def build_database():
-    exists = psql(f"SELECT count(*) FROM pg_database WHERE datname = '{DB}'") == "1"
-    if exists and os.environ.get("PGMEDIC_BENCH_REBUILD") != "1":
-        complete = psql("SELECT to_regclass('public.bench_meta') IS NOT NULL", DB) == "t"
-        if complete and psql("SELECT n FROM bench_meta", DB) == str(ROWS):
-            return
-    print(f"building {DB} with {ROWS:,} events (once; kept for later runs) ...", flush=True)
-    psql(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
-    psql(f"CREATE DATABASE {DB}")
-    users = max(ROWS // 20, 1000)
-    psql(f"""
-        CREATE TABLE users (id int PRIMARY KEY, email text NOT NULL, name text NOT NULL,
-                            created_at timestamptz NOT NULL, settings jsonb NOT NULL);
-        INSERT INTO users
-        SELECT i, 'user' || i || '@example.' || (ARRAY['com','org','net','io'])[1 + i % 4],
-               initcap((ARRAY['anna','bert','chen','dana','emil','fatima','gus','hana'])[1 + i % 8]) || ' ' ||
-               initcap(substr(md5(i::text), 1, 3 + i % 7)),
-               TIMESTAMPTZ '2020-01-01' + i * INTERVAL '17 minutes',
-               jsonb_build_object('theme', (ARRAY['dark','light'])[1 + i % 2], 'lang', (ARRAY['en','de','fr','ja','pt'])[1 + i % 5],
-                                  'beta', i % 11 = 0, 'quota', i % 1000)
-        FROM generate_series(1, {users}) i;
-        CREATE TABLE events (id bigserial PRIMARY KEY, user_id int NOT NULL REFERENCES users(id),
-                             kind text NOT NULL, happened_at timestamptz NOT NULL, payload jsonb NOT NULL, note text);
-        INSERT INTO events (user_id, kind, happened_at, payload, note)
-        SELECT 1 + (i::bigint * 7919) % {users},
-               (ARRAY['login','logout','purchase','refund','view','search','share','upload'])[1 + (i * 31) % 8],
-               TIMESTAMPTZ '2024-01-01' + i * INTERVAL '3 seconds' + (i % 997) * INTERVAL '1 millisecond',
-               jsonb_build_object('ip', '10.' || (i % 255) || '.' || ((i / 255) % 255) || '.' || (i % 7),
-                                  'amount', round((random() * 500)::numeric, 2), 'sku', 'SKU-' || (i % 50000),
-                                  'ua', (ARRAY['Mozilla/5.0 (X11; Linux x86_64)','Mozilla/5.0 (Macintosh)','curl/8.4.0'])[1 + i % 3],
-                                  'trace', md5(random()::text)),
-               CASE WHEN i % 3 = 0 THEN NULL
-                    ELSE (ARRAY['first visit','returning customer asked about shipping','bulk order, invoice requested',
-                                'flagged by fraud check, cleared','coupon SPRING applied'])[1 + i % 5] || ' #' || i END
-        FROM generate_series(1, {ROWS}) i;
-        CREATE INDEX events_user_time ON events (user_id, happened_at);
-        CREATE TABLE bench_meta (n bigint); INSERT INTO bench_meta VALUES ({ROWS});
-        VACUUM ANALYZE;""", DB)
+def machine():
+    rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True).stdout.strip()
+    version = lambda *c: subprocess.run(c, capture_output=True, text=True).stdout.strip().splitlines()[0]
+    return {
+        "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "cores": os.cpu_count(),
+        "git": rev.stdout.strip() + ("+dirty" if dirty else ""),
+        "binary_built_at": datetime.fromtimestamp(os.path.getmtime(BIN), timezone.utc).isoformat(timespec="seconds"),
+        "pg_dump": version("pg_dump", "--version"),
+        "zstd": version("zstd", "--version"),
+        "rows": ROWS,
+        "rounds": ROUNDS,
+    }
 
 
-def start_s3():
-    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts/s3_server.py")], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    port = proc.stdout.readline().strip().split("=")[1]
-    endpoint = f"http://127.0.0.1:{port}"
-    subprocess.run([sys.executable, "-m", "awscli", "--endpoint-url", endpoint, "s3", "mb", "s3://bench"],
-                   check=True, env=ENV, capture_output=True)
-    return proc, endpoint
-
-
-def config(tmp, backend, endpoint):
-    storage = (f'backend = "s3"\nbucket = "bench"\nendpoint = "{endpoint}"\nforce_path_style = true\n'
-               if backend == "s3" else f'backend = "local"\npath = "{tmp}/snapshots"\n')
-    path = Path(tmp) / f"{backend}.toml"
-    path.write_text(f'[daemon]\nstate_dir = "{tmp}/state"\n[storage]\n{storage}\n'
-                    f'[[databases]]\nname = "bench"\nurl = "postgresql://postgres@127.0.0.1:5432/{DB}"\n')
-    return path
-
-
-def snapshot_id(cfg):
-    out = subprocess.run([str(BIN), "--config", str(cfg), "snapshots", "--json"], env=ENV, check=True,
-                         capture_output=True, text=True)
-    return json.loads(out.stdout)[-1]
+def bench_snapshot_restore(parts, meter, tmp, results):
+    build_database()
+    s3, endpoint = start_s3(meter)
+    try:
+        cfgs = {b: config(tmp, b, endpoint) for b in ("local", "s3")}
+        sizes = {}
+        if "snapshot" in parts:
+            cmds = snapshot_commands(tmp, cfgs, endpoint, sizes)
+            run_rounds(meter, cmds, "snapshot")
+            results["snapshot"] = {c.key: summary(c) for c in cmds}
+        m = latest_snapshot(cfgs["local"])
+        results["dump"] = {"raw_bytes": m["raw_bytes"], "pgmedic_stored_bytes": m["stored_bytes"], **sizes}
+        if "restore" in parts:
+            cmds = restore_commands(tmp, cfgs)
+            run_rounds(meter, cmds, "restore")
+            results["restore"] = {c.key: summary(c) for c in cmds}
+    finally:
+        s3.stdin.close()
+        s3.kill()
+        s3.wait()
 
 
 def main():
-    build_database()
-    s3, endpoint = start_s3()
-    rows = []
+    parts = parts_wanted(sys.argv[1:])
+    become_subreaper()
+    results = {"machine": machine()}
+    meter = Meter()
     with tempfile.TemporaryDirectory(prefix="pgmedic-bench-") as tmp:
-        s3cfg, localcfg = config(tmp, "s3", endpoint), config(tmp, "local", endpoint)
-        dump = f"{tmp}/plain.dump"
-        limit, _ = timed("pg_dump limit", ["pg_dump", *PG, "-d", DB, "-Fc", "-Z0"])
-        pipeline, _ = timed("pg_dump | aws s3 cp", f"pg_dump {' '.join(PG)} -d {DB} -Fc | {sys.executable} -m awscli "
-                            f"--endpoint-url {endpoint} s3 cp - s3://bench/shell/dump.pgc", shell=True)
-        snap_s3, rss_s3 = timed("pgmedic snapshot (s3)", [str(BIN), "--config", str(s3cfg), "snapshot"])
-        snap_local, rss_local = timed("pgmedic snapshot (local)", [str(BIN), "--config", str(localcfg), "snapshot"])
-        m = snapshot_id(s3cfg)
-        subprocess.run(["pg_dump", *PG, "-d", DB, "-Fc", "-Z0", "-f", dump], check=True)
-        for name in ("bench_r1", "bench_r2", "bench_r3"):
-            psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        psql("CREATE DATABASE bench_r1")
-        plain_restore, _ = timed("pg_restore", ["pg_restore", *PG, "-d", "bench_r1", dump])
-        restore_s3, rss_restore = timed("pgmedic restore (s3)", [str(BIN), "--config", str(s3cfg), "restore", m["id"],
-                                                                 "--target", "bench_r2", "--create"])
-        lm = snapshot_id(localcfg)
-        restore_local, _ = timed("pgmedic restore (local)", [str(BIN), "--config", str(localcfg), "restore", lm["id"],
-                                                             "--target", "bench_r3", "--create"])
-        for name in ("bench_r1", "bench_r2", "bench_r3"):
-            psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    s3.kill()
-
-    mib = lambda kib: f"{kib / 1024:.0f} MiB"
-    print(f"\ndatabase: {ROWS:,} events; raw dump {m['raw_bytes'] / 2**20:.0f} MiB, stored {m['stored_bytes'] / 2**20:.0f} MiB"
-          f" (zstd {m['raw_bytes'] / m['stored_bytes']:.2f}x); {os.cpu_count()} cores\n")
-    print(f"{'measurement':44} {'seconds':>8} {'ratio':>7}  peak RSS")
-    lines = [
-        ("pg_dump -Fc -Z0 > /dev/null  (the limit)", limit, limit, ""),
-        ("pg_dump -Fc | aws s3 cp -    (shell pipeline)", pipeline, limit, ""),
-        ("pgmedic snapshot → S3 (moto)", snap_s3, limit, mib(rss_s3)),
-        ("pgmedic snapshot → local", snap_local, limit, mib(rss_local)),
-        ("pg_restore from local -Z0 dump  (baseline)", plain_restore, plain_restore, ""),
-        ("pgmedic restore ← S3 (moto)", restore_s3, plain_restore, mib(rss_restore)),
-        ("pgmedic restore ← local", restore_local, plain_restore, ""),
-    ]
-    for label, secs, base, rss in lines:
-        print(f"{label:44} {secs:8.2f} {secs / base:6.2f}x  {rss}")
-    print("\ntargets: snapshot ≤ 1.15x the limit, peak RSS ≤ 64 MiB; restore ≤ 1.2x pg_restore."
-          "\npeak RSS is the largest process of the command's tree (pgmedic or the pg_dump it runs).")
+        if "snapshot" in parts or "restore" in parts:
+            bench_snapshot_restore(parts, meter, tmp, results)
+        if "many" in parts:
+            results["many"] = many(tmp)
+    report(results)
 
 
 if __name__ == "__main__":

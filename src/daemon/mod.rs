@@ -8,6 +8,7 @@ mod api;
 mod board;
 mod gate;
 mod metrics;
+mod reload;
 mod repairs;
 mod scheduler;
 mod shutdown;
@@ -217,6 +218,35 @@ impl Shared {
     }
 }
 
+impl Shared {
+    fn new(
+        config_path: PathBuf,
+        config: Config,
+        storage: Arc<dyn storage::Storage>,
+        metrics_addr: Option<SocketAddr>,
+    ) -> Arc<Shared> {
+        let tasks = TaskTracker::new();
+        Arc::new(Shared {
+            notifier: RwLock::new(Notifier::new(config.notify.clone(), tasks.clone())),
+            gate: gate::Gate::new(config.snapshot.max_concurrent),
+            runtime: RwLock::new(Arc::new(build_runtime(config, storage))),
+            board: Board::default(),
+            workers: Mutex::new(BTreeMap::new()),
+            watchers: Mutex::new(BTreeMap::new()),
+            reload: Mutex::new(ReloadStatus { at: Utc::now(), ok: true, error: None }),
+            started_at: Utc::now(),
+            config_path,
+            abort: CancellationToken::new(),
+            draining: CancellationToken::new(),
+            closing: AtomicBool::new(false),
+            metrics_addr,
+            tasks,
+            watch_slots: tokio::sync::Semaphore::new(WATCH_CONNECTIONS),
+            repairs_running: AtomicUsize::new(0),
+        })
+    }
+}
+
 /// Runs the daemon until `shutdown` is cancelled (by SIGTERM/SIGINT or the caller), then
 /// drains: an in-flight snapshot gets `daemon.shutdown_timeout` to finish before it is aborted.
 pub async fn run(
@@ -237,25 +267,7 @@ pub async fn run(
     };
     let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
     let peers = Peers { allowed_uids: config.daemon.allowed_uids.clone() };
-    let tasks = TaskTracker::new();
-    let shared = Arc::new(Shared {
-        notifier: RwLock::new(Notifier::new(config.notify.clone(), tasks.clone())),
-        gate: gate::Gate::new(config.snapshot.max_concurrent),
-        runtime: RwLock::new(Arc::new(build_runtime(config, storage))),
-        board: Board::default(),
-        workers: Mutex::new(BTreeMap::new()),
-        watchers: Mutex::new(BTreeMap::new()),
-        reload: Mutex::new(ReloadStatus { at: Utc::now(), ok: true, error: None }),
-        started_at: Utc::now(),
-        config_path,
-        abort: CancellationToken::new(),
-        draining: CancellationToken::new(),
-        closing: AtomicBool::new(false),
-        metrics_addr,
-        tasks,
-        watch_slots: tokio::sync::Semaphore::new(WATCH_CONNECTIONS),
-        repairs_running: AtomicUsize::new(0),
-    });
+    let shared = Shared::new(config_path, config, storage, metrics_addr);
     shutdown::report_interrupted_runs(&shared).await;
     let names = shared.sync_workers();
     shared.sync_watchers(&shutdown);
@@ -291,7 +303,7 @@ pub async fn run(
             _ = shutdown.cancelled() => break,
             Some(ev) = signal_rx.recv() => on_signal(ev, &shared, &mut scheduler, &shutdown).await,
             Some(MainEvent::Reload(reply)) = main_rx.recv() => {
-                let _ = reply.send(reload(&shared, &mut scheduler, &shutdown).await);
+                let _ = reply.send(reload::reload(&shared, &mut scheduler, &shutdown).await);
             }
             _ = tick => systemd::notify("WATCHDOG=1"),
         }
@@ -313,7 +325,7 @@ async fn on_signal(
 ) {
     match ev {
         SignalEvent::Reload => {
-            reload(shared, scheduler, shutdown).await;
+            reload::reload(shared, scheduler, shutdown).await;
         }
         SignalEvent::SnapshotAll => {
             for db in shared.current().config.databases.iter() {
@@ -350,49 +362,4 @@ fn repair_all(shared: &Arc<Shared>) {
             }
         });
     }
-}
-
-/// Re-reads the file. Everything that can fail (loading, validating, opening storage,
-/// scheduling) happens before the new configuration replaces the running one, so a failure
-/// really does keep the old one; what comes after the swap cannot fail.
-async fn reload(
-    shared: &Arc<Shared>,
-    scheduler: &mut Scheduler,
-    shutdown: &CancellationToken,
-) -> ReloadStatus {
-    systemd::notify("RELOADING=1");
-    let result = async {
-        let config = Config::load(&shared.config_path)?;
-        let old = shared.current().config.clone();
-        if config.daemon.socket != old.daemon.socket
-            || config.daemon.metrics_listen != old.daemon.metrics_listen
-        {
-            tracing::warn!("daemon.socket and daemon.metrics_listen change only on restart");
-        }
-        let storage = storage::open(&config.storage).await?;
-        if let Err(e) = scheduler.sync(shared, &config).await {
-            // Put the old schedules back: the running configuration stays whole.
-            let _ = scheduler.sync(shared, &old).await;
-            return Err(e);
-        }
-        let notifier = Notifier::new(config.notify.clone(), shared.tasks.clone());
-        shared.gate.set_limit(config.snapshot.max_concurrent);
-        *shared.notifier.write().unwrap_or_else(|p| p.into_inner()) = notifier;
-        *shared.runtime.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(build_runtime(config, storage));
-        let added = shared.sync_workers();
-        shared.sync_watchers(shutdown);
-        shared.tasks.spawn(scheduler::catch_up(shared.clone(), added));
-        Ok::<(), DaemonError>(())
-    }
-    .await;
-    let status =
-        ReloadStatus { at: Utc::now(), ok: result.is_ok(), error: result.err().map(|e| e.to_string()) };
-    match &status.error {
-        None => tracing::info!("configuration reloaded"),
-        Some(e) => tracing::error!(error = %e, "reload failed; the running configuration stays"),
-    }
-    *lock(&shared.reload) = status.clone();
-    let note = if status.ok { "reloaded" } else { "reload failed, old configuration kept" };
-    systemd::notify(&format!("READY=1\nSTATUS={note}"));
-    status
 }

@@ -146,7 +146,13 @@ async fn run(
     }
 }
 
-async fn run_job(db: &str, job: &Job, shared: &Shared, abort: &CancellationToken) -> Outcome {
+/// A slot under `snapshot.max_concurrent`; `None` when the daemon stops first.
+async fn wait_for_slot(
+    db: &str,
+    job: &Job,
+    shared: &Shared,
+    abort: &CancellationToken,
+) -> Option<super::gate::Permit> {
     shared.board.update(db, |s| s.waiting_for_slot = true);
     let permit = tokio::select! {
         p = shared.gate.acquire(job.reason == PRE_REPAIR) => Some(p),
@@ -155,9 +161,13 @@ async fn run_job(db: &str, job: &Job, shared: &Shared, abort: &CancellationToken
         _ = abort.cancelled() => None,
     };
     shared.board.update(db, |s| s.waiting_for_slot = false);
-    if permit.is_none() {
+    permit
+}
+
+async fn run_job(db: &str, job: &Job, shared: &Shared, abort: &CancellationToken) -> Outcome {
+    let Some(_permit) = wait_for_slot(db, job, shared, abort).await else {
         return Err("the daemon is shutting down; the snapshot was not started".into());
-    }
+    };
     let started = Utc::now();
     shared.board.update(db, |s| {
         s.running =

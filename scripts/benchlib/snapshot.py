@@ -1,0 +1,31 @@
+"""Part 1, snapshots: pgmedic snapshot to local storage and to S3 against pg_dump alone (the
+limit), pg_dump piped into zstd (the yardstick) and the usual shell pipeline to S3."""
+import os
+import sys
+
+from .measure import Command
+from .settings import BIN, DB, PG, WITH_AWS
+
+
+def snapshot_commands(tmp, cfgs, endpoint, sizes):
+    dump = " ".join(["pg_dump", *PG, "-d", DB])
+    out = f"{tmp}/yardstick.zst"
+
+    def keep_size():
+        sizes["zstd_cli_bytes"] = os.path.getsize(out)
+        os.remove(out)
+
+    cmds = [
+        Command("limit", "pg_dump -Fc -Z0 > /dev/null  (the limit)", ["pg_dump", *PG, "-d", DB, "-Fc", "-Z0"], (DB,)),
+        Command("zstd", "pg_dump -Fc -Z0 | zstd -3 -T0 > file  (yardstick)", f"{dump} -Fc -Z0 | zstd -q -3 -T0 > {out}",
+                (DB,), after=keep_size),
+    ]
+    if WITH_AWS:
+        cmds.append(Command("aws", "pg_dump -Fc | aws s3 cp -  (shell to S3)",
+                            f"{dump} -Fc | {sys.executable} -m awscli --endpoint-url {endpoint} s3 cp - "
+                            f"s3://bench/shell/dump.pgc", (DB,)))
+    cmds += [
+        Command("pgmedic_local", "pgmedic snapshot → local", [BIN, "--config", str(cfgs["local"]), "snapshot"], (DB,)),
+        Command("pgmedic_s3", "pgmedic snapshot → S3 (moto)", [BIN, "--config", str(cfgs["s3"]), "snapshot"], (DB,)),
+    ]
+    return cmds
