@@ -72,6 +72,12 @@ pub async fn status(cfg: &Config, json: bool) -> anyhow::Result<()> {
         ]);
     }
     print!("{}", table(&rows));
+    print_notes(&s);
+    Ok(())
+}
+
+/// Below the table: the snapshot slots, and per database what is not ok.
+fn print_notes(s: &serde_json::Value) {
     let snaps = &s["snapshots"];
     println!(
         "snapshots: {} running, {} waiting (snapshot.max_concurrent = {}); repairs running: {}",
@@ -91,7 +97,6 @@ pub async fn status(cfg: &Config, json: bool) -> anyhow::Result<()> {
             );
         }
     }
-    Ok(())
 }
 
 /// Repairs through the daemon when its socket answers; `None` means run in-process.

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::raw::{RawConfig, RawDatabase, RawMigrations, RawRetention, RawStorage};
+use super::raw::{RawConfig, RawDatabase, RawMigrations, RawRetention, RawSnapshot, RawStorage};
 use super::*;
 
 const DEFAULT_SOCKET: &str = "/run/pgmedic/pgmedic.sock";
@@ -48,26 +48,7 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         allowed_uids: raw.daemon.allowed_uids.unwrap_or_default(),
     };
     let storage = storage(&ctx, raw.storage)?;
-    let snapshot = SnapshotConfig {
-        compression_level: match raw.snapshot.compression_level.unwrap_or(3) {
-            l @ 1..=19 => l,
-            l => {
-                return Err(ctx.err("snapshot.compression_level", format!("{l} is outside 1..=19")));
-            }
-        },
-        compression_threads: raw.snapshot.compression_threads.unwrap_or(0),
-        pg_bin_dir: raw.snapshot.pg_bin_dir.map(PathBuf::from),
-        retention: retention(raw.snapshot.retention),
-        max_concurrent: match raw.snapshot.max_concurrent.unwrap_or(1) {
-            n @ 1..=64 => n,
-            n => return Err(ctx.err("snapshot.max_concurrent", format!("{n} is outside 1..=64"))),
-        },
-        lock_wait_timeout: ctx.duration(
-            "snapshot.lock_wait_timeout",
-            raw.snapshot.lock_wait_timeout.as_deref(),
-            Duration::from_secs(300),
-        )?,
-    };
+    let snapshot = snapshot(&ctx, raw.snapshot)?;
     if raw.databases.is_empty() {
         return Err(ctx.err("databases", "no [[databases]] entry: add one with `name` and `url`"));
     }
@@ -99,6 +80,29 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         .map(|(i, p)| super::playbook::playbook(i, p, &names).map_err(|(k, m)| ctx.err(k, m)))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Config { source: path.to_path_buf(), daemon, storage, snapshot, databases, repair, playbooks, notify })
+}
+
+fn snapshot(ctx: &Ctx, raw: RawSnapshot) -> Result<SnapshotConfig, ConfigError> {
+    Ok(SnapshotConfig {
+        compression_level: match raw.compression_level.unwrap_or(3) {
+            l @ 1..=19 => l,
+            l => {
+                return Err(ctx.err("snapshot.compression_level", format!("{l} is outside 1..=19")));
+            }
+        },
+        compression_threads: raw.compression_threads.unwrap_or(0),
+        pg_bin_dir: raw.pg_bin_dir.map(PathBuf::from),
+        retention: retention(raw.retention),
+        max_concurrent: match raw.max_concurrent.unwrap_or(1) {
+            n @ 1..=64 => n,
+            n => return Err(ctx.err("snapshot.max_concurrent", format!("{n} is outside 1..=64"))),
+        },
+        lock_wait_timeout: ctx.duration(
+            "snapshot.lock_wait_timeout",
+            raw.lock_wait_timeout.as_deref(),
+            Duration::from_secs(300),
+        )?,
+    })
 }
 
 fn storage(ctx: &Ctx, raw: RawStorage) -> Result<StorageConfig, ConfigError> {

@@ -178,18 +178,8 @@ impl Repairer {
             return Ok(());
         }
         rec.rows_before = dialect.raw_rows(&session).await?;
-        // Durable before anything can change: a run killed from here on is seen as interrupted.
-        rec.outcome = "started".into();
-        if let Err(source) = log.append(rec) {
-            return Err(RepairError::AuditUnavailable { database: db.name.clone(), source });
-        }
-        match self.snapshots.take(db, &format!("repair:{}", rec.run_id)).await {
-            Ok(m) => rec.snapshot_id = Some(m.id),
-            Err(e) => {
-                rec.outcome = "snapshot_failed".into();
-                rec.error = Some(format!("the pre-repair snapshot failed, so no step was run: {e}"));
-                return Ok(());
-            }
+        if !self.start(db, log, rec).await? {
+            return Ok(());
         }
         let failed = self.run_steps(&session, mig, playbook, &target.name, log, rec).await;
         rec.rows_after = dialect.raw_rows(&session).await?;
@@ -209,6 +199,31 @@ impl Repairer {
             };
         }
         Ok(())
+    }
+
+    /// Records the start (fsynced: a run killed from here on is seen as interrupted), then takes
+    /// the pre-repair snapshot; false (with the record filled) when it failed: no step runs.
+    async fn start(
+        &self,
+        db: &DatabaseConfig,
+        log: &AuditLog,
+        rec: &mut RunRecord,
+    ) -> Result<bool, RepairError> {
+        rec.outcome = "started".into();
+        if let Err(source) = log.append(rec) {
+            return Err(RepairError::AuditUnavailable { database: db.name.clone(), source });
+        }
+        match self.snapshots.take(db, &format!("repair:{}", rec.run_id)).await {
+            Ok(m) => {
+                rec.snapshot_id = Some(m.id);
+                Ok(true)
+            }
+            Err(e) => {
+                rec.outcome = "snapshot_failed".into();
+                rec.error = Some(format!("the pre-repair snapshot failed, so no step was run: {e}"));
+                Ok(false)
+            }
+        }
     }
 
     /// Takes both locks; false (with the record filled) when refused.

@@ -113,13 +113,7 @@ impl Snapshotter {
         if !session.try_advisory_lock(locks::CLASS, locks::SNAPSHOT).await? {
             return Err(SnapshotError::Busy { database: db.name.clone() });
         }
-        // The lock is ours, so any partial upload of this database belongs to a dead process.
-        check_lock(&session, db).await?;
-        let cleaned = self.storage.abort_partial_writes(&format!("{}/", db.name)).await?;
-        if cleaned > 0 {
-            tracing::info!(cleaned, "removed partial uploads of earlier snapshots");
-        }
-        manifest::remove_orphans(&self.storage, &db.name).await?;
+        self.clean_leftovers(&session, db).await?;
         let server_version = session.server_version().await?;
         let migrations = read_migrations(&session, db).await?;
         let pg_dump_version = self.tools.version("pg_dump").await.map_err(|e| dump_err(db, e))?;
@@ -166,6 +160,18 @@ impl Snapshotter {
         );
         drop(session);
         Ok(manifest)
+    }
+
+    /// The lock is ours, so any partial upload of this database, and any dump without its
+    /// manifest, belongs to a dead process: remove them (after checking the lock still holds).
+    async fn clean_leftovers(&self, session: &pg::Session, db: &DatabaseConfig) -> Result<(), SnapshotError> {
+        check_lock(session, db).await?;
+        let cleaned = self.storage.abort_partial_writes(&format!("{}/", db.name)).await?;
+        if cleaned > 0 {
+            tracing::info!(cleaned, "removed partial uploads of earlier snapshots");
+        }
+        manifest::remove_orphans(&self.storage, &db.name).await?;
+        Ok(())
     }
 
     async fn write_manifest(&self, m: &Manifest) -> Result<(), SnapshotError> {
