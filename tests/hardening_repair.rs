@@ -279,3 +279,31 @@ fn a_table_the_watcher_cannot_read_is_a_state_not_a_crash() {
     );
     wait_for("the failure noticed by the same watcher", MINUTE, || state()["state"] == "failed");
 }
+
+#[test]
+fn watchers_share_a_few_short_connections() {
+    let dbs: Vec<TestDb> = (0..8).map(|_| TestDb::new("watched")).collect();
+    let tail: String = dbs
+        .iter()
+        .enumerate()
+        .map(|(i, db)| {
+            format!("\n[[databases]]\nname = \"w{i}\"\nurl = \"{}\"\n[databases.migrations]\nwatch_interval = \"50ms\"\n", db.url())
+        })
+        .collect();
+    let pgm = Pgmedic::custom(Backend::Local, "", "", "", &tail);
+    let daemon = Daemon::start(&pgm);
+    let watched = |name: &str| daemon.status()["databases"][name]["migrations"]["state"] == "missing";
+    wait_for("every watcher's first read", MINUTE, || (0..8).all(|i| watched(&format!("w{i}"))));
+    let names: Vec<String> = dbs.iter().map(|d| format!("'{}'", d.name)).collect();
+    let sql = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgmedic@%' AND datname IN ({})",
+        names.join(", ")
+    );
+    // A measurement over time, not a wait: 100 samples while the watchers read every 50 ms.
+    let mut most = 0;
+    for _ in 0..100 {
+        most = most.max(psql("postgres", &sql).parse::<u32>().unwrap());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(most <= 4, "{most} watcher connections at once: more than the daemon's 4");
+}
