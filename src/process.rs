@@ -9,8 +9,10 @@ use std::time::Duration;
 use tokio::process::{Child, Command};
 
 /// Variables a child keeps from pgmedic's environment; everything else (AWS keys, tokens,
-/// `PGPASSWORD`) is left behind. `LC_*` are kept too.
-const ALLOWED_ENV: [&str; 8] = ["PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR"];
+/// `PGPASSWORD`) is left behind. `LC_*` are kept too; `LD_LIBRARY_PATH` because client tools in
+/// a `pg_bin_dir` of their own may need it to find their libpq.
+const ALLOWED_ENV: [&str; 9] =
+    ["PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "LD_LIBRARY_PATH"];
 
 /// How long a group gets between SIGTERM and SIGKILL.
 pub const TERM_GRACE: Duration = Duration::from_secs(5);
