@@ -174,6 +174,21 @@ impl Session {
         self.client.batch_execute(sql).await.map_err(|e| self.err("turn off session timeouts", e))
     }
 
+    /// Opens a read-only repeatable-read transaction and exports its snapshot, for pg_dump's
+    /// `--snapshot`: whatever this session and those pg_dumps read then agrees. The transaction
+    /// stays open until the session ends (timeouts are off: `immune_to_timeouts`).
+    pub async fn export_snapshot(&self) -> Result<String, DbError> {
+        let begin = self.client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await;
+        begin.map_err(|e| self.err("begin a snapshot transaction", e))?;
+        match self.client.query_one("SELECT pg_export_snapshot()", &[]).await {
+            Ok(row) => Ok(row.get(0)),
+            Err(e) => {
+                let _ = self.client.batch_execute("ROLLBACK").await;
+                Err(self.err("export a snapshot", e))
+            }
+        }
+    }
+
     /// Whether this session still holds `(class, id)`. A session the server ended answers
     /// with an error, which is as good as "no".
     pub async fn holds_advisory_lock(&self, class: i32, id: i32) -> Result<bool, DbError> {

@@ -32,6 +32,9 @@ pub struct Manifest {
     /// SHA-256 of the stored (compressed) object, lowercase hex.
     pub sha256: String,
     pub globals: Option<StoredObject>,
+    /// `pg_dump --schema-only` of the same database snapshot (absent before version 0.2).
+    #[serde(default)]
+    pub schema: Option<StoredObject>,
     pub migrations: Option<MigrationRows>,
 }
 
@@ -69,8 +72,8 @@ impl Manifest {
     /// Every key of this snapshot, the manifest first (the order deletion must follow).
     pub fn keys(&self) -> Vec<String> {
         let mut keys = vec![self.manifest_key(), self.object_key()];
-        if let Some(g) = &self.globals {
-            keys.push(layout::object(&self.database, &self.id, &g.object));
+        for o in [&self.globals, &self.schema].into_iter().flatten() {
+            keys.push(layout::object(&self.database, &self.id, &o.object));
         }
         keys
     }

@@ -2,29 +2,26 @@
 //! pipeline into storage, and write the manifest last. Every failure path aborts the upload, so
 //! a failed snapshot is never listed; the manifest is the only proof a snapshot exists.
 
+mod dump;
 pub mod id;
 mod manifest;
 mod pipeline;
 mod retention;
 
-use std::ffi::OsString;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use chrono::Utc;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::{DatabaseConfig, SnapshotConfig};
-use crate::pg::{self, DbError, PgTools, Pipes, ToolError};
-use crate::storage::{layout, ObjectWriter, Storage, StorageError};
+use crate::pg::{self, DbError, PgTools, ToolError};
+use crate::storage::{layout, Storage, StorageError};
 
 pub use manifest::{find, list, Compression, Manifest, MigrationRows, StoredObject, FORMAT_VERSION};
 pub use pipeline::{cores, CHUNK};
 pub use retention::{plan, prune, Decision, PruneReport, PRE_REPAIR};
-
-const GLOBALS_CAP: u64 = 64 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -81,10 +78,6 @@ pub mod locks {
     pub const REPAIR: i32 = 2;
 }
 
-struct Dumped {
-    stats: pipeline::Stats,
-}
-
 impl Snapshotter {
     pub async fn take(
         &self,
@@ -114,22 +107,40 @@ impl Snapshotter {
             return Err(SnapshotError::Busy { database: db.name.clone() });
         }
         self.clean_leftovers(&session, db).await?;
+        // Everything recorded from here on (the migrations table's rows, the dump, the schema)
+        // sees one snapshot of the database.
+        let shared = session.export_snapshot().await;
+        if let Err(e) = &shared {
+            tracing::warn!(error = %e, "no shared database snapshot: the manifest's migration rows and the dump are read moments apart");
+        }
+        let shared = shared.ok();
         let server_version = session.server_version().await?;
         let migrations = read_migrations(&session, db).await?;
-        let pg_dump_version = self.tools.version("pg_dump").await.map_err(|e| dump_err(db, e))?;
-        let globals = self.store_globals(db, id).await;
+        let pg_dump_version = self.tools.version("pg_dump").await.map_err(|e| dump::dump_err(db, e))?;
+        let globals = self.store_globals(db, id, cancel).await;
         tracing::info!("dumping");
-        let dumped = match self.dump(db, id, cancel).await {
+        let (dumped, schema) = tokio::join!(
+            self.dump(db, id, shared.as_deref(), cancel),
+            self.store_schema(db, id, shared.as_deref(), cancel)
+        );
+        let extras = [globals.as_ref(), schema.as_ref()];
+        let dumped = match dumped {
             Ok(d) => d,
             Err(e) => {
-                self.delete_quietly(db, id, globals.as_ref()).await;
-                return Err(explain_lock_wait(&session, db, &self.cfg, e).await);
+                self.delete_quietly(db, id, &extras).await;
+                // A lost lock session also ends the exported snapshot, and pg_dump may fail on
+                // that: report the lost lock, with pg_dump's own words.
+                if let Err(SnapshotError::LockLost { database, detail }) = check_lock(&session, db).await {
+                    let detail = format!("{detail}; and {e}");
+                    return Err(SnapshotError::LockLost { database, detail });
+                }
+                return Err(dump::explain_lock_wait(&session, db, &self.cfg, e).await);
             }
         };
         // Without the lock another snapshot may be cleaning this folder: never finish it then.
         if let Err(e) = check_lock(&session, db).await {
             let _ = self.storage.delete(&layout::object(&db.name, id, layout::DUMP)).await;
-            self.delete_quietly(db, id, globals.as_ref()).await;
+            self.delete_quietly(db, id, &extras).await;
             return Err(e);
         }
         let manifest = Manifest {
@@ -150,6 +161,7 @@ impl Snapshotter {
             stored_bytes: dumped.stats.stored_bytes,
             sha256: dumped.stats.sha256,
             globals,
+            schema,
             migrations,
         };
         self.write_manifest(&manifest).await?;
@@ -186,144 +198,12 @@ impl Snapshotter {
         Ok(())
     }
 
-    async fn delete_quietly(&self, db: &DatabaseConfig, id: &str, globals: Option<&StoredObject>) {
-        if let Some(g) = globals {
-            if let Err(e) = self.storage.delete(&layout::object(&db.name, id, &g.object)).await {
-                tracing::warn!(error = %e, "could not remove the globals of a failed snapshot");
+    /// Removes the small objects (globals, schema) of a snapshot that failed.
+    async fn delete_quietly(&self, db: &DatabaseConfig, id: &str, objects: &[Option<&StoredObject>]) {
+        for o in objects.iter().flatten() {
+            if let Err(e) = self.storage.delete(&layout::object(&db.name, id, &o.object)).await {
+                tracing::warn!(error = %e, object = %o.object, "could not remove an object of a failed snapshot");
             }
-        }
-    }
-
-    /// pg_dump → pipeline → storage; the object is finished only if pg_dump exited 0.
-    async fn dump(
-        &self,
-        db: &DatabaseConfig,
-        id: &str,
-        cancel: &CancellationToken,
-    ) -> Result<Dumped, SnapshotError> {
-        let key = layout::object(&db.name, id, layout::DUMP);
-        let mut writer = self.storage.create(&key).await?;
-        let wait_ms = self.cfg.lock_wait_timeout.as_millis().max(1);
-        let args: Vec<OsString> = vec![
-            "--format=custom".into(),
-            "--compress=0".into(),
-            format!("--lock-wait-timeout={wait_ms}").into(),
-        ];
-        let mut proc = match self.tools.spawn(
-            "pg_dump",
-            Some(&db.url),
-            &args,
-            Pipes { stdout: true, ..Pipes::default() },
-        ) {
-            Ok(p) => p,
-            Err(e) => {
-                writer.abort().await;
-                return Err(dump_err(db, e));
-            }
-        };
-        let stdout = proc.take_stdout().map_err(|e| dump_err(db, e))?;
-        let (tx, mut rx) = mpsc::channel::<Bytes>(4);
-        let (level, threads) = (self.cfg.compression_level, self.cfg.compression_threads);
-        let thread = tokio::task::spawn_blocking(move || pipeline::compress(stdout, level, threads, tx));
-        let pumped = pump(&mut rx, writer.as_mut(), cancel).await;
-        drop(rx); // a compressor still sending now gets BrokenPipe, and pg_dump EPIPE
-        if let Err(e) = pumped {
-            // Kill first: a pg_dump stalled on a lock would keep the compressor waiting forever.
-            proc.kill().await;
-            let _ = thread.await;
-            writer.abort().await;
-            return Err(match e {
-                PumpError::Cancelled => SnapshotError::Cancelled { database: db.name.clone() },
-                PumpError::Storage(s) => s.into(),
-            });
-        }
-        let compressed = thread.await.map_err(|e| std::io::Error::other(e.to_string())).and_then(|r| r);
-        // pg_dump's verdict comes before the compressor's: its stderr says why the stream broke.
-        if let Err(e) = proc.wait().await {
-            writer.abort().await;
-            return Err(dump_err(db, e));
-        }
-        let stats = match compressed {
-            Ok(s) => s,
-            Err(e) => {
-                writer.abort().await;
-                return Err(SnapshotError::Pipeline {
-                    database: db.name.clone(),
-                    id: id.into(),
-                    message: e.to_string(),
-                });
-            }
-        };
-        writer.finish().await?;
-        Ok(Dumped { stats })
-    }
-
-    /// The cluster's roles and tablespaces, so a restore onto a new cluster can recreate owners.
-    /// Optional: a role that cannot read them still gets its snapshot.
-    async fn store_globals(&self, db: &DatabaseConfig, id: &str) -> Option<StoredObject> {
-        match self.try_store_globals(db, id).await {
-            Ok(g) => Some(g),
-            Err(e) => {
-                tracing::warn!(error = %e, "snapshot continues without the cluster's roles (pg_dumpall --globals-only failed)");
-                None
-            }
-        }
-    }
-
-    async fn try_store_globals(&self, db: &DatabaseConfig, id: &str) -> Result<StoredObject, SnapshotError> {
-        use tokio::io::AsyncReadExt;
-        let args: Vec<OsString> = vec!["--globals-only".into(), "--no-role-passwords".into()];
-        let mut proc = self
-            .tools
-            .spawn("pg_dumpall", Some(&db.url), &args, Pipes { stdout: true, ..Pipes::default() })
-            .map_err(|e| dump_err(db, e))?;
-        let mut out = Vec::new();
-        if let Some(stdout) = proc.take_async_stdout() {
-            let _ = stdout.take(GLOBALS_CAP).read_to_end(&mut out).await;
-        }
-        proc.wait().await.map_err(|e| dump_err(db, e))?;
-        let level = self.cfg.compression_level;
-        let (bytes, stats) = pipeline::compress_small(&out, level).map_err(|e| SnapshotError::Pipeline {
-            database: db.name.clone(),
-            id: id.into(),
-            message: e.to_string(),
-        })?;
-        self.storage.put(&layout::object(&db.name, id, layout::GLOBALS), bytes).await?;
-        Ok(StoredObject {
-            object: layout::GLOBALS.into(),
-            raw_bytes: stats.raw_bytes,
-            stored_bytes: stats.stored_bytes,
-            sha256: stats.sha256,
-        })
-    }
-}
-
-enum PumpError {
-    Cancelled,
-    Storage(StorageError),
-}
-
-/// Moves chunks from the compressor to storage until the stream ends, fails or is cancelled.
-async fn pump(
-    rx: &mut mpsc::Receiver<Bytes>,
-    writer: &mut dyn ObjectWriter,
-    cancel: &CancellationToken,
-) -> Result<(), PumpError> {
-    loop {
-        let step = async {
-            match rx.recv().await {
-                Some(chunk) => writer.write(chunk).await.map(|_| true),
-                None => Ok(false),
-            }
-        };
-        tokio::select! {
-            biased;
-            _ = cancel.cancelled() => return Err(PumpError::Cancelled),
-            r = step => match r {
-                Ok(true) => {}
-                Ok(false) => return Ok(()),
-                Err(e) => return Err(PumpError::Storage(e)),
-            },
         }
     }
 }
@@ -335,41 +215,6 @@ async fn check_lock(session: &pg::Session, db: &DatabaseConfig) -> Result<(), Sn
         Ok(false) => Err(lost("the session no longer holds it".into())),
         Err(e) => Err(lost(format!("its session ended: {e}"))),
     }
-}
-
-/// A pg_dump that gave up waiting for a table lock: say which table and who holds it.
-async fn explain_lock_wait(
-    session: &pg::Session,
-    db: &DatabaseConfig,
-    cfg: &SnapshotConfig,
-    e: SnapshotError,
-) -> SnapshotError {
-    let SnapshotError::Dump { source: ToolError::Failed { stderr, .. }, .. } = &e else { return e };
-    // pg_dump 15 enforces --lock-wait-timeout with statement_timeout, newer ones may with
-    // lock_timeout: what identifies the case is the statement it gave up in.
-    if !(stderr.contains("lock timeout") || stderr.contains("statement timeout")) {
-        return e;
-    }
-    // pg_dump reports the statement it was waiting in: `LOCK TABLE public.t IN ACCESS SHARE MODE`.
-    let Some(table) = stderr.split("LOCK TABLE ").nth(1).and_then(|r| r.split(" IN ").next()) else {
-        return e;
-    };
-    let holders = match session.lock_holders(table).await {
-        Ok(h) if !h.is_empty() => h.join("; "),
-        Ok(_) => "a session that has let go since".into(),
-        Err(err) => format!("unknown ({err})"),
-    };
-    SnapshotError::LockWait {
-        database: db.name.clone(),
-        table: table.to_string(),
-        waited: humantime::format_duration(cfg.lock_wait_timeout).to_string(),
-        holders,
-        stderr: stderr.clone(),
-    }
-}
-
-fn dump_err(db: &DatabaseConfig, source: ToolError) -> SnapshotError {
-    SnapshotError::Dump { database: db.name.clone(), source }
 }
 
 /// The migrations table's rows, from the configured table or Prisma's default place.

@@ -146,6 +146,7 @@ mod tests {
             stored_bytes: 0,
             sha256: String::new(),
             globals: None,
+            schema: None,
             migrations: None,
         }
     }

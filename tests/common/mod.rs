@@ -11,7 +11,6 @@ mod s3;
 pub use daemon::Daemon;
 pub use s3::S3Server;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -237,7 +236,9 @@ impl Pgmedic {
 }
 
 /// A pg_bin_dir whose pg_dump waits, after dumping, until the test opens the gate; the rest of
-/// the tools are the real ones. Lets a test act while an upload is provably in flight.
+/// the tools are the real ones. Lets a test act while an upload is provably in flight. The gate
+/// is a file every waiting pg_dump looks for (a snapshot runs two: the data and the schema),
+/// so one `open` lets them all go.
 pub struct GatedTools {
     pub dir: tempfile::TempDir,
     pub gate: PathBuf,
@@ -247,9 +248,8 @@ impl GatedTools {
     pub fn new() -> GatedTools {
         let dir = tempfile::tempdir().unwrap();
         let gate = dir.path().join("gate");
-        assert!(Command::new("mkfifo").arg(&gate).status().unwrap().success());
         let script = format!(
-            "#!/bin/sh\ncase \"$1\" in --version) exec pg_dump --version;; esac\npg_dump \"$@\"\nstatus=$?\nread _ < '{}'\nexit $status\n",
+            "#!/bin/sh\ncase \"$1\" in --version) exec pg_dump --version;; esac\npg_dump \"$@\"\nstatus=$?\nwhile [ ! -e '{}' ]; do sleep 0.05; done\nexit $status\n",
             gate.display()
         );
         let path = dir.path().join("pg_dump");
@@ -266,10 +266,9 @@ impl GatedTools {
         format!("pg_bin_dir = \"{}\"\n", self.dir.path().display())
     }
 
-    /// Lets the waiting pg_dump wrapper exit.
+    /// Lets the waiting pg_dump wrappers exit.
     pub fn open(&self) {
-        let mut f = std::fs::OpenOptions::new().write(true).open(&self.gate).unwrap();
-        let _ = f.write_all(b"go\n");
+        std::fs::write(&self.gate, b"go\n").unwrap();
     }
 }
 
