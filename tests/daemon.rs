@@ -292,36 +292,7 @@ fn a_live_socket_is_never_stolen_and_a_stale_one_is_replaced() {
 
 #[test]
 fn a_failed_snapshot_is_posted_to_the_webhook() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let hook = format!("http://{}/hooks/T0K3N", listener.local_addr().unwrap());
-    let receiver = std::thread::spawn(move || {
-        let (mut conn, _) = listener.accept().unwrap();
-        conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        let mut req = Vec::new();
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = conn.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            req.extend_from_slice(&buf[..n]);
-            let text = String::from_utf8_lossy(&req);
-            if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| {
-                        l.to_ascii_lowercase()
-                            .strip_prefix("content-length:")
-                            .map(|v| v.trim().parse().unwrap())
-                    })
-                    .unwrap_or(0);
-                if body.len() >= len {
-                    break;
-                }
-            }
-        }
-        let _ = conn.write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n");
-        String::from_utf8_lossy(&req).to_string()
-    });
+    let (hook, receiver) = webhook("/hooks/T0K3N");
     let missing = TestDb::reserved("hook");
     let tail = format!("{}\n[[notify]]\nwebhook = \"{hook}\"\n", db_entry("app", &missing.url(), None));
     let pgm = Pgmedic::custom(Backend::Local, "", "", "", &tail);

@@ -110,7 +110,9 @@ fn idle_session_timeout_cannot_take_the_snapshot_lock() {
     db.sql(&format!("CREATE TABLE t(x int); ALTER DATABASE {} SET idle_session_timeout = '500ms'", db.name));
     let gated = GatedTools::new();
     let pgm = Pgmedic::new(Backend::Local, &[("app", &db.url())], "", &gated.snapshot_extra());
-    let first = Killed(Some(pgm.command(&["snapshot", "--json"]).stdout(std::process::Stdio::piped()).spawn().unwrap()));
+    let first = Killed(Some(
+        pgm.command(&["snapshot", "--json"]).stdout(std::process::Stdio::piped()).spawn().unwrap(),
+    ));
     let pid = snapshot_lock_pid(&db);
     // The lock session now sits idle while pg_dump waits at the gate: give the database's
     // idle_session_timeout three times its length to end it, as it would without the fix.
@@ -131,7 +133,8 @@ fn a_snapshot_that_lost_its_lock_fails_and_is_not_listed() {
     db.sql("CREATE TABLE t(x int)");
     let gated = GatedTools::new();
     let pgm = Pgmedic::new(Backend::Local, &[("app", &db.url())], "", &gated.snapshot_extra());
-    let first = Killed(Some(pgm.command(&["snapshot"]).stderr(std::process::Stdio::piped()).spawn().unwrap()));
+    let first =
+        Killed(Some(pgm.command(&["snapshot"]).stderr(std::process::Stdio::piped()).spawn().unwrap()));
     let pid = snapshot_lock_pid(&db);
     db.sql(&format!("SELECT pg_terminate_backend({pid})"));
     gated.open();

@@ -113,35 +113,6 @@ fn sigterm_during_a_repair_lets_it_finish_and_records_it() {
     assert_eq!(audit[0]["outcome"], "succeeded", "{audit}");
 }
 
-/// Receives one webhook POST and returns its JSON body.
-fn webhook() -> (String, std::thread::JoinHandle<Value>) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    let handle = std::thread::spawn(move || {
-        let (mut conn, _) = listener.accept().unwrap();
-        conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        let mut req = Vec::new();
-        let mut buf = [0u8; 4096];
-        loop {
-            let n = conn.read(&mut buf).unwrap();
-            req.extend_from_slice(&buf[..n]);
-            let text = String::from_utf8_lossy(&req).to_string();
-            if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                let len = head.lines().find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse::<usize>().unwrap())
-                });
-                if n == 0 || body.len() >= len.unwrap_or(0) {
-                    let _ = conn.write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n");
-                    return serde_json::from_str(body).unwrap();
-                }
-            }
-        }
-    });
-    (url, handle)
-}
-
 #[test]
 fn a_repair_killed_mid_run_is_shown_interrupted_at_the_next_start() {
     let db = p3009();
@@ -161,14 +132,15 @@ fn a_repair_killed_mid_run_is_shown_interrupted_at_the_next_start() {
     );
     assert!(rec["snapshot_id"].as_str().is_some(), "{rec}");
 
-    let (hook, received) = webhook();
+    let (hook, received) = webhook("/hook");
     let text =
         std::fs::read_to_string(&pgm.config).unwrap() + &format!("\n[[notify]]\nwebhook = \"{hook}\"\n");
     pgm.write_config(&text);
     let daemon = Daemon::start(&pgm);
     let last = &daemon.status()["databases"]["app"]["last_repair"];
     assert_eq!(last["outcome"], "interrupted", "{last}");
-    let event = received.join().unwrap();
+    let request = received.join().unwrap();
+    let event: Value = serde_json::from_str(request.split_once("\r\n\r\n").unwrap().1).unwrap();
     assert_eq!(
         (event["event"].as_str(), event["detail"]["run_id"].as_str()),
         (Some("repair_interrupted"), rec["run_id"].as_str())

@@ -129,4 +129,3 @@ fn redact_webhook(w: &str) -> String {
         Err(_) => "***".into(),
     }
 }
-

@@ -312,3 +312,33 @@ pub fn fill_random(db: &TestDb, mib: u32) {
          INSERT INTO filler SELECT i, string_agg(md5(random()::text), '') FROM generate_series(1, {rows}) i, generate_series(1, 8) j GROUP BY i"
     ));
 }
+
+/// A webhook receiver on a loopback port the kernel picks: the URL to configure (with `path`),
+/// and the one request it receives, head and body, after answering it 204.
+pub fn webhook(path: &str) -> (String, std::thread::JoinHandle<String>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}{path}", listener.local_addr().unwrap());
+    let handle = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut req = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = conn.read(&mut buf) {
+            req.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&req).to_string();
+            let complete = text.split_once("\r\n\r\n").is_some_and(|(head, body)| {
+                let len = head.lines().find_map(|l| {
+                    l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap())
+                });
+                body.len() >= len.unwrap_or(0)
+            });
+            if n == 0 || complete {
+                break;
+            }
+        }
+        let _ = conn.write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n");
+        String::from_utf8_lossy(&req).to_string()
+    });
+    (url, handle)
+}
