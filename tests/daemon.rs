@@ -330,27 +330,17 @@ fn systemd_unit_verifies() {
 fn systemd_hears_ready_reloading_watchdog_and_stopping() {
     let db = TestDb::new("notify");
     let pgm = Pgmedic::new(Backend::Local, &[("app", &db.url())], "", "");
-    let notify_path = pgm.dir.path().join("notify.sock");
-    let listener = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
-    listener.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let heard = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let sink = heard.clone();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = listener.recv(&mut buf) {
-            sink.lock().unwrap().push_str(&format!("{}\n", String::from_utf8_lossy(&buf[..n])));
-        }
-    });
-    let notify = notify_path.display().to_string();
+    let systemd = NotifyListener::bind(pgm.dir.path().join("notify.sock"));
+    let notify = systemd.path.display().to_string();
     let mut daemon = Daemon::start_env(&pgm, &[("NOTIFY_SOCKET", &notify), ("WATCHDOG_USEC", "200000")]);
-    let saw = |text: &str| heard.lock().unwrap().contains(text);
+    let saw = |text: &str| systemd.saw(text);
     wait_for("READY=1", MINUTE, || saw("READY=1\nSTATUS=watching 1 database(s)"));
     wait_for("WATCHDOG=1", MINUTE, || saw("WATCHDOG=1"));
     daemon.signal(libc::SIGHUP);
     wait_for("RELOADING=1 then READY=1", MINUTE, || saw("RELOADING=1") && saw("READY=1\nSTATUS=reloaded"));
     daemon.signal(libc::SIGTERM);
     assert_eq!(daemon.wait_exit(MINUTE), 0);
-    assert!(saw("STOPPING=1"), "{}", heard.lock().unwrap());
+    assert!(saw("STOPPING=1"), "{}", systemd.all());
 }
 
 #[test]

@@ -76,17 +76,8 @@ fn sigterm_during_a_repair_lets_it_finish_and_records_it() {
     let gate = Gate::new();
     let pgm = with_playbook(Backend::Local, &db, "", gated_playbook(&gate));
     // Listen as systemd does: the stop timeout must be extended to cover the repair.
-    let notify = pgm.dir.path().join("notify.sock");
-    let listener = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
-    let heard = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let sink = heard.clone();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = listener.recv(&mut buf) {
-            sink.lock().unwrap().push_str(&format!("{}\n", String::from_utf8_lossy(&buf[..n])));
-        }
-    });
-    let mut daemon = Daemon::start_env(&pgm, &[("NOTIFY_SOCKET", notify.to_str().unwrap())]);
+    let systemd = NotifyListener::bind(pgm.dir.path().join("notify.sock"));
+    let mut daemon = Daemon::start_env(&pgm, &[("NOTIFY_SOCKET", systemd.path.to_str().unwrap())]);
     let socket = daemon.socket.clone();
     let client = std::thread::spawn(move || {
         let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
@@ -100,9 +91,7 @@ fn sigterm_during_a_repair_lets_it_finish_and_records_it() {
     daemon.wait_log("waiting for running repairs to finish", MINUTE);
     // sql 5m + command 10m5s + resolve 5m (the defaults), Prisma's lock wait 30s twice, the
     // snapshot's shutdown timeout 60s and abort grace 30s: 22m35s.
-    wait_for("EXTEND_TIMEOUT_USEC", MINUTE, || {
-        heard.lock().unwrap().contains("EXTEND_TIMEOUT_USEC=1355000000")
-    });
+    wait_for("EXTEND_TIMEOUT_USEC", MINUTE, || systemd.saw("EXTEND_TIMEOUT_USEC=1355000000"));
     gate.open();
     assert_eq!(daemon.wait_exit(MINUTE), 0, "{}", daemon.log());
     let reply: Value = serde_json::from_str(client.join().unwrap().trim()).expect("the client got its reply");

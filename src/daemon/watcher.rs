@@ -59,7 +59,12 @@ async fn watch(shared: &Arc<Shared>, db: &str, cancel: &CancellationToken, seen:
         let Some(cfg) = rt.config.database(db).cloned() else { return };
         let Some(mig) = cfg.migrations.clone() else { return };
         drop(rt);
-        let wait = match tick(shared, &cfg, &mig, seen).await {
+        // A connect to a host that stopped answering can take minutes: shutdown does not wait.
+        let ticked = tokio::select! {
+            r = tick(shared, &cfg, &mig, seen) => r,
+            _ = cancel.cancelled() => return,
+        };
+        let wait = match ticked {
             Ok(()) => {
                 backoff = Duration::from_secs(1);
                 mig.watch_interval

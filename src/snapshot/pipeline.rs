@@ -35,10 +35,11 @@ pub struct Stats {
 pub fn compress(mut input: File, level: i32, threads: u32, tx: mpsc::Sender<Bytes>) -> io::Result<Stats> {
     // Best effort: the default 64 KiB pipe still works, only slower.
     unsafe { libc::fcntl(input.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
-    let (raw_tx, raw_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(READ_AHEAD);
+    let (raw_tx, raw_rx) = std::sync::mpsc::sync_channel::<(Vec<u8>, usize)>(READ_AHEAD);
+    let (spare_tx, spare_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(READ_AHEAD + 1);
     let reader = std::thread::Builder::new()
         .name("pgmedic-read".into())
-        .spawn(move || read_ahead(&mut input, raw_tx))?;
+        .spawn(move || read_ahead(&mut input, raw_tx, spare_rx))?;
     let sink = ChunkSink { tx, buf: Vec::with_capacity(CHUNK), hasher: Sha256::new(), stored: 0 };
     let mut enc = zstd::stream::write::Encoder::new(sink, level)?;
     enc.include_checksum(true)?;
@@ -51,9 +52,10 @@ pub fn compress(mut input: File, level: i32, threads: u32, tx: mpsc::Sender<Byte
     }
     let mut raw = 0u64;
     // Ends when the reader hangs up: at the end of pg_dump's output, or on a read error.
-    for buf in raw_rx.iter() {
-        raw += buf.len() as u64;
-        enc.write_all(&buf)?; // on error raw_rx is dropped, and the reader stops too
+    for (buf, n) in raw_rx.iter() {
+        raw += n as u64;
+        enc.write_all(&buf[..n])?; // on error raw_rx is dropped, and the reader stops too
+        let _ = spare_tx.try_send(buf); // back to the reader, so no buffer is allocated twice
     }
     reader.join().map_err(|_| io::Error::other("the read-ahead thread panicked"))??;
     let mut sink = enc.finish()?;
@@ -61,18 +63,23 @@ pub fn compress(mut input: File, level: i32, threads: u32, tx: mpsc::Sender<Byte
     Ok(Stats { raw_bytes: raw, stored_bytes: sink.stored, sha256: hex::encode(sink.hasher.finalize()) })
 }
 
-/// Reads `input` to its end into buffers for the compressor; stops early when it hangs up.
-fn read_ahead(input: &mut File, out: std::sync::mpsc::SyncSender<Vec<u8>>) -> io::Result<()> {
+/// Reads `input` to its end into buffers for the compressor, reusing the ones it hands back
+/// (a fresh zeroed buffer per read would cost a memset of the whole dump); stops early when the
+/// compressor hangs up.
+fn read_ahead(
+    input: &mut File,
+    out: std::sync::mpsc::SyncSender<(Vec<u8>, usize)>,
+    spare: std::sync::mpsc::Receiver<Vec<u8>>,
+) -> io::Result<()> {
     loop {
-        let mut buf = vec![0u8; READ_BUF];
+        let mut buf = spare.try_recv().unwrap_or_else(|_| vec![0u8; READ_BUF]);
         let n = match input.read(&mut buf) {
             Ok(0) => return Ok(()),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
-        buf.truncate(n);
-        if out.send(buf).is_err() {
+        if out.send((buf, n)).is_err() {
             return Ok(()); // the compressor failed; its error is the one reported
         }
     }

@@ -342,3 +342,33 @@ pub fn webhook(path: &str) -> (String, std::thread::JoinHandle<String>) {
     });
     (url, handle)
 }
+
+/// A datagram socket that listens as systemd does for `NOTIFY_SOCKET` messages.
+pub struct NotifyListener {
+    pub path: PathBuf,
+    heard: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl NotifyListener {
+    pub fn bind(path: PathBuf) -> NotifyListener {
+        let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        socket.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let heard = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = heard.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = socket.recv(&mut buf) {
+                sink.lock().unwrap().push_str(&format!("{}\n", String::from_utf8_lossy(&buf[..n])));
+            }
+        });
+        NotifyListener { path, heard }
+    }
+
+    pub fn saw(&self, text: &str) -> bool {
+        self.heard.lock().unwrap().contains(text)
+    }
+
+    pub fn all(&self) -> String {
+        self.heard.lock().unwrap().clone()
+    }
+}
