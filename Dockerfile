@@ -1,13 +1,18 @@
 # pgmedic in a container. Build: docker build -t pgmedic .
 # Run:   docker run -v /etc/pgmedic:/etc/pgmedic:ro -v pgmedic-state:/var/lib/pgmedic pgmedic
 FROM rust:1-bookworm AS build
+# pg_query builds PostgreSQL's own parser and generates its bindings with bindgen: libclang.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libclang-dev \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 RUN cargo build --release --locked && strip target/release/pgmedic
 
 FROM debian:bookworm-slim
-# The client tools must be as new as the servers they dump: bookworm ships 15.
+# The client tools must be as new as the servers they dump: bookworm ships 15. psql loads a
+# baseline schema into a scratch database when an undo step checks its result.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends postgresql-client ca-certificates \
  && rm -rf /var/lib/apt/lists/* \

@@ -13,12 +13,14 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod diagnose;
 pub mod pg;
 pub mod process;
 pub mod redact;
 pub mod repair;
 pub mod restore;
 pub mod snapshot;
+pub mod sql;
 pub mod storage;
 pub mod watch;
 

@@ -47,6 +47,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Verify { snapshot_id, deep, json } => cmd_verify(&cfg, &snapshot_id, deep, json).await,
         Command::Migrations { db, json } => super::repair::migrations(&cfg, db.as_deref(), json).await,
+        Command::Diagnose { db, migration, json } => {
+            super::diagnose::diagnose(&cfg, db.as_deref(), migration.as_deref(), json).await
+        }
         Command::Repair { db, playbook, dry_run, json } => {
             super::repair::repair(&cfg, db.as_deref(), playbook, dry_run, json).await
         }

@@ -2,6 +2,7 @@
 //! codes (0 ok, 1 failed, 2 bad usage or configuration, 3 refused for safety).
 
 mod commands;
+mod diagnose;
 mod output;
 mod remote;
 mod repair;
@@ -101,6 +102,18 @@ pub enum Command {
     Migrations {
         #[arg(long)]
         db: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Explain each failed or crashed migration: its log, every statement's verdict against the
+    /// live catalog, the rows of what it created, the schema change since the newest snapshot
+    /// before it, and two drafted playbooks (finish, undo).
+    Diagnose {
+        #[arg(long)]
+        db: Option<String>,
+        /// This migration (whatever its state) instead of every failed or crashed one.
+        #[arg(long)]
+        migration: Option<String>,
         #[arg(long)]
         json: bool,
     },

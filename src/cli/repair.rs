@@ -13,7 +13,7 @@ use crate::repair::{is_refusal, InProcessSnapshots, Repairer, RunRequest};
 use crate::snapshot::Snapshotter;
 use crate::watch::{self, TableState};
 
-fn targets<'a>(cfg: &'a Config, db: Option<&str>) -> Result<Vec<&'a DatabaseConfig>, UsageError> {
+pub(super) fn targets<'a>(cfg: &'a Config, db: Option<&str>) -> Result<Vec<&'a DatabaseConfig>, UsageError> {
     Ok(match db {
         Some(n) => vec![database(cfg, n)?],
         None => cfg.databases.iter().collect(),

@@ -35,11 +35,33 @@ pub enum ResolveAs {
 
 #[derive(Clone)]
 pub enum Step {
-    Sql { sql: String, timeout: Option<Duration> },
-    SqlFile { path: PathBuf, timeout: Option<Duration> },
+    Sql {
+        sql: String,
+        timeout: Option<Duration>,
+    },
+    SqlFile {
+        path: PathBuf,
+        timeout: Option<Duration>,
+    },
     Resolve(ResolveAs),
-    Command { argv: Vec<String>, cwd: Option<PathBuf>, env: BTreeMap<String, String>, timeout: Duration },
-    AssertSql { sql: String },
+    Command {
+        argv: Vec<String>,
+        cwd: Option<PathBuf>,
+        env: BTreeMap<String, String>,
+        timeout: Duration,
+    },
+    AssertSql {
+        sql: String,
+    },
+    /// Run the failed migration's statements not yet applied, made idempotent (diagnose's draft).
+    Finish {
+        timeout: Option<Duration>,
+    },
+    /// Undo what the failed migration applied, checked against the baseline snapshot's schema.
+    Undo {
+        allow_data_loss: bool,
+        timeout: Option<Duration>,
+    },
 }
 
 /// Env values and SQL may hold secrets: Debug shows names and redacted text only.
@@ -55,6 +77,8 @@ impl std::fmt::Debug for Step {
                 write!(f, "Command({argv:?}, env keys {:?})", env.keys().collect::<Vec<_>>())
             }
             Step::AssertSql { sql } => write!(f, "AssertSql({:?})", redact(sql)),
+            Step::Finish { .. } => write!(f, "Finish"),
+            Step::Undo { allow_data_loss, .. } => write!(f, "Undo(allow_data_loss={allow_data_loss})"),
         }
     }
 }
@@ -129,9 +153,25 @@ fn step(raw: RawStep) -> Result<Step, String> {
         raw.resolve.is_some(),
         raw.command.is_some(),
         raw.assert_sql.is_some(),
+        raw.finish.is_some(),
+        raw.undo.is_some(),
     ];
     if kinds.iter().filter(|k| **k).count() != 1 {
-        return Err("a step is exactly one of sql, sql_file, resolve, command or assert_sql".into());
+        return Err(
+            "a step is exactly one of sql, sql_file, resolve, command, assert_sql, finish or undo".into()
+        );
+    }
+    if raw.finish == Some(false) || raw.undo == Some(false) {
+        return Err("finish and undo steps are written `finish = true` / `undo = true`".into());
+    }
+    if raw.allow_data_loss.is_some() && raw.undo.is_none() {
+        return Err("allow_data_loss belongs to undo steps".into());
+    }
+    if raw.finish.is_some() {
+        return Ok(Step::Finish { timeout });
+    }
+    if raw.undo.is_some() {
+        return Ok(Step::Undo { allow_data_loss: raw.allow_data_loss.unwrap_or(false), timeout });
     }
     if raw.command.is_none() && (raw.cwd.is_some() || raw.env.is_some()) {
         return Err("cwd and env belong to command steps".into());

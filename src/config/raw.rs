@@ -129,7 +129,8 @@ pub struct RawMatch {
     pub log_contains: Option<String>,
 }
 
-/// One of `sql`, `sql_file`, `resolve`, `command` or `assert_sql`, with its options.
+/// One of `sql`, `sql_file`, `resolve`, `command`, `assert_sql`, `finish` or `undo`, with its
+/// options.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawStep {
@@ -138,6 +139,9 @@ pub struct RawStep {
     pub resolve: Option<String>,
     pub command: Option<Vec<String>>,
     pub assert_sql: Option<String>,
+    pub finish: Option<bool>,
+    pub undo: Option<bool>,
+    pub allow_data_loss: Option<bool>,
     pub cwd: Option<String>,
     pub env: Option<std::collections::BTreeMap<String, String>>,
     pub timeout: Option<String>,

@@ -116,6 +116,10 @@ fn render_playbook(p: &super::Playbook) -> String {
                 humantime::format_duration(*timeout).to_string()
             ),
             Step::AssertSql { sql } => format!("{{ assert_sql = {:?} }}", crate::redact::redact(sql)),
+            Step::Finish { .. } => "{ finish = true }".to_string(),
+            Step::Undo { allow_data_loss, .. } => {
+                format!("{{ undo = true, allow_data_loss = {allow_data_loss} }}")
+            }
         };
         out += &format!("  {line},\n");
     }

@@ -89,7 +89,11 @@ pub fn repair_bound(cfg: &Config) -> Duration {
             .iter()
             .map(|s| match s {
                 Step::Command { timeout, .. } => *timeout + TERM_GRACE,
-                Step::Sql { timeout, .. } | Step::SqlFile { timeout, .. } => timeout.unwrap_or(statement),
+                Step::Sql { timeout, .. } | Step::SqlFile { timeout, .. } | Step::Finish { timeout } => {
+                    timeout.unwrap_or(statement)
+                }
+                // Its check loads the baseline into a scratch database first.
+                Step::Undo { timeout, .. } => timeout.unwrap_or(statement) * 2,
                 Step::Resolve(_) | Step::AssertSql { .. } => statement,
             })
             .sum()

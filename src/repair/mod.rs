@@ -5,7 +5,9 @@
 
 mod assert;
 mod command;
+mod drafted;
 mod locks;
+mod record;
 mod resolve;
 mod sql;
 
@@ -13,10 +15,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::Utc;
-use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::{self, redact, AuditError, AuditLog, RunRecord, StepRecord, OUTPUT_CAP};
+use record::{cap, planned};
+
+use crate::audit::{self, redact, AuditError, AuditLog, RunRecord};
 use crate::config::{Config, DatabaseConfig, MigrationsConfig, Playbook, Step};
 use crate::pg::{self, DbError, Session};
 use crate::snapshot::{Manifest, Request, Snapshotter};
@@ -172,8 +175,19 @@ impl Repairer {
             return Ok(());
         };
         rec.playbook = Some(playbook.name.clone());
+        let running = crate::diagnose::still_running(session.client(), mig, &target)
+            .await
+            .map_err(|e| session.err("look for the migrator's backends", e))?;
+        if !running.is_empty() {
+            return refuse(rec, format!(
+                "wait: a backend of the migrator is still running ({}); its statement may still commit: repair once it has ended",
+                running.join("; ")
+            ));
+        }
         rec.steps = playbook.steps.iter().enumerate().map(|(i, s)| planned(i, s, &target.name)).collect();
         if req.dry_run {
+            let name = target.name.clone();
+            drafted::preview_steps(&session, &self.drafted(db, mig, &name), playbook, rec).await;
             rec.outcome = "dry_run".into();
             return Ok(());
         }
@@ -181,7 +195,7 @@ impl Repairer {
         if !self.start(db, log, rec).await? {
             return Ok(());
         }
-        let failed = self.run_steps(&session, mig, playbook, &target.name, log, rec).await;
+        let failed = self.run_steps(&session, db, mig, playbook, &target.name, log, rec).await;
         rec.rows_after = dialect.raw_rows(&session).await?;
         if !failed {
             let after = watch::read(&session, dialect.as_ref()).await?;
@@ -262,9 +276,11 @@ impl Repairer {
     }
 
     /// Runs the steps in order; true when one failed (the record says which and why).
+    #[allow(clippy::too_many_arguments)]
     async fn run_steps(
         &self,
         session: &Session,
+        db: &DatabaseConfig,
         mig: &MigrationsConfig,
         playbook: &Playbook,
         name: &str,
@@ -280,7 +296,7 @@ impl Repairer {
                 }
             }
             let started = Utc::now();
-            let result = self.step(session, mig, name, step).await;
+            let result = self.step(session, db, mig, name, step).await;
             let r = &mut rec.steps[i];
             r.started_at = Some(started);
             r.finished_at = Some(Utc::now());
@@ -307,15 +323,38 @@ impl Repairer {
         false
     }
 
+    fn drafted<'a>(
+        &'a self,
+        db: &'a DatabaseConfig,
+        mig: &'a MigrationsConfig,
+        name: &'a str,
+    ) -> drafted::Ctx<'a> {
+        let tools = crate::pg::PgTools::new(self.config.snapshot.pg_bin_dir.clone());
+        drafted::Ctx { db, mig, storage: &self.storage, tools, migration: name }
+    }
+
     async fn step(
         &self,
         session: &Session,
+        db: &DatabaseConfig,
         mig: &MigrationsConfig,
         name: &str,
         step: &Step,
     ) -> Result<String, StepFailure> {
         let default = self.config.repair.statement_timeout;
         match step {
+            Step::Finish { timeout } => {
+                drafted::finish(session, &self.drafted(db, mig, name), timeout.unwrap_or(default)).await
+            }
+            Step::Undo { allow_data_loss, timeout } => {
+                drafted::undo(
+                    session,
+                    &self.drafted(db, mig, name),
+                    *allow_data_loss,
+                    timeout.unwrap_or(default),
+                )
+                .await
+            }
             Step::Sql { sql, timeout } => sql::run(session, sql, timeout.unwrap_or(default)).await,
             Step::SqlFile { path, timeout } => sql::run_file(session, path, timeout.unwrap_or(default)).await,
             Step::Resolve(how) => resolve::run(session, mig, name, *how).await,
@@ -343,50 +382,4 @@ fn refuse(rec: &mut RunRecord, why: String) -> Result<(), RepairError> {
     rec.outcome = "refused".into();
     rec.error = Some(why);
     Ok(())
-}
-
-fn cap(s: &str) -> String {
-    if s.len() <= OUTPUT_CAP {
-        return s.to_string();
-    }
-    let mut end = OUTPUT_CAP;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}… ({} bytes cut)", &s[..end], s.len() - end)
-}
-
-/// A step as the audit shows it: its kind and parameters, secrets redacted.
-fn planned(index: usize, step: &Step, migration: &str) -> StepRecord {
-    let (kind, params) = match step {
-        Step::Sql { sql, timeout } => (
-            "sql",
-            json!({ "sql": redact(sql), "timeout": timeout.map(|t| humantime::format_duration(t).to_string()) }),
-        ),
-        Step::SqlFile { path, timeout } => (
-            "sql_file",
-            json!({ "sql_file": path, "timeout": timeout.map(|t| humantime::format_duration(t).to_string()) }),
-        ),
-        Step::Resolve(how) => ("resolve", json!({ "resolve": how, "migration": migration })),
-        Step::Command { argv, cwd, env, timeout } => (
-            "command",
-            json!({
-                "command": argv.iter().map(|a| redact(a)).collect::<Vec<_>>(),
-                "cwd": cwd,
-                "env": env.keys().map(|k| (k.clone(), "***")).collect::<std::collections::BTreeMap<_, _>>(),
-                "timeout": humantime::format_duration(*timeout).to_string(),
-            }),
-        ),
-        Step::AssertSql { sql } => ("assert_sql", json!({ "assert_sql": redact(sql) })),
-    };
-    StepRecord {
-        index: index + 1,
-        kind: kind.into(),
-        params,
-        started_at: None,
-        finished_at: None,
-        outcome: "planned".into(),
-        output: String::new(),
-        error: None,
-    }
 }

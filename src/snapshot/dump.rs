@@ -123,16 +123,29 @@ impl Snapshotter {
         stored.map_err(|e| tracing::warn!(error = %e, "snapshot continues without its schema text (pg_dump --schema-only failed)")).ok()
     }
 
-    /// Runs `tool`, compresses what it printed (at most SMALL_CAP) and stores it as `name`.
-    async fn store_small(
+    /// The schema as `pg_dump --schema-only` prints it now, for `diagnose` to compare with a
+    /// snapshot's (the same tool and flags as the stored one, so equal objects print equal).
+    /// It waits at most 10 s for a table lock: a diagnosis must not queue behind the very
+    /// migration it explains.
+    pub async fn schema_now(
         &self,
         db: &DatabaseConfig,
-        id: &str,
+        cancel: &CancellationToken,
+    ) -> Result<String, SnapshotError> {
+        let wait_ms = self.cfg.lock_wait_timeout.min(std::time::Duration::from_secs(10)).as_millis().max(1);
+        let args = vec![format!("--lock-wait-timeout={wait_ms}").into(), "--schema-only".into()];
+        let out = self.capture(db, "pg_dump", args, cancel).await?;
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+
+    /// Runs `tool` and returns what it printed (at most SMALL_CAP).
+    async fn capture(
+        &self,
+        db: &DatabaseConfig,
         tool: &'static str,
         args: Vec<OsString>,
-        name: &str,
         cancel: &CancellationToken,
-    ) -> Result<StoredObject, SnapshotError> {
+    ) -> Result<Vec<u8>, SnapshotError> {
         use tokio::io::AsyncReadExt;
         let mut proc =
             (self.tools.spawn(tool, Some(&db.url), &args, Pipes { stdout: true, ..Pipes::default() }))
@@ -145,10 +158,23 @@ impl Snapshotter {
             proc.wait().await.map(|_| out)
         };
         // Dropping `run` on cancel drops the tool, which kills its process group.
-        let out = tokio::select! {
-            r = run => r.map_err(|e| dump_err(db, e))?,
-            _ = cancel.cancelled() => return Err(SnapshotError::Cancelled { database: db.name.clone() }),
-        };
+        tokio::select! {
+            r = run => r.map_err(|e| dump_err(db, e)),
+            _ = cancel.cancelled() => Err(SnapshotError::Cancelled { database: db.name.clone() }),
+        }
+    }
+
+    /// Runs `tool`, compresses what it printed (at most SMALL_CAP) and stores it as `name`.
+    async fn store_small(
+        &self,
+        db: &DatabaseConfig,
+        id: &str,
+        tool: &'static str,
+        args: Vec<OsString>,
+        name: &str,
+        cancel: &CancellationToken,
+    ) -> Result<StoredObject, SnapshotError> {
+        let out = self.capture(db, tool, args, cancel).await?;
         let level = self.cfg.compression_level;
         let (bytes, stats) = pipeline::compress_small(&out, level).map_err(|e| SnapshotError::Pipeline {
             database: db.name.clone(),

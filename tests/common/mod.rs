@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 mod daemon;
+pub mod migrate;
 pub mod prisma;
 pub mod proxy;
 mod s3;

@@ -1,0 +1,292 @@
+//! The diagnosis as a document (`diagnose --json`) and as text: when and why it failed, each
+//! statement's verdict, the rows of what it created, the schema change since the baseline, and
+//! the two drafted playbooks as TOML ready to paste, with the SQL they would run now.
+
+use std::fmt::Write as _;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use super::{sqlstate, Analysis};
+use crate::sql::{Change, Verdict};
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub database: String,
+    pub migration: String,
+    pub status: crate::watch::Status,
+    pub started_at: Option<DateTime<Utc>>,
+    pub log: Option<String>,
+    pub sqlstate: Option<String>,
+    pub sqlstate_source: Option<String>,
+    /// Set when a repair must wait (a crashed migrator's backend still runs).
+    pub wait: Option<String>,
+    pub file: Option<String>,
+    /// Why the statements could not be judged.
+    pub file_error: Option<String>,
+    pub statements: Vec<StatementReport>,
+    pub created_tables: Vec<CreatedTable>,
+    pub baseline_snapshot: Option<String>,
+    pub baseline_why: Option<String>,
+    pub schema_diff: Vec<Change>,
+    pub playbooks: Playbooks,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StatementReport {
+    pub index: usize,
+    pub line: usize,
+    pub sql: String,
+    pub verdict: Verdict,
+    pub reason: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CreatedTable {
+    pub table: String,
+    pub rows: Option<i64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Playbooks {
+    pub finish: Draft,
+    pub undo: Draft,
+}
+
+/// A drafted playbook: its TOML and SQL, or why it cannot be drafted.
+#[derive(Debug, Serialize)]
+pub struct Draft {
+    pub toml: Option<String>,
+    pub sql: Option<String>,
+    pub why: Option<String>,
+    pub notes: Vec<String>,
+}
+
+impl Draft {
+    fn refused(why: String) -> Draft {
+        Draft { toml: None, sql: None, why: Some(why), notes: Vec::new() }
+    }
+}
+
+fn toml(kind: &str, database: &str, migration: &str, steps: &str) -> String {
+    let q = |s: &str| toml::Value::String(s.to_string()).to_string();
+    format!(
+        "[[playbooks]]\nname = {}\ndatabase = {}\nmatch = {{ migration = {} }}\nsteps = [\n{steps}]\n",
+        q(&format!("{kind}-{migration}")),
+        q(database),
+        q(migration)
+    )
+}
+
+fn sql_text(stmts: &[String]) -> String {
+    if stmts.is_empty() {
+        return "-- nothing left to run\n".into();
+    }
+    stmts.iter().map(|s| format!("{s};\n")).collect()
+}
+
+/// Builds the report; `now` is today's schema dump, when it could be taken. `schema` is the
+/// migrations' schema, on which unqualified names resolve.
+pub async fn report(
+    a: &Analysis,
+    client: &Client,
+    schema: &str,
+    now: Result<&crate::sql::Baseline, String>,
+) -> Report {
+    let m = &a.migration;
+    let code = m.logs.as_deref().and_then(sqlstate);
+    let mut created = Vec::new();
+    let old = crate::sql::catalog::set_search_path(client, schema).await.ok();
+    for t in a.created_tables() {
+        let rows = client.query_one(&format!("SELECT count(*) FROM {t}"), &[]).await.ok().map(|r| r.get(0));
+        created.push(CreatedTable { table: t.to_string(), rows });
+    }
+    if let Some(old) = old {
+        let _ = crate::sql::catalog::restore_search_path(client, &old).await;
+    }
+    let (schema_diff, baseline_why) = match (&a.baseline, now) {
+        (Ok(b), Ok(now)) => (b.schema.diff(now), None),
+        (Err(why), _) => (Vec::new(), Some(why.clone())),
+        (Ok(_), Err(why)) => (Vec::new(), Some(format!("cannot dump today's schema to compare: {why}"))),
+    };
+    Report {
+        database: a.database.clone(),
+        migration: m.name.clone(),
+        status: m.status,
+        started_at: m.started_at,
+        log: m.logs.clone(),
+        sqlstate: code.as_ref().map(|c| c.0.clone()),
+        sqlstate_source: code.map(|c| c.1),
+        wait: (!a.running.is_empty()).then(|| a.blocked().unwrap_or_default()),
+        file: a.file.as_ref().ok().map(|p| p.display().to_string()),
+        file_error: a.file.as_ref().err().cloned(),
+        statements: a
+            .statements
+            .iter()
+            .map(|(s, j)| StatementReport {
+                index: s.index,
+                line: s.line,
+                sql: s.sql.clone(),
+                verdict: j.verdict,
+                reason: j.reason.clone(),
+            })
+            .collect(),
+        playbooks: Playbooks { finish: finish(a), undo: undo(a, &created) },
+        created_tables: created,
+        baseline_snapshot: a.baseline.as_ref().ok().map(|b| b.id.clone()),
+        baseline_why,
+        schema_diff,
+    }
+}
+
+/// Failures that may pass when the same statement runs again.
+fn transient(code: &str) -> bool {
+    matches!(code, "55P03" | "57014" | "40001" | "40P01" | "57P01" | "57P02" | "57P03" | "53300")
+        || code.starts_with("08")
+}
+
+fn finish(a: &Analysis) -> Draft {
+    match a.finish_sql() {
+        Err(why) => Draft::refused(why),
+        Ok(stmts) => {
+            let mut notes = Vec::new();
+            let code = a.migration.logs.as_deref().and_then(sqlstate).map(|c| c.0);
+            if let (Some(code), Some(first)) = (code, a.first_not_applied()) {
+                if !transient(&code) {
+                    notes.push(format!(
+                        "statement {first} failed with SQLSTATE {code}, which is not transient (a lock or statement timeout, a deadlock, a lost connection): finish would fail the same way unless the cause is fixed first; undo and a corrected migration is the usual way"
+                    ));
+                }
+            }
+            for (s, j) in &a.statements {
+                if j.verdict == Verdict::Unknown && a.ran(s.index) {
+                    notes.push(format!("statement {} (line {}) is taken as run: it comes before the first statement not applied ({})", s.index, s.line, j.reason));
+                }
+            }
+            let steps = "  { finish = true },\n  { resolve = \"applied\" },\n";
+            Draft {
+                toml: Some(toml("finish", &a.database, &a.migration.name, steps)),
+                sql: Some(sql_text(&stmts)),
+                why: None,
+                notes,
+            }
+        }
+    }
+}
+
+fn undo(a: &Analysis, created: &[CreatedTable]) -> Draft {
+    match a.undo() {
+        Err(why) => Draft::refused(why),
+        Ok(plan) => {
+            let mut notes = Vec::new();
+            if let Err(why) = &a.baseline {
+                notes.push(format!(
+                    "the undo step needs a baseline to check its result against and will fail: {why}"
+                ));
+            }
+            for t in created.iter().filter(|t| t.rows.unwrap_or(1) > 0) {
+                let rows = t.rows.map(|r| r.to_string()).unwrap_or_else(|| "an unknown number of".into());
+                notes.push(format!("{} holds {rows} rows: the undo refuses to drop it unless the step says allow_data_loss = true", t.table));
+            }
+            let steps = "  { undo = true, allow_data_loss = false },\n  { resolve = \"rolled-back\" },\n";
+            Draft {
+                toml: Some(toml("undo", &a.database, &a.migration.name, steps)),
+                sql: Some(sql_text(&plan.sql)),
+                why: None,
+                notes,
+            }
+        }
+    }
+}
+
+impl Report {
+    pub fn text(&self) -> String {
+        let mut o = String::new();
+        let started = self
+            .started_at
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+            .unwrap_or_else(|| "?".into());
+        let status = serde_json::to_value(self.status)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default();
+        let _ =
+            writeln!(o, "{} · migration {} · {status} · started {started}", self.database, self.migration);
+        if let Some(code) = &self.sqlstate {
+            let _ = writeln!(o, "SQLSTATE {code} ({})", self.sqlstate_source.as_deref().unwrap_or(""));
+        }
+        if let Some(log) = &self.log {
+            let first: Vec<&str> = log.lines().take(4).collect();
+            let _ = writeln!(o, "log:\n  {}", first.join("\n  "));
+        }
+        if let Some(wait) = &self.wait {
+            let _ = writeln!(o, "WAIT: {wait}");
+        }
+        match (&self.file, &self.file_error) {
+            (Some(f), _) => {
+                let _ = writeln!(o, "\nstatements of {f}:");
+            }
+            (None, Some(why)) => {
+                let _ = writeln!(o, "\nstatements: cannot judge them: {why}");
+            }
+            _ => {}
+        }
+        for s in &self.statements {
+            let head: String =
+                s.sql.split_whitespace().collect::<Vec<_>>().join(" ").chars().take(90).collect();
+            let _ = writeln!(
+                o,
+                "  {:>3}. line {:<4} {:<11} {head}\n                      {}",
+                s.index,
+                s.line,
+                s.verdict.words(),
+                s.reason
+            );
+        }
+        for t in &self.created_tables {
+            let rows = t.rows.map(|r| r.to_string()).unwrap_or_else(|| "?".into());
+            let _ = writeln!(o, "\ncreated by the migration: {} holds {rows} rows", t.table);
+        }
+        self.diff_text(&mut o);
+        for (name, d) in [("finish", &self.playbooks.finish), ("undo", &self.playbooks.undo)] {
+            let _ = writeln!(o, "\n── drafted playbook: {name} ──");
+            match (&d.toml, &d.why) {
+                (Some(t), _) => {
+                    let _ = write!(
+                        o,
+                        "{t}\n-- SQL it runs now, in one transaction:\n{}",
+                        d.sql.as_deref().unwrap_or("")
+                    );
+                }
+                (None, Some(why)) => {
+                    let _ = writeln!(o, "cannot be drafted: {why}");
+                }
+                _ => {}
+            }
+            for n in &d.notes {
+                let _ = writeln!(o, "note: {n}");
+            }
+        }
+        o
+    }
+
+    fn diff_text(&self, o: &mut String) {
+        match (&self.baseline_snapshot, &self.baseline_why) {
+            (Some(id), _) => {
+                let _ =
+                    writeln!(o, "\nschema since snapshot {id} (the newest before the migration started):");
+                if self.schema_diff.is_empty() {
+                    let _ = writeln!(o, "  no difference");
+                }
+            }
+            (None, Some(why)) => {
+                let _ = writeln!(o, "\nschema difference: none shown: {why}");
+            }
+            _ => {}
+        }
+        for c in &self.schema_diff {
+            let _ = writeln!(o, "  {:<8} {} {}.{}", c.change, c.kind, c.schema, c.name);
+        }
+    }
+}

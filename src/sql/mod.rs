@@ -1,0 +1,22 @@
+//! SQL understanding, shared by `diagnose`, the `finish` and `undo` steps (and later `lint`):
+//! migration files parsed with PostgreSQL's own parser into statements and their catalog
+//! effects, each effect judged against the live catalog, idempotent and inverse rewrites, schema
+//! dumps compared object by object, and the catalog's description of what a migration touched.
+
+pub mod catalog;
+pub mod describe;
+pub mod names;
+pub mod parse;
+pub mod rewrite;
+pub mod schema;
+
+pub use catalog::{Judged, Verdict};
+pub use names::ObjName;
+pub use parse::{Effect, Statement};
+pub use schema::{Baseline, Change};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SqlError {
+    #[error("PostgreSQL's parser rejects it{}: {message}", line.map(|l| format!(" at line {l}")).unwrap_or_default())]
+    Parse { message: String, line: Option<usize> },
+}

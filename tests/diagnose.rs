@@ -1,0 +1,284 @@
+//! `diagnose` on the P3009 fixture the real Prisma CLI left behind, its drafted undo run as a
+//! playbook step, and the refusals: an undo over rows, a crashed migration whose backend still
+//! runs, a migration file that is missing.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use common::migrate::{self, schema_dump};
+use common::prisma::{self, FAILED};
+use common::*;
+
+/// The fixture's migrations, copied so that a test may edit or remove them.
+fn copy_migrations(to: &Path) {
+    for entry in std::fs::read_dir(prisma::fixture("migrations")).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            let sql = std::fs::read(entry.path().join("migration.sql")).unwrap();
+            std::fs::create_dir_all(to.join(entry.file_name())).unwrap();
+            std::fs::write(to.join(entry.file_name()).join("migration.sql"), sql).unwrap();
+        }
+    }
+}
+
+struct Failed {
+    db: TestDb,
+    dir: tempfile::TempDir,
+    pgm: Pgmedic,
+    baseline_id: String,
+    baseline_schema: String,
+}
+
+/// The fixture, with a snapshot from before its failed migration: the fixture is taken back to
+/// that state, snapshotted, and the migration fails again exactly as it did under Prisma's JS
+/// engine (each statement on its own: the table is created, the foreign key fails). The result
+/// is checked to be the very schema the real Prisma CLI left.
+fn fixture_with_baseline() -> Failed {
+    let db = prisma::p3009();
+    let left_by_prisma = schema_dump(&db.name);
+    let row = |col: &str| {
+        db.sql(&format!("SELECT {col} FROM _prisma_migrations WHERE migration_name = '{FAILED}'"))
+    };
+    let (id, checksum, logs) = (row("id"), row("checksum"), row("logs"));
+    db.sql(&format!(
+        r#"DROP TABLE "PluginCredential"; DELETE FROM _prisma_migrations WHERE migration_name = '{FAILED}'"#
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    copy_migrations(dir.path());
+    let pgm = migrate::config(&db, dir.path(), "");
+    let baseline = pgm.snapshot("app");
+    let baseline_schema = schema_dump(&db.name);
+    let status = Command::new("psql")
+        .args(["-h", PG_HOST, "-U", "postgres", "-d", &db.name, "-Xq", "-v", "ON_ERROR_STOP=1", "-f"])
+        .arg(dir.path().join(FAILED).join("migration.sql"))
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!status.success(), "the migration fails on \"Users\"");
+    db.sql(&format!(
+        "INSERT INTO _prisma_migrations (id, checksum, migration_name, logs, started_at) VALUES ('{id}', '{checksum}', '{FAILED}', $l${logs}$l$, clock_timestamp())"
+    ));
+    assert_eq!(schema_dump(&db.name), left_by_prisma, "the same schema the real Prisma CLI left");
+    Failed { db, dir, pgm, baseline_id: baseline["id"].as_str().unwrap().to_string(), baseline_schema }
+}
+
+fn diagnose(pgm: &Pgmedic) -> serde_json::Value {
+    let run = pgm.run(&["diagnose", "--json"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let all = run.json();
+    assert_eq!(all.as_array().unwrap().len(), 1, "one failed migration: {all}");
+    all[0].clone()
+}
+
+fn add_playbook(f: &Failed, toml: &str) {
+    let text = std::fs::read_to_string(&f.pgm.config).unwrap() + "\n" + toml;
+    f.pgm.write_config(&text);
+}
+
+#[test]
+fn the_fixture_is_explained_undone_to_its_baseline_and_the_fixed_migration_deploys() {
+    let f = fixture_with_baseline();
+    let r = diagnose(&f.pgm);
+    assert_eq!((r["migration"].as_str(), r["status"].as_str()), (Some(FAILED), Some("failed")), "{r:#}");
+    assert_eq!(r["sqlstate"], "42P01", "{r:#}");
+    assert!(r["log"].as_str().unwrap().contains("No such table: Users"), "{r:#}");
+    let st = r["statements"].as_array().unwrap();
+    assert_eq!(st.len(), 2, "{r:#}");
+    assert!(st[0]["sql"].as_str().unwrap().starts_with("CREATE TABLE \"PluginCredential\""), "{r:#}");
+    assert_eq!((st[0]["line"].as_u64(), st[0]["verdict"].as_str()), (Some(2), Some("applied")), "{r:#}");
+    assert!(
+        st[1]["sql"].as_str().unwrap().contains("FOREIGN KEY (\"userId\") REFERENCES \"Users\""),
+        "{r:#}"
+    );
+    assert_eq!((st[1]["line"].as_u64(), st[1]["verdict"].as_str()), (Some(10), Some("not_applied")), "{r:#}");
+    assert_eq!(r["created_tables"], serde_json::json!([{ "table": "\"PluginCredential\"", "rows": 0 }]));
+    assert_eq!(r["baseline_snapshot"].as_str(), Some(f.baseline_id.as_str()), "{r:#}");
+    let mut diff: Vec<String> = r["schema_diff"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            format!(
+                "{} {} {}",
+                c["change"].as_str().unwrap(),
+                c["kind"].as_str().unwrap(),
+                c["name"].as_str().unwrap()
+            )
+        })
+        .collect();
+    diff.sort();
+    assert_eq!(
+        diff,
+        ["added CONSTRAINT PluginCredential PluginCredential_pkey", "added TABLE PluginCredential"]
+    );
+    let finish = r["playbooks"]["finish"]["sql"].as_str().unwrap();
+    assert!(finish.contains("IF NOT EXISTS (SELECT FROM pg_constraint WHERE conrelid = to_regclass('\"PluginCredential\"') AND conname = 'PluginCredential_userId_fkey')"), "{finish}");
+    assert!(!finish.contains("CREATE TABLE"), "the table is there already: {finish}");
+    let undo = &r["playbooks"]["undo"];
+    assert_eq!(undo["sql"], "DROP TABLE IF EXISTS \"PluginCredential\";\n", "{r:#}");
+
+    let text = f.pgm.run(&["diagnose"]);
+    for part in [
+        "SQLSTATE 42P01",
+        "  1. line 2    applied",
+        "  2. line 10   not applied",
+        "drafted playbook: undo",
+        "resolve = \"rolled-back\"",
+    ] {
+        assert!(text.stdout.contains(part), "{part:?} in:\n{}", text.stdout);
+    }
+
+    add_playbook(&f, undo["toml"].as_str().unwrap());
+    let run = f.pgm.run(&["repair", "--db", "app", "--json"]);
+    let rec = run.json();
+    assert_eq!(rec["outcome"], "succeeded", "{rec:#}");
+    assert!(
+        rec["steps"][0]["output"].as_str().unwrap().contains("DROP TABLE IF EXISTS \"PluginCredential\""),
+        "the audit keeps the SQL: {rec:#}"
+    );
+    assert_eq!(schema_dump(&f.db.name), f.baseline_schema, "the schema is the baseline snapshot's");
+    let expected = std::fs::read_to_string(prisma::fixture("after-resolve-rolled-back.txt")).unwrap();
+    assert_eq!(
+        prisma::prisma_rows(&f.db),
+        prisma::normalise(&expected),
+        "the rows `prisma migrate resolve --rolled-back` leaves"
+    );
+
+    let file = f.dir.path().join(FAILED).join("migration.sql");
+    std::fs::write(
+        &file,
+        std::fs::read_to_string(&file).unwrap().replace("REFERENCES \"Users\"", "REFERENCES \"User\""),
+    )
+    .unwrap();
+    migrate::deploy(&f.db, f.dir.path(), FAILED, "").expect("the fixed migration deploys");
+    assert_eq!(
+        f.db.sql("SELECT count(*) FROM pg_constraint WHERE conname = 'PluginCredential_userId_fkey'"),
+        "1"
+    );
+}
+
+#[test]
+fn undo_refuses_to_drop_a_created_table_with_rows_unless_allowed() {
+    let f = fixture_with_baseline();
+    f.db.sql(r#"INSERT INTO "PluginCredential" VALUES ('a', 1, 's')"#);
+    let r = diagnose(&f.pgm);
+    assert_eq!(r["created_tables"][0]["rows"], 1, "{r:#}");
+    let undo = r["playbooks"]["undo"]["toml"].as_str().unwrap().to_string();
+    assert!(r["playbooks"]["undo"]["notes"][0].as_str().unwrap().contains("holds 1 rows"), "{r:#}");
+    add_playbook(&f, &undo);
+    let rec = f.pgm.run(&["repair", "--db", "app", "--json"]).json();
+    assert_eq!(rec["outcome"], "failed", "{rec:#}");
+    let error = rec["error"].as_str().unwrap();
+    assert!(
+        error.contains("table \"PluginCredential\" holds 1 row(s)")
+            && error.contains("allow_data_loss = true"),
+        "{error}"
+    );
+    assert_eq!(f.db.sql(r#"SELECT count(*) FROM "PluginCredential""#), "1", "nothing changed");
+    assert_eq!(f.db.sql(&format!("SELECT count(*) FROM _prisma_migrations WHERE migration_name = '{FAILED}' AND rolled_back_at IS NULL")), "1");
+
+    let allowed = undo.replace("allow_data_loss = false", "allow_data_loss = true");
+    let text = std::fs::read_to_string(&f.pgm.config).unwrap().replace(&undo, &allowed);
+    f.pgm.write_config(&text);
+    let rec = f.pgm.run(&["repair", "--db", "app", "--json"]).json();
+    assert_eq!(rec["outcome"], "succeeded", "{rec:#}");
+    assert_eq!(f.db.sql("SELECT to_regclass('\"PluginCredential\"') IS NULL"), "t");
+    assert_eq!(schema_dump(&f.db.name), f.baseline_schema);
+}
+
+#[test]
+fn a_missing_migration_file_still_shows_the_schema_change_and_drafts_nothing() {
+    let f = fixture_with_baseline();
+    std::fs::remove_dir_all(f.dir.path().join(FAILED)).unwrap();
+    let r = diagnose(&f.pgm);
+    assert!(r["file_error"].as_str().unwrap().contains("cannot read"), "{r:#}");
+    assert_eq!(r["statements"], serde_json::json!([]));
+    assert_eq!(r["schema_diff"].as_array().unwrap().len(), 2, "{r:#}");
+    for kind in ["finish", "undo"] {
+        let d = &r["playbooks"][kind];
+        assert!(
+            d["toml"].is_null() && d["why"].as_str().unwrap().contains("cannot be judged"),
+            "{kind}: {r:#}"
+        );
+    }
+    add_playbook(
+        &f,
+        "[[playbooks]]\nname = \"finish\"\nsteps = [{ finish = true }, { resolve = \"applied\" }]\n",
+    );
+    let rec = f.pgm.run(&["repair", "--db", "app", "--json"]).json();
+    assert_eq!(rec["outcome"], "failed", "{rec:#}");
+    assert!(rec["error"].as_str().unwrap().contains("finish of"), "{rec:#}");
+    assert_eq!(rec["steps"][1]["outcome"], "planned", "resolve never ran: {rec:#}");
+}
+
+/// A psql session kept open, fed statements; killed on drop.
+struct Session(std::process::Child);
+
+impl Session {
+    fn open(db: &TestDb, sql: &str) -> Session {
+        let mut child = Command::new("psql")
+            .args(["-h", PG_HOST, "-U", "postgres", "-d", &db.name, "-Xq"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        writeln!(child.stdin.as_mut().unwrap(), "{sql}").unwrap();
+        Session(child)
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_crashed_migration_whose_backend_still_runs_says_wait_and_is_not_repaired() {
+    let db = TestDb::new("crashed");
+    let dir = tempfile::tempdir().unwrap();
+    migrate::write_migration(
+        dir.path(),
+        "20250101000000_init",
+        "CREATE TABLE \"User\" (\"id\" SERIAL PRIMARY KEY);\n",
+    );
+    migrate::deploy(&db, dir.path(), "20250101000000_init", "").unwrap();
+    db.sql("INSERT INTO \"User\" DEFAULT VALUES");
+    let name = "20250601000000_backfill";
+    let statement = "UPDATE \"User\" SET \"id\" = \"id\" WHERE pg_sleep(120) IS NOT NULL;";
+    migrate::write_migration(dir.path(), name, &format!("-- a slow backfill\n{statement}\n"));
+    // The migrator died after starting its row; its backend goes on with the statement.
+    db.sql(&format!(
+        "INSERT INTO _prisma_migrations (id, checksum, migration_name) VALUES ('x', 'c', '{name}')"
+    ));
+    let _orphan = Session::open(&db, statement);
+    wait_for("the orphaned statement", std::time::Duration::from_secs(10), || {
+        db.sql(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'UPDATE \"User\"%' AND state = 'active'",
+        ) == "1"
+    });
+    let pgm = migrate::config(
+        &db,
+        dir.path(),
+        "[[playbooks]]\nname = \"finish\"\nsteps = [{ finish = true }, { resolve = \"applied\" }]\n",
+    );
+    let r = diagnose(&pgm);
+    assert_eq!(r["status"], "crashed", "{r:#}");
+    let wait = r["wait"].as_str().unwrap();
+    assert!(wait.starts_with("wait: a backend of the migrator is still running (pid "), "{wait}");
+    assert!(r["playbooks"]["finish"]["why"].as_str().unwrap().starts_with("wait:"), "{r:#}");
+    let run = pgm.run(&["repair", "--db", "app", "--json"]);
+    let rec = run.json();
+    assert_eq!((run.code, rec["outcome"].as_str()), (3, Some("refused")), "{rec:#}");
+    assert!(
+        rec["error"].as_str().unwrap().contains("wait: a backend of the migrator is still running"),
+        "{rec:#}"
+    );
+    assert!(rec["snapshot_id"].is_null(), "refused before anything, the snapshot too: {rec:#}");
+    assert_eq!(db.sql(&format!("SELECT count(*) FROM _prisma_migrations WHERE migration_name = '{name}' AND finished_at IS NULL AND rolled_back_at IS NULL")), "1");
+}
