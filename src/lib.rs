@@ -14,6 +14,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod diagnose;
+pub mod lint;
 pub mod pg;
 pub mod process;
 pub mod redact;

@@ -15,6 +15,11 @@ use crate::snapshot::{self, Request, Snapshotter};
 use crate::storage::{self, Storage};
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    // Linting a folder needs no configuration: CI runs it before any pgmedic is set up.
+    if let Command::Lint { db: None, dir, json, format } = &cli.command {
+        let dir = dir.as_ref().ok_or_else(|| UsageError("lint needs --dir DIR or --db NAME".into()))?;
+        return super::lint::lint_dir(dir, *json, *format).await;
+    }
     let cfg = Arc::new(Config::load(&cli.config)?);
     match cli.command {
         Command::Daemon => {
@@ -47,6 +52,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Verify { snapshot_id, deep, json } => cmd_verify(&cfg, &snapshot_id, deep, json).await,
         Command::Migrations { db, json } => super::repair::migrations(&cfg, db.as_deref(), json).await,
+        Command::Lint { db, dir, json, format } => {
+            let db = db.as_deref().unwrap_or_default();
+            super::lint::lint_db(&cfg, db, dir, json, format).await
+        }
         Command::Diagnose { db, migration, json } => {
             super::diagnose::diagnose(&cfg, db.as_deref(), migration.as_deref(), json).await
         }

@@ -3,6 +3,7 @@
 
 mod commands;
 mod diagnose;
+mod lint;
 mod output;
 mod remote;
 mod repair;
@@ -116,6 +117,20 @@ pub enum Command {
         migration: Option<String>,
         #[arg(long)]
         json: bool,
+    },
+    /// Check migration files before they run: every one under --dir, or the pending ones of
+    /// --db against its live schema; exit 1 when a finding is an error.
+    Lint {
+        #[arg(long)]
+        db: Option<String>,
+        /// The migrations folder (`<dir>/<name>/migration.sql`); the database's configured one by default.
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+        #[arg(long, conflicts_with = "format")]
+        json: bool,
+        /// `github` prints GitHub Actions annotations.
+        #[arg(long, value_enum, default_value = "text")]
+        format: lint::Format,
     },
     /// Run the matching playbook for a failed migration now (snapshot first, then its steps).
     Repair {

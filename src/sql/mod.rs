@@ -7,6 +7,7 @@ pub mod catalog;
 pub mod describe;
 pub mod names;
 pub mod parse;
+pub mod refs;
 pub mod rewrite;
 pub mod schema;
 

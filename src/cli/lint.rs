@@ -1,0 +1,85 @@
+//! `pgmedic lint`: which files (every migration under `--dir`, or the pending ones of `--db`),
+//! against which schema (the database's, or only the migrations' own), printed as text, JSON or
+//! GitHub annotations; exit 1 when any finding is an error.
+
+use std::path::{Path, PathBuf};
+
+use super::UsageError;
+use crate::config::Config;
+use crate::lint::{self, File, Finding, Linter, Severity};
+use crate::pg;
+use crate::watch::{self, Status, TableState};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    Github,
+}
+
+/// Every `<dir>/<name>/migration.sql`, by name (the order tools apply them in).
+fn files(dir: &Path) -> anyhow::Result<Vec<File>> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| UsageError(format!("cannot read migrations dir {}: {e}", dir.display())))?;
+    let mut out: Vec<File> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.path().join("migration.sql").is_file())
+        .map(|e| File {
+            name: e.file_name().to_string_lossy().into_owned(),
+            path: e.path().join("migration.sql"),
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+fn print(findings: &[Finding], json: bool, format: Format) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "findings": findings }))?);
+    } else if format == Format::Github {
+        print!("{}", lint::github(findings));
+    } else {
+        print!("{}", lint::text(findings));
+    }
+    let errors = findings.iter().filter(|f| f.severity == Severity::Error).count();
+    if errors > 0 {
+        anyhow::bail!("lint found {errors} error(s)");
+    }
+    Ok(())
+}
+
+/// `--dir` alone: no configuration needed, every migration checked against the ones before it.
+pub async fn lint_dir(dir: &Path, json: bool, format: Format) -> anyhow::Result<()> {
+    let linter = Linter { live: None, schema: "public".into(), wraps_files: true };
+    let findings = linter.lint(&files(dir)?).await?;
+    print(&findings, json, format)
+}
+
+/// `--db`: the pending migrations (not applied in its table) against its live schema.
+pub async fn lint_db(
+    cfg: &Config,
+    db: &str,
+    dir: Option<PathBuf>,
+    json: bool,
+    format: Format,
+) -> anyhow::Result<()> {
+    let d = super::commands::database(cfg, db)?;
+    let mig = d.migrations_or_default();
+    let dir = dir.or_else(|| mig.dir.clone()).ok_or_else(|| {
+        UsageError(format!("lint --db {db} needs --dir or databases.migrations.dir for {db}"))
+    })?;
+    let session = pg::connect(&d.url).await?;
+    let applied: Vec<String> = match watch::read(&session, watch::dialect(&mig).as_ref()).await? {
+        TableState::Rows { migrations } => {
+            migrations.into_iter().filter(|m| m.status == Status::Applied).map(|m| m.name).collect()
+        }
+        _ => Vec::new(),
+    };
+    let pending: Vec<File> = files(&dir)?.into_iter().filter(|f| !applied.contains(&f.name)).collect();
+    let linter = Linter {
+        live: Some(session.client()),
+        schema: mig.schema.clone(),
+        wraps_files: mig.tool == "prisma",
+    };
+    let findings = linter.lint(&pending).await?;
+    print(&findings, json, format)
+}

@@ -1,0 +1,143 @@
+//! `pgmedic lint`: every rule tripped by one migration and not by its corrected form, a finding
+//! silenced by its comment, the P3009 fixture's `"Users"` found against a database at the state
+//! before the failure, live table sizes, and the GitHub annotation format.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::migrate;
+use common::prisma::{self, FAILED};
+use common::*;
+
+const INIT: &str = "CREATE TABLE IF NOT EXISTS t (id int PRIMARY KEY, a int, b text);\n";
+
+/// Lints `0001_init` (INIT) and `0002_change` (`sql`) with `--dir` alone, no configuration.
+fn lint_dir(sql: &str) -> (i32, Vec<serde_json::Value>) {
+    let dir = tempfile::tempdir().unwrap();
+    migrate::write_migration(dir.path(), "0001_init", INIT);
+    migrate::write_migration(dir.path(), "0002_change", sql);
+    let out = Command::new(env!("CARGO_BIN_EXE_pgmedic"))
+        .args(["lint", "--json", "--dir"])
+        .arg(dir.path())
+        .env_remove("PGMEDIC_CONFIG")
+        .output()
+        .unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.code().unwrap(), doc["findings"].as_array().unwrap().clone())
+}
+
+fn rules_of(findings: &[serde_json::Value]) -> Vec<String> {
+    findings.iter().map(|f| f["rule"].as_str().unwrap().to_string()).collect()
+}
+
+/// (rule, severity, a migration that trips it, one that does not).
+const CASES: &[(&str, &str, &str, &str)] = &[
+    ("syntax", "error", "CREATE TABLE IF NOT EXISTS x (id int;\n", "CREATE TABLE IF NOT EXISTS x (id int);\n"),
+    ("unknown-relation", "error", "CREATE INDEX IF NOT EXISTS i ON missing (id);\n", "CREATE INDEX IF NOT EXISTS i ON t (id);\n"),
+    ("unknown-column", "error", "CREATE INDEX IF NOT EXISTS i ON t (nope);\n", "CREATE INDEX IF NOT EXISTS i ON t (a);\n"),
+    ("unknown-type", "error", "ALTER TABLE t ADD COLUMN IF NOT EXISTS c \"Mood\";\n", "CREATE TYPE \"Mood\" AS ENUM ('a');\nALTER TABLE t ADD COLUMN IF NOT EXISTS c \"Mood\";\n"),
+    ("not-in-transaction", "error", "CREATE INDEX CONCURRENTLY IF NOT EXISTS i ON t (a);\nSELECT 1;\n", "CREATE INDEX CONCURRENTLY IF NOT EXISTS i ON t (a);\n"),
+    ("not-idempotent", "warning", "CREATE TABLE u (id int);\n", "CREATE TABLE IF NOT EXISTS u (id int);\n"),
+    (
+        "unguarded-constraint",
+        "warning",
+        "ALTER TABLE t ADD CONSTRAINT t_a_check CHECK (a > 0);\n",
+        "DO $$ BEGIN\n  IF NOT EXISTS (SELECT FROM pg_constraint WHERE conname = 't_a_check') THEN\n    ALTER TABLE t ADD CONSTRAINT t_a_check CHECK (a > 0);\n  END IF;\nEND $$;\n",
+    ),
+    ("volatile-default", "warning", "ALTER TABLE t ADD COLUMN IF NOT EXISTS r float8 DEFAULT random();\n", "ALTER TABLE t ADD COLUMN IF NOT EXISTS r float8 DEFAULT 0;\n"),
+    ("column-type-change", "warning", "ALTER TABLE t ALTER COLUMN a TYPE bigint;\n", "ALTER TABLE t ALTER COLUMN a SET DEFAULT 0;\n"),
+    ("set-not-null", "warning", "ALTER TABLE t ALTER COLUMN a SET NOT NULL;\n", "CREATE TABLE IF NOT EXISTS n (x int);\nALTER TABLE n ALTER COLUMN x SET NOT NULL;\n"),
+    (
+        "fk-not-valid",
+        "warning",
+        "ALTER TABLE t ADD CONSTRAINT t_fk FOREIGN KEY (a) REFERENCES t (id); -- pgmedic: allow unguarded-constraint\n",
+        "ALTER TABLE t ADD CONSTRAINT t_fk FOREIGN KEY (a) REFERENCES t (id) NOT VALID; -- pgmedic: allow unguarded-constraint\n",
+    ),
+];
+
+#[test]
+fn each_rule_trips_on_its_case_and_not_on_the_fixed_one() {
+    let ids: Vec<&str> = CASES.iter().map(|c| c.0).collect();
+    for (rule, severity, bad, good) in CASES {
+        let (code, found) = lint_dir(bad);
+        let hit = found
+            .iter()
+            .find(|f| f["rule"] == *rule)
+            .unwrap_or_else(|| panic!("{rule} on {bad:?}: {found:#?}"));
+        assert_eq!(hit["severity"], *severity, "{hit}");
+        assert!(
+            hit["file"].as_str().unwrap().ends_with("0002_change/migration.sql")
+                && hit["line"].as_u64() >= Some(1),
+            "{hit}"
+        );
+        assert_eq!(code, if *severity == "error" { 1 } else { 0 }, "{rule}: {found:#?}");
+        let (code, found) = lint_dir(good);
+        let rules = rules_of(&found);
+        assert!(!rules.contains(&rule.to_string()), "{rule} on the fixed {good:?}: {found:#?}");
+        assert!(rules.iter().all(|r| ids.contains(&r.as_str())), "{rules:?}");
+        assert_eq!(code, 0, "{rule}: {found:#?}");
+    }
+}
+
+#[test]
+fn a_comment_silences_one_rule_on_its_statement() {
+    let (_, found) =
+        lint_dir("-- pgmedic: allow not-idempotent\nCREATE TABLE u (id int);\nCREATE TABLE v (id int);\n");
+    let lines: Vec<u64> =
+        found.iter().filter(|f| f["rule"] == "not-idempotent").map(|f| f["line"].as_u64().unwrap()).collect();
+    assert_eq!(lines, [3], "only the unsilenced statement: {found:#?}");
+}
+
+#[test]
+fn the_fixtures_users_reference_is_an_error_against_the_database_before_the_failure() {
+    let db = prisma::p3009();
+    db.sql(&format!(
+        r#"DROP TABLE "PluginCredential"; DELETE FROM _prisma_migrations WHERE migration_name = '{FAILED}'"#
+    ));
+    let pgm = migrate::config(&db, &prisma::fixture("migrations"), "");
+    let run = pgm.run(&["lint", "--db", "app", "--json"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let found = run.json()["findings"].as_array().unwrap().clone();
+    let errors: Vec<&serde_json::Value> = found.iter().filter(|f| f["severity"] == "error").collect();
+    assert_eq!(errors.len(), 1, "{found:#?}");
+    assert_eq!(errors[0]["rule"], "unknown-relation");
+    assert_eq!(errors[0]["line"], 10);
+    assert!(errors[0]["file"].as_str().unwrap().ends_with(&format!("{FAILED}/migration.sql")), "{found:#?}");
+    assert!(
+        errors[0]["message"].as_str().unwrap().contains("relation \"Users\" exists neither in the database"),
+        "{found:#?}"
+    );
+    assert!(
+        found.iter().all(|f| !f["file"].as_str().unwrap().contains("20250101000000_init")),
+        "applied migrations are not linted: {found:#?}"
+    );
+
+    let gh = pgm.run(&["lint", "--db", "app", "--format", "github"]);
+    assert_eq!(gh.code, 1);
+    let line =
+        gh.stdout.lines().find(|l| l.starts_with("::error ")).unwrap_or_else(|| panic!("{}", gh.stdout));
+    assert!(line.contains(",line=10,title=pgmedic unknown-relation::relation \"Users\""), "{line}");
+}
+
+#[test]
+fn against_a_database_lock_warnings_carry_the_live_size_and_a_validated_check_proves_not_null() {
+    let db = TestDb::new("lintsize");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY, a int, b text); INSERT INTO t SELECT g, g, 'x' FROM generate_series(1, 1000) g; \
+            ALTER TABLE t ADD CONSTRAINT t_b_not_null CHECK (b IS NOT NULL); ANALYZE t");
+    let dir = tempfile::tempdir().unwrap();
+    migrate::write_migration(dir.path(), "0002_change", "ALTER TABLE t ALTER COLUMN a TYPE bigint;\nALTER TABLE t ALTER COLUMN b SET NOT NULL;\nALTER TABLE t ALTER COLUMN a SET NOT NULL;\n");
+    let pgm = migrate::config(&db, dir.path(), "");
+    let run = pgm.run(&["lint", "--db", "app", "--json"]);
+    assert_eq!(run.code, 0, "warnings only: {}", run.stderr);
+    let found = run.json()["findings"].as_array().unwrap().clone();
+    let change = found.iter().find(|f| f["rule"] == "column-type-change").unwrap();
+    let message = change["message"].as_str().unwrap();
+    assert!(message.contains("(table \"t\": ") && message.ends_with(", ~1000 rows)"), "{message}");
+    let not_null: Vec<u64> =
+        found.iter().filter(|f| f["rule"] == "set-not-null").map(|f| f["line"].as_u64().unwrap()).collect();
+    assert_eq!(not_null, [3], "b is proven by its validated CHECK, a is not: {found:#?}");
+    assert!(Path::new(&dir.path().join("0002_change/migration.sql")).exists());
+}
