@@ -18,6 +18,7 @@ pub mod lint;
 pub mod pg;
 pub mod process;
 pub mod redact;
+pub mod rehearse;
 pub mod repair;
 pub mod restore;
 pub mod snapshot;

@@ -52,6 +52,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Verify { snapshot_id, deep, json } => cmd_verify(&cfg, &snapshot_id, deep, json).await,
         Command::Migrations { db, json } => super::repair::migrations(&cfg, db.as_deref(), json).await,
+        Command::Rehearse { db, snapshot, fresh, keep, json, command } => {
+            let opts = crate::rehearse::Options { snapshot, fresh, keep, command };
+            cmd_rehearse(&cfg, db.as_deref(), &opts, json).await
+        }
         Command::Lint { db, dir, json, format } => {
             let db = db.as_deref().unwrap_or_default();
             super::lint::lint_db(&cfg, db, dir, json, format).await
@@ -277,6 +281,37 @@ async fn cmd_prune(cfg: &Config, db: Option<&str>, dry_run: bool, json: bool) ->
         println!("{gone} snapshot(s) to delete (dry run), {kept} kept");
     } else {
         println!("{gone} snapshot(s) deleted, {kept} kept");
+    }
+    Ok(())
+}
+
+/// One database: `--db`, or the only one configured.
+fn one_database<'a>(cfg: &'a Config, db: Option<&str>) -> Result<&'a DatabaseConfig, UsageError> {
+    match (db, cfg.databases.as_slice()) {
+        (Some(n), _) => database(cfg, n),
+        (None, [only]) => Ok(only),
+        (None, _) => Err(UsageError("several databases are configured: name one with --db".into())),
+    }
+}
+
+async fn cmd_rehearse(
+    cfg: &Arc<Config>,
+    db: Option<&str>,
+    opts: &crate::rehearse::Options,
+    json: bool,
+) -> anyhow::Result<()> {
+    let d = one_database(cfg, db)?;
+    let rehearser = crate::rehearse::Rehearser { config: Arc::clone(cfg), storage: open_storage(cfg).await? };
+    let cancel = CancellationToken::new();
+    crate::daemon::signals::cancel_on_terminate(cancel.clone());
+    let report = rehearser.rehearse(d, opts, &cancel).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.text());
+    }
+    if !report.ok {
+        anyhow::bail!("the rehearsed deploy of {} failed (see above)", d.name);
     }
     Ok(())
 }

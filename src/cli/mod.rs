@@ -118,6 +118,26 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Restore a snapshot into a scratch database, run the deploy against it, report, drop it;
+    /// exit 0 when the deploy succeeded, 1 when it failed.
+    Rehearse {
+        #[arg(long)]
+        db: Option<String>,
+        /// Rehearse on this snapshot (any age) instead of the newest.
+        #[arg(long, conflicts_with = "fresh")]
+        snapshot: Option<String>,
+        /// Take a new snapshot first.
+        #[arg(long)]
+        fresh: bool,
+        /// Keep the scratch database afterwards (its name is printed).
+        #[arg(long)]
+        keep: bool,
+        #[arg(long)]
+        json: bool,
+        /// The deploy command (argv, no shell); `databases.migrations.rehearse_command` when absent.
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
     /// Check migration files before they run: every one under --dir, or the pending ones of
     /// --db against its live schema; exit 1 when a finding is an error.
     Lint {
@@ -245,6 +265,9 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
             || cause
                 .downcast_ref::<crate::repair::RepairError>()
                 .is_some_and(crate::repair::RepairError::is_refusal)
+            || cause
+                .downcast_ref::<crate::rehearse::RehearseError>()
+                .is_some_and(crate::rehearse::RehearseError::is_refusal)
         {
             return 3;
         }

@@ -48,6 +48,17 @@ pub struct Config {
     pub repair: RepairConfig,
     pub playbooks: Vec<Playbook>,
     pub notify: Vec<String>,
+    pub rehearse: RehearseConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct RehearseConfig {
+    /// The server for scratch databases; each database's own server when absent.
+    pub target: Option<DbUrl>,
+    /// The newest snapshot may be at most this old unless one is named or `--fresh` is given.
+    pub max_age: Duration,
+    /// The deploy command is killed (its whole process group) after this long.
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -120,6 +131,8 @@ pub struct MigrationsConfig {
     pub dir: Option<PathBuf>,
     pub watch_interval: Duration,
     pub on_failure: OnFailure,
+    /// The deploy `rehearse` runs against a scratch copy (argv, no shell).
+    pub rehearse_command: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,6 +183,7 @@ impl DatabaseConfig {
             dir: None,
             watch_interval: Duration::from_secs(30),
             on_failure: OnFailure::Notify,
+            rehearse_command: Vec::new(),
         })
     }
 }

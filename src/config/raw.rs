@@ -20,6 +20,17 @@ pub struct RawConfig {
     pub playbooks: Vec<RawPlaybook>,
     #[serde(default)]
     pub notify: Vec<RawNotify>,
+    #[serde(default)]
+    pub rehearse: RawRehearse,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRehearse {
+    /// A server for scratch databases (a URL); the database's own server when absent.
+    pub target: Option<String>,
+    pub max_age: Option<String>,
+    pub timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -95,6 +106,7 @@ pub struct RawMigrations {
     pub dir: Option<String>,
     pub watch_interval: Option<String>,
     pub on_failure: Option<String>,
+    pub rehearse_command: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]

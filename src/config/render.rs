@@ -75,12 +75,22 @@ pub fn render(cfg: &Config) -> String {
                 humantime::format_duration(m.watch_interval).to_string(),
                 format!("{:?}", m.on_failure).to_lowercase()
             );
+            if !m.rehearse_command.is_empty() {
+                let argv: Vec<String> = m.rehearse_command.iter().map(|a| crate::redact::redact(a)).collect();
+                out += &format!("rehearse_command = {argv:?}\n");
+            }
         }
     }
     out += &format!(
         "\n[repair]\nstatement_timeout = {:?}\nlock_wait = {:?}\n",
         humantime::format_duration(cfg.repair.statement_timeout).to_string(),
         humantime::format_duration(cfg.repair.lock_wait).to_string()
+    );
+    out += &format!(
+        "\n[rehearse]\n{}max_age = {:?}\ntimeout = {:?}\n",
+        cfg.rehearse.target.as_ref().map(|t| format!("target = {:?}\n", t.redacted())).unwrap_or_default(),
+        humantime::format_duration(cfg.rehearse.max_age).to_string(),
+        humantime::format_duration(cfg.rehearse.timeout).to_string()
     );
     for p in &cfg.playbooks {
         out += &render_playbook(p);

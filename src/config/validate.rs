@@ -79,7 +79,33 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         .enumerate()
         .map(|(i, p)| super::playbook::playbook(i, p, &names).map_err(|(k, m)| ctx.err(k, m)))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Config { source: path.to_path_buf(), daemon, storage, snapshot, databases, repair, playbooks, notify })
+    let rehearse = rehearse(&ctx, raw.rehearse)?;
+    Ok(Config {
+        source: path.to_path_buf(),
+        daemon,
+        storage,
+        snapshot,
+        databases,
+        repair,
+        playbooks,
+        notify,
+        rehearse,
+    })
+}
+
+fn rehearse(ctx: &Ctx, raw: super::raw::RawRehearse) -> Result<super::RehearseConfig, ConfigError> {
+    let target =
+        match raw.target {
+            None => None,
+            Some(t) => Some(t.parse::<super::DbUrl>().map_err(|e| {
+                ctx.err("rehearse.target", format!("not a PostgreSQL connection string: {e}"))
+            })?),
+        };
+    Ok(super::RehearseConfig {
+        target,
+        max_age: ctx.duration("rehearse.max_age", raw.max_age.as_deref(), Duration::from_secs(24 * 3600))?,
+        timeout: ctx.duration("rehearse.timeout", raw.timeout.as_deref(), Duration::from_secs(1800))?,
+    })
 }
 
 fn snapshot(ctx: &Ctx, raw: RawSnapshot) -> Result<SnapshotConfig, ConfigError> {
@@ -224,6 +250,15 @@ fn migrations(ctx: &Ctx, i: usize, raw: RawMigrations) -> Result<MigrationsConfi
         )?,
         on_failure,
         tool,
+        rehearse_command: match raw.rehearse_command {
+            Some(argv) if argv.first().is_none_or(|p| p.is_empty()) => {
+                return Err(ctx.err(
+                    key("rehearse_command"),
+                    "needs a program: rehearse_command = [\"npx\", \"prisma\", \"migrate\", \"deploy\"]",
+                ));
+            }
+            argv => argv.unwrap_or_default(),
+        },
     })
 }
 

@@ -34,6 +34,16 @@ pub enum Request {
         #[serde(default)]
         dry_run: bool,
     },
+    /// Rehearse the configured `rehearse_command` on a scratch copy (never an arbitrary
+    /// command: socket peers run only what the configuration names).
+    Rehearse {
+        #[serde(default)]
+        db: Option<String>,
+        #[serde(default)]
+        snapshot: Option<String>,
+        #[serde(default)]
+        fresh: bool,
+    },
 }
 
 fn yes() -> bool {

@@ -32,6 +32,7 @@ impl Handler for Api {
             }
             Request::Snapshot { db, reason, wait } => self.snapshot(db, reason, wait, uid).await,
             Request::Repair { db, playbook, dry_run } => self.repair(db, playbook, dry_run, uid).await,
+            Request::Rehearse { db, snapshot, fresh } => self.rehearse(db, snapshot, fresh).await,
             Request::Reload => {
                 let (tx, rx) = oneshot::channel();
                 if self.main.send(MainEvent::Reload(tx)).await.is_err() {
@@ -54,6 +55,33 @@ impl Handler for Api {
 }
 
 impl Api {
+    /// Runs on the daemon's tracker; the drain cancels it (its scratch database is dropped).
+    async fn rehearse(&self, db: Option<String>, snapshot: Option<String>, fresh: bool) -> Value {
+        let rt = self.shared.current();
+        let cfg = rt.config.clone();
+        let d = match (db, cfg.databases.as_slice()) {
+            (Some(d), _) => match cfg.database(&d) {
+                Some(d) => d.clone(),
+                None => {
+                    return err(code::UNKNOWN_DATABASE, format!("database `{d}` is not in the configuration"))
+                }
+            },
+            (None, [only]) => only.clone(),
+            (None, _) => {
+                return err(code::BAD_REQUEST, "several databases are configured: name one with \"db\"")
+            }
+        };
+        let rehearser = crate::rehearse::Rehearser { config: cfg, storage: rt.snapshotter.storage.clone() };
+        let opts = crate::rehearse::Options { snapshot, fresh, keep: false, command: Vec::new() };
+        let cancel = self.shared.draining.clone();
+        let run = self.shared.tasks.spawn(async move { rehearser.rehearse(&d, &opts, &cancel).await });
+        match run.await {
+            Ok(Ok(report)) => ok(json!({ "rehearsal": report })),
+            Ok(Err(e)) => err(code::FAILED, e.to_string()),
+            Err(e) => err(code::FAILED, format!("the rehearsal task failed: {e}")),
+        }
+    }
+
     async fn repair(&self, db: Option<String>, playbook: Option<String>, dry_run: bool, uid: u32) -> Value {
         let cfg = self.shared.current().config.clone();
         let names: Vec<String> = match db {

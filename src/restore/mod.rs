@@ -113,8 +113,21 @@ impl Restorer {
         progress: &Progress,
         cancel: &CancellationToken,
     ) -> Result<RestoreReport, RestoreError> {
-        let started = Instant::now();
         let url = self.resolve_target(m, &opts.target)?;
+        self.restore_into(m, &url, opts, progress, cancel).await
+    }
+
+    /// Restores `m` into `url` (`opts.target` is not read).
+    pub async fn restore_into(
+        &self,
+        m: &Manifest,
+        url: &DbUrl,
+        opts: &RestoreOptions,
+        progress: &Progress,
+        cancel: &CancellationToken,
+    ) -> Result<RestoreReport, RestoreError> {
+        let started = Instant::now();
+        let url = url.clone();
         let created = self.prepare_target(&url, opts).await?;
         let work = async {
             if opts.jobs <= 1 {

@@ -6,6 +6,7 @@
 mod daemon;
 pub mod migrate;
 pub mod prisma;
+pub mod prisma_cli;
 pub mod proxy;
 mod s3;
 #[allow(unused_imports)]

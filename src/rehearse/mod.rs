@@ -1,0 +1,338 @@
+//! A deploy rehearsed on a fresh copy: the newest snapshot (or the one named, or a new one)
+//! restored into a scratch database on the same server (or `rehearse.target`), the deploy
+//! command run against it, the migrations table read before and after, the failed migration
+//! diagnosed there, and the scratch database dropped — also on timeout and cancel, and at the
+//! next rehearsal when a killed one left it. The source database is only ever read.
+
+mod deploy;
+mod scratch;
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, DatabaseConfig};
+use crate::diagnose::{self, Report as Diagnosis};
+use crate::pg::{self, PgTools};
+use crate::restore::{Progress, RestoreOptions, Restorer};
+use crate::snapshot::{self, Manifest, Request, Snapshotter};
+use crate::sql::Baseline;
+use crate::storage::Storage;
+use crate::watch::{self, Migration, Status, TableState};
+
+pub use deploy::LockSeen;
+pub use scratch::PREFIX as SCRATCH_PREFIX;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RehearseError {
+    #[error("rehearse of {database} refused: {why}")]
+    Refused { database: String, why: String },
+    #[error("rehearse of {database} failed: {why}")]
+    Failed { database: String, why: String },
+    #[error("rehearse of {database} was cancelled; its scratch database {scratch} was dropped")]
+    Cancelled { database: String, scratch: String },
+}
+
+impl RehearseError {
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, RehearseError::Refused { .. })
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub snapshot: Option<String>,
+    pub fresh: bool,
+    pub keep: bool,
+    /// The deploy command; the database's `rehearse_command` when empty.
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Applied {
+    pub name: String,
+    pub duration_s: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub ok: bool,
+    pub database: String,
+    pub exit_code: Option<i32>,
+    pub timed_out: bool,
+    pub snapshot_id: String,
+    pub scratch_database: String,
+    pub dropped: bool,
+    pub command: Vec<String>,
+    pub migrations_before: Vec<Migration>,
+    pub migrations_after: Vec<Migration>,
+    /// Migration folders not applied before the deploy (with `migrations.dir`).
+    pub pending: Vec<String>,
+    pub applied: Vec<Applied>,
+    pub failed: Vec<String>,
+    pub duration_s: f64,
+    pub output: String,
+    pub locks: Vec<LockSeen>,
+    pub diagnosis: Vec<Diagnosis>,
+}
+
+pub struct Rehearser {
+    pub config: Arc<Config>,
+    pub storage: Arc<dyn Storage>,
+}
+
+fn rows(state: TableState) -> Vec<Migration> {
+    match state {
+        TableState::Rows { migrations } => migrations,
+        _ => Vec::new(),
+    }
+}
+
+impl Rehearser {
+    fn tools(&self) -> PgTools {
+        PgTools::new(self.config.snapshot.pg_bin_dir.clone())
+    }
+
+    pub async fn rehearse(
+        &self,
+        db: &DatabaseConfig,
+        opts: &Options,
+        cancel: &CancellationToken,
+    ) -> Result<Report, RehearseError> {
+        let fail = |why: String| RehearseError::Failed { database: db.name.clone(), why };
+        let mig = db.migrations_or_default();
+        let command =
+            if opts.command.is_empty() { mig.rehearse_command.clone() } else { opts.command.clone() };
+        if command.is_empty() {
+            return Err(RehearseError::Refused {
+                database: db.name.clone(),
+                why: "no deploy command: give one after `--`, or set databases.migrations.rehearse_command"
+                    .into(),
+            });
+        }
+        let server = self.config.rehearse.target.clone().unwrap_or_else(|| db.url.clone());
+        let stale = self.config.rehearse.timeout * 2;
+        scratch::sweep(&server, stale)
+            .await
+            .map_err(|e| fail(format!("cannot clear old scratch databases: {e}")))?;
+        let m = self.snapshot(db, opts, cancel).await?;
+        let scratch = scratch::Scratch::create(&server).await.map_err(|e| fail(e.to_string()))?;
+        let result = self.on_scratch(db, &m, &scratch, &command, cancel).await;
+        let dropped = if opts.keep && !cancel.is_cancelled() {
+            false
+        } else {
+            match scratch.drop().await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(database = %scratch.name(), error = %e, "could not drop the scratch database; the next rehearsal will");
+                    false
+                }
+            }
+        };
+        if cancel.is_cancelled() {
+            return Err(RehearseError::Cancelled {
+                database: db.name.clone(),
+                scratch: scratch.name().to_string(),
+            });
+        }
+        let mut report = result.map_err(fail)?;
+        report.dropped = dropped;
+        Ok(report)
+    }
+
+    /// The snapshot to rehearse on: named, new (`--fresh`), or the newest if fresh enough.
+    async fn snapshot(
+        &self,
+        db: &DatabaseConfig,
+        opts: &Options,
+        cancel: &CancellationToken,
+    ) -> Result<Manifest, RehearseError> {
+        let refuse = |why: String| RehearseError::Refused { database: db.name.clone(), why };
+        if let Some(id) = &opts.snapshot {
+            let m = snapshot::find(&self.storage, id).await.map_err(|e| refuse(e.to_string()))?;
+            if m.database != db.name {
+                return Err(refuse(format!("snapshot {id} is of `{}`, not `{}`", m.database, db.name)));
+            }
+            return Ok(m);
+        }
+        if opts.fresh {
+            let snapshotter = Snapshotter {
+                storage: Arc::clone(&self.storage),
+                tools: self.tools(),
+                cfg: self.config.snapshot.clone(),
+            };
+            let req = Request { reason: "rehearse".into(), trigger: "rehearse".into() };
+            return snapshotter
+                .take(db, &req, cancel)
+                .await
+                .map_err(|e| refuse(format!("the fresh snapshot failed: {e}")));
+        }
+        let all = snapshot::list(&self.storage, Some(&db.name)).await.map_err(|e| refuse(e.to_string()))?;
+        let m = all
+            .into_iter()
+            .last()
+            .ok_or_else(|| refuse(format!("{} has no snapshot yet: --fresh takes one", db.name)))?;
+        let age = Utc::now() - m.taken_at;
+        let max = self.config.rehearse.max_age;
+        if age.to_std().unwrap_or_default() > max {
+            return Err(refuse(format!(
+                "its newest snapshot {} is {} old, over rehearse.max_age ({}): --fresh takes a new one, --snapshot {} uses it anyway",
+                m.id,
+                humantime::format_duration(std::time::Duration::from_secs(age.num_seconds().max(0) as u64)),
+                humantime::format_duration(max),
+                m.id
+            )));
+        }
+        Ok(m)
+    }
+
+    async fn on_scratch(
+        &self,
+        db: &DatabaseConfig,
+        m: &Manifest,
+        scratch: &scratch::Scratch,
+        command: &[String],
+        cancel: &CancellationToken,
+    ) -> Result<Report, String> {
+        let restorer = Restorer {
+            storage: Arc::clone(&self.storage),
+            tools: self.tools(),
+            config: Arc::clone(&self.config),
+        };
+        let opts = RestoreOptions {
+            target: scratch.name().to_string(),
+            create: false,
+            clean: false,
+            jobs: 1,
+            no_owner: false,
+        };
+        let progress = Progress::hidden();
+        restorer.restore_into(m, &scratch.url, &opts, &progress, cancel).await.map_err(|e| e.to_string())?;
+        let mig = db.migrations_or_default();
+        let dialect = watch::dialect(&mig);
+        let session = pg::connect(&scratch.url).await.map_err(|e| e.to_string())?;
+        let before = rows(watch::read(&session, dialect.as_ref()).await.map_err(|e| e.to_string())?);
+        let ran = deploy::run(command, &scratch.url, self.config.rehearse.timeout, cancel).await?;
+        let after = rows(watch::read(&session, dialect.as_ref()).await.map_err(|e| e.to_string())?);
+        let applied = applied_now(&before, &after);
+        let failed: Vec<&Migration> = after.iter().filter(|m| m.status.needs_repair()).collect();
+        let on_scratch = DatabaseConfig { url: scratch.url.clone(), schedule: None, ..db.clone() };
+        let mut diagnosis = Vec::new();
+        if !failed.is_empty() {
+            let snapshotter = Snapshotter {
+                storage: Arc::clone(&self.storage),
+                tools: self.tools(),
+                cfg: self.config.snapshot.clone(),
+            };
+            let now = snapshotter
+                .schema_now(&on_scratch, cancel)
+                .await
+                .map(|t| Baseline::parse(&t))
+                .map_err(|e| e.to_string());
+            for f in &failed {
+                let a = diagnose::analyse(session.client(), &on_scratch, &mig, &self.storage, f)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                diagnosis.push(
+                    diagnose::report(&a, session.client(), &mig.schema, now.as_ref().map_err(Clone::clone))
+                        .await,
+                );
+            }
+        }
+        Ok(Report {
+            ok: ran.exit_code == Some(0) && failed.is_empty(),
+            database: db.name.clone(),
+            exit_code: ran.exit_code,
+            timed_out: ran.timed_out,
+            snapshot_id: m.id.clone(),
+            scratch_database: scratch.name().to_string(),
+            dropped: false,
+            command: command.iter().map(|a| crate::redact::redact(a)).collect(),
+            pending: pending(&mig, &before),
+            failed: failed.iter().map(|m| m.name.clone()).collect(),
+            applied,
+            migrations_before: before,
+            migrations_after: after,
+            duration_s: ran.seconds,
+            output: crate::redact::redact(&ran.output),
+            locks: ran.locks,
+            diagnosis,
+        })
+    }
+}
+
+/// Rows applied by this deploy, with how long each took.
+fn applied_now(before: &[Migration], after: &[Migration]) -> Vec<Applied> {
+    after
+        .iter()
+        .filter(|m| {
+            m.status == Status::Applied && !before.iter().any(|b| b.id == m.id && b.status == Status::Applied)
+        })
+        .map(|m| Applied {
+            name: m.name.clone(),
+            duration_s: m
+                .started_at
+                .zip(m.finished_at)
+                .map(|(s, f)| (f - s).num_milliseconds() as f64 / 1000.0),
+        })
+        .collect()
+}
+
+/// Folders of `migrations.dir` that the table did not show applied before the deploy.
+fn pending(mig: &crate::config::MigrationsConfig, before: &[Migration]) -> Vec<String> {
+    let Some(dir) = &mig.dir else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut names: Vec<String> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.path().join("migration.sql").is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !before.iter().any(|m| &m.name == n && m.status == Status::Applied))
+        .collect();
+    names.sort();
+    names
+}
+
+impl Report {
+    pub fn text(&self) -> String {
+        let mut o = format!(
+            "rehearsal of {} on snapshot {} in {}{}: {}\n",
+            self.database,
+            self.snapshot_id,
+            self.scratch_database,
+            if self.dropped { " (dropped)" } else { " (kept)" },
+            if self.ok { "the deploy succeeded" } else { "the deploy FAILED" }
+        );
+        let code = self.exit_code.map(|c| c.to_string()).unwrap_or_else(|| {
+            if self.timed_out {
+                "killed at the timeout".into()
+            } else {
+                "killed".into()
+            }
+        });
+        o += &format!("command: {} → exit {code} after {:.1}s\n", self.command.join(" "), self.duration_s);
+        o += &format!(
+            "pending before: {}\n",
+            if self.pending.is_empty() { "-".into() } else { self.pending.join(", ") }
+        );
+        for a in &self.applied {
+            o += &format!(
+                "applied: {} in {}\n",
+                a.name,
+                a.duration_s.map(|d| format!("{d:.3}s")).unwrap_or_else(|| "?".into())
+            );
+        }
+        for f in &self.failed {
+            o += &format!("failed: {f}\n");
+        }
+        for l in &self.locks {
+            o += &format!("lock: {} {} ({} bytes) held ~{:.1}s\n", l.table, l.mode, l.table_bytes, l.held_s);
+        }
+        o += &format!("output:\n{}\n", self.output.trim_end());
+        for d in &self.diagnosis {
+            o += &format!("\n{}", d.text());
+        }
+        o
+    }
+}
