@@ -41,7 +41,8 @@ pub async fn diagnose(
     for d in targets(cfg, db)? {
         let mig = d.migrations_or_default();
         let session = pg::connect(&d.url).await?;
-        let state = watch::read(&session, watch::dialect(&mig).as_ref()).await?;
+        let dialect = watch::dialect(&mig);
+        let state = watch::read(&session, dialect.as_ref()).await?;
         let todo = chosen(&state, migration);
         if todo.is_empty() {
             continue;
@@ -49,7 +50,7 @@ pub async fn diagnose(
         let now =
             snapshotter.schema_now(d, &cancel).await.map(|t| Baseline::parse(&t)).map_err(|e| e.to_string());
         for m in &todo {
-            let a = diagnose::analyse(session.client(), d, &mig, &storage, m).await?;
+            let a = diagnose::analyse(session.client(), d, &mig, dialect.as_ref(), &storage, m).await?;
             reports.push(
                 diagnose::report(&a, session.client(), &mig.schema, now.as_ref().map_err(Clone::clone)).await,
             );

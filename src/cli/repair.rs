@@ -25,11 +25,21 @@ pub async fn migrations(cfg: &Config, db: Option<&str>, json: bool) -> anyhow::R
     for d in targets(cfg, db)? {
         let mig = d.migrations_or_default();
         let session = pg::connect(&d.url).await?;
-        let state = watch::read(&session, watch::dialect(&mig).as_ref()).await?;
+        let dialect = watch::dialect(&mig);
+        let state = watch::read(&session, dialect.as_ref()).await?;
+        // `auto` says what it found.
+        let tool = match (mig.tool.as_str(), dialect.tool()) {
+            ("auto", "auto") => "auto (no migrations table found)".to_string(),
+            ("auto", found) => format!("{found} (detected)"),
+            (_, t) => t.to_string(),
+        };
         if !json {
-            print_state(&d.name, &mig.table, &state);
+            println!("{}: {tool}, table {}", d.name, dialect.qualified());
+            print_state(&d.name, dialect.table(), &state);
         }
-        all.insert(d.name.clone(), serde_json::to_value(&state)?);
+        let mut value = serde_json::to_value(&state)?;
+        value["tool"] = tool.into();
+        all.insert(d.name.clone(), value);
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&all)?);
@@ -52,15 +62,22 @@ fn print_state(db: &str, table_name: &str, state: &TableState) {
                 };
                 rows.push(vec![
                     m.name.clone(),
-                    format!("{:?}", m.status).to_lowercase(),
+                    serde_json::to_value(m.status)
+                        .ok()
+                        .and_then(|v| v.as_str().map(String::from))
+                        .unwrap_or_default(),
                     t(m.started_at),
                     t(m.finished_at),
                 ]);
             }
             print!("{}", table(&rows));
             for m in state.needing_repair() {
+                let status = serde_json::to_value(m.status)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default();
                 println!(
-                    "\n{} failed:\n  {}",
+                    "\n{} {status}:\n  {}",
                     m.name,
                     m.logs
                         .as_deref()

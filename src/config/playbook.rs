@@ -31,6 +31,9 @@ pub enum ResolveAs {
     Applied,
     #[serde(rename = "rolled-back")]
     RolledBack,
+    /// Applied when diagnose finds every statement applied, rolled back when none is.
+    #[serde(rename = "from-diagnosis")]
+    FromDiagnosis,
 }
 
 #[derive(Clone)]
@@ -62,6 +65,10 @@ pub enum Step {
         allow_data_loss: bool,
         timeout: Option<Duration>,
     },
+    /// The tool's own lock release (knex, Liquibase), only with no live migrator.
+    ReleaseLock,
+    /// The stored checksums realigned with the files (sqlx, Liquibase, Flyway).
+    AcceptChecksums,
 }
 
 /// Env values and SQL may hold secrets: Debug shows names and redacted text only.
@@ -79,6 +86,8 @@ impl std::fmt::Debug for Step {
             Step::AssertSql { sql } => write!(f, "AssertSql({:?})", redact(sql)),
             Step::Finish { .. } => write!(f, "Finish"),
             Step::Undo { allow_data_loss, .. } => write!(f, "Undo(allow_data_loss={allow_data_loss})"),
+            Step::ReleaseLock => write!(f, "ReleaseLock"),
+            Step::AcceptChecksums => write!(f, "AcceptChecksums"),
         }
     }
 }
@@ -155,23 +164,14 @@ fn step(raw: RawStep) -> Result<Step, String> {
         raw.assert_sql.is_some(),
         raw.finish.is_some(),
         raw.undo.is_some(),
+        raw.release_lock.is_some(),
+        raw.accept_checksums.is_some(),
     ];
     if kinds.iter().filter(|k| **k).count() != 1 {
-        return Err(
-            "a step is exactly one of sql, sql_file, resolve, command, assert_sql, finish or undo".into()
-        );
+        return Err("a step is exactly one of sql, sql_file, resolve, command, assert_sql, finish, undo, release_lock or accept_checksums".into());
     }
-    if raw.finish == Some(false) || raw.undo == Some(false) {
-        return Err("finish and undo steps are written `finish = true` / `undo = true`".into());
-    }
-    if raw.allow_data_loss.is_some() && raw.undo.is_none() {
-        return Err("allow_data_loss belongs to undo steps".into());
-    }
-    if raw.finish.is_some() {
-        return Ok(Step::Finish { timeout });
-    }
-    if raw.undo.is_some() {
-        return Ok(Step::Undo { allow_data_loss: raw.allow_data_loss.unwrap_or(false), timeout });
+    if let Some(flagged) = flag_step(&raw, timeout)? {
+        return Ok(flagged);
     }
     if raw.command.is_none() && (raw.cwd.is_some() || raw.env.is_some()) {
         return Err("cwd and env belong to command steps".into());
@@ -186,7 +186,10 @@ fn step(raw: RawStep) -> Result<Step, String> {
         return match r.as_str() {
             "applied" => Ok(Step::Resolve(ResolveAs::Applied)),
             "rolled-back" => Ok(Step::Resolve(ResolveAs::RolledBack)),
-            other => Err(format!("resolve = `{other}` is not \"applied\" or \"rolled-back\"")),
+            "from-diagnosis" => Ok(Step::Resolve(ResolveAs::FromDiagnosis)),
+            other => {
+                Err(format!("resolve = `{other}` is not \"applied\", \"rolled-back\" or \"from-diagnosis\""))
+            }
         };
     }
     if let Some(argv) = raw.command {
@@ -197,6 +200,29 @@ fn step(raw: RawStep) -> Result<Step, String> {
         return Ok(Step::Command { argv, cwd, env, timeout: timeout.unwrap_or(DEFAULT_COMMAND_TIMEOUT) });
     }
     Ok(Step::AssertSql { sql: raw.assert_sql.unwrap_or_default() })
+}
+
+/// The steps written `<kind> = true`.
+fn flag_step(raw: &RawStep, timeout: Option<Duration>) -> Result<Option<Step>, String> {
+    if [raw.finish, raw.undo, raw.release_lock, raw.accept_checksums].contains(&Some(false)) {
+        return Err(
+            "finish, undo, release_lock and accept_checksums steps are written `<kind> = true`".into()
+        );
+    }
+    if raw.allow_data_loss.is_some() && raw.undo.is_none() {
+        return Err("allow_data_loss belongs to undo steps".into());
+    }
+    Ok(if raw.finish.is_some() {
+        Some(Step::Finish { timeout })
+    } else if raw.undo.is_some() {
+        Some(Step::Undo { allow_data_loss: raw.allow_data_loss.unwrap_or(false), timeout })
+    } else if raw.release_lock.is_some() {
+        Some(Step::ReleaseLock)
+    } else if raw.accept_checksums.is_some() {
+        Some(Step::AcceptChecksums)
+    } else {
+        None
+    })
 }
 
 /// `*` matches any run of characters, `?` any one.

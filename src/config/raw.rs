@@ -154,6 +154,8 @@ pub struct RawStep {
     pub finish: Option<bool>,
     pub undo: Option<bool>,
     pub allow_data_loss: Option<bool>,
+    pub release_lock: Option<bool>,
+    pub accept_checksums: Option<bool>,
     pub cwd: Option<String>,
     pub env: Option<std::collections::BTreeMap<String, String>>,
     pub timeout: Option<String>,

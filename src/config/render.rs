@@ -130,6 +130,8 @@ fn render_playbook(p: &super::Playbook) -> String {
             Step::Undo { allow_data_loss, .. } => {
                 format!("{{ undo = true, allow_data_loss = {allow_data_loss} }}")
             }
+            Step::ReleaseLock => "{ release_lock = true }".to_string(),
+            Step::AcceptChecksums => "{ accept_checksums = true }".to_string(),
         };
         out += &format!("  {line},\n");
     }

@@ -224,10 +224,20 @@ fn database(ctx: &Ctx, i: usize, raw: RawDatabase) -> Result<DatabaseConfig, Con
 fn migrations(ctx: &Ctx, i: usize, raw: RawMigrations) -> Result<MigrationsConfig, ConfigError> {
     let key = |k: &str| format!("databases[{i}].migrations.{k}");
     let tool = raw.tool.unwrap_or_else(|| "prisma".into());
+    // Each tool's default table (a leaf: the list lives here, the dialects in `watch`).
     let default_table = match tool.as_str() {
         "prisma" => "_prisma_migrations",
+        "golang-migrate" => "schema_migrations",
+        "knex" => "knex_migrations",
+        "liquibase" => "databasechangelog",
+        "sqlx" => "_sqlx_migrations",
+        "flyway" => "flyway_schema_history",
+        "auto" => "",
         other => {
-            return Err(ctx.err(key("tool"), format!("`{other}` is not supported (supported: \"prisma\")")));
+            return Err(ctx.err(
+                key("tool"),
+                format!("`{other}` is not supported (supported: \"prisma\", \"golang-migrate\", \"knex\", \"liquibase\", \"sqlx\", \"flyway\", \"auto\")"),
+            ));
         }
     };
     let on_failure = match raw.on_failure.as_deref().unwrap_or("notify") {

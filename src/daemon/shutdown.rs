@@ -94,7 +94,9 @@ pub fn repair_bound(cfg: &Config) -> Duration {
                 }
                 // Its check loads the baseline into a scratch database first.
                 Step::Undo { timeout, .. } => timeout.unwrap_or(statement) * 2,
-                Step::Resolve(_) | Step::AssertSql { .. } => statement,
+                Step::Resolve(_) | Step::AssertSql { .. } | Step::ReleaseLock | Step::AcceptChecksums => {
+                    statement
+                }
             })
             .sum()
     };

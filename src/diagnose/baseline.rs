@@ -9,12 +9,12 @@ use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
-use crate::config::{DatabaseConfig, MigrationsConfig};
+use crate::config::DatabaseConfig;
 use crate::pg::{self, PgTools, Pipes};
 use crate::snapshot::{self, Manifest};
 use crate::sql::{describe, Baseline};
 use crate::storage::{layout, Storage};
-use crate::watch::Migration;
+use crate::watch::{Dialect, Migration};
 
 pub struct BaselineSnapshot {
     pub id: String,
@@ -23,27 +23,22 @@ pub struct BaselineSnapshot {
     pub schema: Baseline,
 }
 
-/// Whether the manifest's rows show `name` applied or attempted (a row not rolled back).
-fn attempted(m: &Manifest, name: &str) -> bool {
-    let Some(rows) = &m.migrations else { return false };
-    rows.rows.iter().any(|r| {
-        r.get("migration_name").and_then(|v| v.as_str()) == Some(name)
-            && r.get("rolled_back_at").is_none_or(|v| v.is_null())
-    })
+/// Whether the manifest's rows show the migration applied or attempted (the tool decides).
+fn attempted(m: &Manifest, dialect: &dyn Dialect, migration: &Migration) -> bool {
+    m.migrations.as_ref().is_some_and(|rows| dialect.attempted(&rows.rows, migration))
 }
 
 pub async fn find_baseline(
     storage: &Arc<dyn Storage>,
     database: &str,
     migration: &Migration,
-    _mig: &MigrationsConfig,
+    dialect: &dyn Dialect,
 ) -> Result<BaselineSnapshot, String> {
-    let Some(started) = migration.started_at else {
-        return Err("the migration has no start time to compare snapshots with".into());
-    };
+    // A tool that records no start time (golang-migrate): the rows alone tell.
+    let started = migration.started_at.unwrap_or_else(Utc::now);
     let all =
         snapshot::list(storage, Some(database)).await.map_err(|e| format!("cannot list snapshots: {e}"))?;
-    let candidates = all.iter().rev().filter(|m| m.taken_at < started && !attempted(m, &migration.name));
+    let candidates = all.iter().rev().filter(|m| m.taken_at < started && !attempted(m, dialect, migration));
     for m in candidates {
         let Some(obj) = &m.schema else { continue };
         let bytes = storage

@@ -17,7 +17,7 @@ use tokio_postgres::Client;
 use crate::config::{DatabaseConfig, MigrationsConfig};
 use crate::sql::{self, rewrite, Judged, ObjName, Statement, Verdict};
 use crate::storage::Storage;
-use crate::watch::{Migration, Status};
+use crate::watch::{Dialect, Migration, Status};
 
 pub use baseline::{find_baseline, scratch_description, BaselineSnapshot};
 pub use log::{running_backends, sqlstate};
@@ -115,6 +115,7 @@ pub async fn analyse(
     client: &Client,
     db: &DatabaseConfig,
     mig: &MigrationsConfig,
+    dialect: &dyn Dialect,
     storage: &Arc<dyn Storage>,
     migration: &Migration,
 ) -> Result<Analysis, DiagnoseError> {
@@ -123,7 +124,7 @@ pub async fn analyse(
         migration: migration.name.clone(),
         message: crate::pg::error_text(&e),
     };
-    let (file, parsed) = read_file(mig, &migration.name);
+    let (file, parsed) = read_file(dialect, mig, migration);
     let old = sql::catalog::set_search_path(client, &mig.schema).await.map_err(fail)?;
     let mut statements = Vec::new();
     for s in parsed {
@@ -136,8 +137,8 @@ pub async fn analyse(
         .map(|(s, j)| j.map(|j| (s, j)))
         .collect::<Result<Vec<_>, _>>()
         .map_err(fail)?;
-    let running = still_running(client, mig, migration).await.map_err(fail)?;
-    let baseline = find_baseline(storage, &db.name, migration, mig).await;
+    let running = still_running(client, dialect, mig, migration).await.map_err(fail)?;
+    let baseline = find_baseline(storage, &db.name, migration, dialect).await;
     Ok(Analysis {
         database: db.name.clone(),
         migration: migration.clone(),
@@ -152,29 +153,35 @@ pub async fn analyse(
 /// one runs, its statement may still commit, and nothing may be judged or repaired.
 pub async fn still_running(
     client: &Client,
+    dialect: &dyn Dialect,
     mig: &MigrationsConfig,
     migration: &Migration,
 ) -> Result<Vec<String>, tokio_postgres::Error> {
-    if !matches!(migration.status, Status::Crashed | Status::InProgress) {
+    if !matches!(migration.status, Status::Crashed | Status::InProgress | Status::Dirty) {
         return Ok(Vec::new());
     }
-    let (_, stmts) = read_file(mig, &migration.name);
+    let (_, stmts) = read_file(dialect, mig, migration);
     let texts: Vec<&str> = stmts.iter().map(|s| s.sql.as_str()).collect();
     running_backends(client, &texts).await
 }
 
 /// The file's path and its statements, or why there are none.
-fn read_file(mig: &MigrationsConfig, name: &str) -> (Result<PathBuf, String>, Vec<Statement>) {
-    let Some(dir) = &mig.dir else {
+fn read_file(
+    dialect: &dyn Dialect,
+    mig: &MigrationsConfig,
+    m: &Migration,
+) -> (Result<PathBuf, String>, Vec<Statement>) {
+    if mig.dir.is_none() {
         return (
             Err("databases.migrations.dir is not configured, so the migration's SQL is unknown".into()),
             vec![],
         );
-    };
-    if name.contains('/') || name.contains("..") {
-        return (Err(format!("migration name `{name}` is not a folder name")), vec![]);
     }
-    let path = dir.join(name).join("migration.sql");
+    let Some(path) = dialect.file(m) else {
+        let why =
+            format!("{} keeps no SQL file for `{}` in databases.migrations.dir", dialect.tool(), m.name);
+        return (Err(why), vec![]);
+    };
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) => return (Err(format!("cannot read {}: {e}", path.display())), vec![]),

@@ -232,9 +232,16 @@ impl Rehearser {
                 .map(|t| Baseline::parse(&t))
                 .map_err(|e| e.to_string());
             for f in &failed {
-                let a = diagnose::analyse(session.client(), &on_scratch, &mig, &self.storage, f)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let a = diagnose::analyse(
+                    session.client(),
+                    &on_scratch,
+                    &mig,
+                    dialect.as_ref(),
+                    &self.storage,
+                    f,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
                 diagnosis.push(
                     diagnose::report(&a, session.client(), &mig.schema, now.as_ref().map_err(Clone::clone))
                         .await,

@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use super::StepFailure;
 use crate::audit::RunRecord;
-use crate::config::{DatabaseConfig, MigrationsConfig, Playbook, Step};
+use crate::config::{DatabaseConfig, MigrationsConfig, Playbook, ResolveAs, Step};
 use crate::diagnose::{self, Analysis};
 use crate::pg::{error_text, PgTools, Session};
-use crate::sql::describe;
+use crate::sql::{describe, Verdict};
 use crate::storage::Storage;
 use crate::watch::{self, TableState};
 
@@ -25,9 +25,8 @@ pub struct Ctx<'a> {
 }
 
 async fn analysis(session: &Session, ctx: &Ctx<'_>) -> Result<Analysis, StepFailure> {
-    let state = watch::read(session, watch::dialect(ctx.mig).as_ref())
-        .await
-        .map_err(|e| StepFailure(e.to_string()))?;
+    let dialect = watch::dialect(ctx.mig);
+    let state = watch::read(session, dialect.as_ref()).await.map_err(|e| StepFailure(e.to_string()))?;
     let TableState::Rows { migrations } = state else {
         return Err(StepFailure("the migrations table cannot be read".into()));
     };
@@ -36,8 +35,27 @@ async fn analysis(session: &Session, ctx: &Ctx<'_>) -> Result<Analysis, StepFail
         .rev()
         .find(|m| m.name == ctx.migration)
         .ok_or_else(|| StepFailure(format!("no migration `{}` in the table", ctx.migration)))?;
-    let a = diagnose::analyse(session.client(), ctx.db, ctx.mig, ctx.storage, m).await;
+    let a = diagnose::analyse(session.client(), ctx.db, ctx.mig, dialect.as_ref(), ctx.storage, m).await;
     a.map_err(|e| StepFailure(e.to_string()))
+}
+
+/// `resolve = "from-diagnosis"`: applied when every statement's effect is in the catalog, rolled
+/// back when none is; anything else (partly applied, unknown statements) is for finish or undo.
+pub async fn decide(session: &Session, ctx: &Ctx<'_>) -> Result<ResolveAs, StepFailure> {
+    let a = analysis(session, ctx).await?;
+    if let Some(why) = a.blocked() {
+        return Err(StepFailure(format!("resolve from diagnosis refused: {why}")));
+    }
+    let count = |v: Verdict| a.statements.iter().filter(|(_, j)| j.verdict == v).count();
+    let (all, applied, not) = (a.statements.len(), count(Verdict::Applied), count(Verdict::NotApplied));
+    match (applied, not) {
+        (a, _) if a == all && all > 0 => Ok(ResolveAs::Applied),
+        (_, n) if n == all && all > 0 => Ok(ResolveAs::RolledBack),
+        _ => Err(StepFailure(format!(
+            "resolve from diagnosis refused: {applied} of {all} statement(s) applied, {not} not applied, {} unknown; finish or undo it first (see `pgmedic diagnose`)",
+            all - applied - not
+        ))),
+    }
 }
 
 /// The SQL the step would run now (for `--dry-run`), or why it would not run.

@@ -1,7 +1,7 @@
 //! The two locks a repair holds: pgmedic's own per-database repair lock (a second repair, from
-//! any host, is refused and told who holds it) and Prisma's 72707369 (so an application's
-//! `prisma migrate deploy` cannot run in the middle; a deploy holding it is waited for, then
-//! the repair refuses).
+//! any host, is refused and told who holds it) and the migration tool's advisory lock when it
+//! has one (Prisma's 72707369, golang-migrate's and sqlx's computed keys), so the tool cannot
+//! run in the middle; a deploy holding it is waited for, then the repair refuses.
 
 use std::time::{Duration, Instant};
 
@@ -16,8 +16,8 @@ pub async fn take_repair_lock(session: &Session) -> Result<Result<(), String>, D
     Ok(Err(holder(session, CLASS as i64, REPAIR as i64, 2).await?))
 }
 
-/// Waits up to `wait` for Prisma's lock; `Err(holder)` when it stays taken.
-pub async fn take_prisma_lock(
+/// Waits up to `wait` for the tool's lock; `Err(holder)` when it stays taken.
+pub async fn take_tool_lock(
     session: &Session,
     key: i64,
     wait: Duration,
@@ -26,22 +26,22 @@ pub async fn take_prisma_lock(
     loop {
         let row = (session.client().query_one("SELECT pg_try_advisory_lock($1)", &[&key]))
             .await
-            .map_err(|e| session.err("take Prisma's advisory lock", e))?;
+            .map_err(|e| session.err("take the migration tool's advisory lock", e))?;
         if row.get::<_, bool>(0) {
             return Ok(Ok(()));
         }
         if Instant::now() >= deadline {
-            return Ok(Err(holder(session, 0, key, 1).await?));
+            return Ok(Err(holder(session, (key >> 32) & 0xffff_ffff, key & 0xffff_ffff, 1).await?));
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
-pub async fn release_prisma_lock(session: &Session, key: i64) -> Result<(), DbError> {
+pub async fn release_tool_lock(session: &Session, key: i64) -> Result<(), DbError> {
     (session.client().query_one("SELECT pg_advisory_unlock($1)", &[&key]))
         .await
         .map(|_| ())
-        .map_err(|e| session.err("release Prisma's advisory lock", e))
+        .map_err(|e| session.err("release the migration tool's advisory lock", e))
 }
 
 /// "pid 123 (pgmedic@host:456, user postgres, from 10.0.0.5) since …" for the lock's holder.

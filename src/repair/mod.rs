@@ -8,7 +8,6 @@ mod command;
 mod drafted;
 mod locks;
 mod record;
-mod resolve;
 mod sql;
 
 use std::sync::Arc;
@@ -20,11 +19,11 @@ use tokio_util::sync::CancellationToken;
 use record::{cap, planned};
 
 use crate::audit::{self, redact, AuditError, AuditLog, RunRecord};
-use crate::config::{Config, DatabaseConfig, MigrationsConfig, Playbook, Step};
+use crate::config::{Config, DatabaseConfig, MigrationsConfig, Playbook, ResolveAs, Step};
 use crate::pg::{self, DbError, Session};
 use crate::snapshot::{Manifest, Request, Snapshotter};
 use crate::storage::Storage;
-use crate::watch::{self, Migration, TableState, PRISMA_LOCK};
+use crate::watch::{self, Dialect, Migration, TableState};
 
 /// Why a step failed, in words for the audit record.
 #[derive(Debug)]
@@ -152,12 +151,20 @@ impl Repairer {
             .await
             .map_err(|e| session.err("set statement_timeout", e))?;
         let dialect = watch::dialect(mig);
-        if !req.dry_run && !self.lock(&session, db, rec).await? {
+        // `auto` finds its tool (and so its lock) at the first read.
+        let _ = dialect.read(&session).await?;
+        if !req.dry_run && !self.lock(&session, db, dialect.as_ref(), rec).await? {
             return Ok(());
         }
         let state = watch::read(&session, dialect.as_ref()).await?;
         if let TableState::Standby = state {
             return refuse(rec, format!("{} is a standby: repair its primary", db.name));
+        }
+        if let TableState::Rows { migrations } = &state {
+            if let Some(m) = migrations.iter().find(|m| m.status == watch::Status::InProgress) {
+                let why = m.logs.clone().unwrap_or_else(|| "its tool holds its lock".into());
+                return refuse(rec, format!("`{}` of {} is in progress ({why}): never repair under a running migrator; try again once it is done", m.name, db.name));
+            }
         }
         let Some(target) = state.needing_repair().first().map(|m| (*m).clone()) else {
             rec.outcome = "noop".into();
@@ -175,7 +182,7 @@ impl Repairer {
             return Ok(());
         };
         rec.playbook = Some(playbook.name.clone());
-        let running = crate::diagnose::still_running(session.client(), mig, &target)
+        let running = crate::diagnose::still_running(session.client(), dialect.as_ref(), mig, &target)
             .await
             .map_err(|e| session.err("look for the migrator's backends", e))?;
         if !running.is_empty() {
@@ -195,7 +202,8 @@ impl Repairer {
         if !self.start(db, log, rec).await? {
             return Ok(());
         }
-        let failed = self.run_steps(&session, db, mig, playbook, &target.name, log, rec).await;
+        let run = Target { session: &session, db, mig, dialect: dialect.as_ref(), migration: &target };
+        let failed = self.run_steps(&run, playbook, log, rec).await;
         rec.rows_after = dialect.raw_rows(&session).await?;
         if !failed {
             let after = watch::read(&session, dialect.as_ref()).await?;
@@ -245,6 +253,7 @@ impl Repairer {
         &self,
         session: &Session,
         db: &DatabaseConfig,
+        dialect: &dyn Dialect,
         rec: &mut RunRecord,
     ) -> Result<bool, RepairError> {
         if let Err(holder) = locks::take_repair_lock(session).await? {
@@ -258,9 +267,10 @@ impl Repairer {
             return Ok(false);
         }
         let wait = self.config.repair.lock_wait;
-        if let Err(holder) = locks::take_prisma_lock(session, PRISMA_LOCK, wait).await? {
-            let wait = humantime::format_duration(wait);
-            refuse(rec, format!("a migration deploy holds Prisma's lock 72707369 ({holder}); waited {wait} (repair.lock_wait), try again once it is done"))?;
+        let Some(key) = dialect.advisory_key(db.url.dbname()) else { return Ok(true) };
+        if let Err(holder) = locks::take_tool_lock(session, key, wait).await? {
+            let (tool, wait) = (dialect.tool(), humantime::format_duration(wait));
+            refuse(rec, format!("a migration deploy holds {tool}'s lock {key} ({holder}); waited {wait} (repair.lock_wait), try again once it is done"))?;
             return Ok(false);
         }
         Ok(true)
@@ -276,14 +286,10 @@ impl Repairer {
     }
 
     /// Runs the steps in order; true when one failed (the record says which and why).
-    #[allow(clippy::too_many_arguments)]
     async fn run_steps(
         &self,
-        session: &Session,
-        db: &DatabaseConfig,
-        mig: &MigrationsConfig,
+        run: &Target<'_>,
         playbook: &Playbook,
-        name: &str,
         log: &AuditLog,
         rec: &mut RunRecord,
     ) -> bool {
@@ -296,7 +302,7 @@ impl Repairer {
                 }
             }
             let started = Utc::now();
-            let result = self.step(session, db, mig, name, step).await;
+            let result = self.step(run, step).await;
             let r = &mut rec.steps[i];
             r.started_at = Some(started);
             r.finished_at = Some(Utc::now());
@@ -333,49 +339,69 @@ impl Repairer {
         drafted::Ctx { db, mig, storage: &self.storage, tools, migration: name }
     }
 
-    async fn step(
-        &self,
-        session: &Session,
-        db: &DatabaseConfig,
-        mig: &MigrationsConfig,
-        name: &str,
-        step: &Step,
-    ) -> Result<String, StepFailure> {
+    async fn step(&self, run: &Target<'_>, step: &Step) -> Result<String, StepFailure> {
         let default = self.config.repair.statement_timeout;
+        let (session, name) = (run.session, run.migration.name.as_str());
+        let drafted = || self.drafted(run.db, run.mig, name);
+        let own = |r: Result<String, String>| r.map_err(StepFailure);
         match step {
             Step::Finish { timeout } => {
-                drafted::finish(session, &self.drafted(db, mig, name), timeout.unwrap_or(default)).await
+                drafted::finish(session, &drafted(), timeout.unwrap_or(default)).await
             }
             Step::Undo { allow_data_loss, timeout } => {
-                drafted::undo(
-                    session,
-                    &self.drafted(db, mig, name),
-                    *allow_data_loss,
-                    timeout.unwrap_or(default),
-                )
-                .await
+                drafted::undo(session, &drafted(), *allow_data_loss, timeout.unwrap_or(default)).await
             }
             Step::Sql { sql, timeout } => sql::run(session, sql, timeout.unwrap_or(default)).await,
             Step::SqlFile { path, timeout } => sql::run_file(session, path, timeout.unwrap_or(default)).await,
-            Step::Resolve(how) => resolve::run(session, mig, name, *how).await,
+            Step::Resolve(ResolveAs::FromDiagnosis) => {
+                let how = drafted::decide(session, &drafted()).await?;
+                let done = own(run.dialect.resolve(session, run.mig, run.migration, how).await)?;
+                Ok(format!("diagnosis: {how:?}; {done}"))
+            }
+            Step::Resolve(how) => own(run.dialect.resolve(session, run.mig, run.migration, *how).await),
+            Step::ReleaseLock => own(run.dialect.release_lock(session).await),
+            Step::AcceptChecksums => own(run.dialect.accept_checksums(session, run.mig).await),
             Step::AssertSql { sql } => assert::run(session, sql).await,
             Step::Command { argv, cwd, env, timeout } => {
-                // The command may be `prisma migrate deploy`, which needs Prisma's lock itself.
-                let lost = |e: DbError| StepFailure(e.to_string());
-                locks::release_prisma_lock(session, PRISMA_LOCK).await.map_err(lost)?;
-                let result = command::run(argv, cwd.as_ref(), env, *timeout).await;
-                let retaken = locks::take_prisma_lock(session, PRISMA_LOCK, self.config.repair.lock_wait)
-                    .await
-                    .map_err(lost)?;
-                if let Err(holder) = retaken {
-                    return Err(StepFailure(format!(
-                        "could not take Prisma's lock back after the command ({holder})"
-                    )));
-                }
-                result
+                self.command(run, argv, cwd.as_ref(), env, *timeout).await
             }
         }
     }
+
+    /// The command may be the tool itself (`prisma migrate deploy`), which needs its own lock.
+    async fn command(
+        &self,
+        run: &Target<'_>,
+        argv: &[String],
+        cwd: Option<&std::path::PathBuf>,
+        env: &std::collections::BTreeMap<String, String>,
+        timeout: std::time::Duration,
+    ) -> Result<String, StepFailure> {
+        let Some(key) = run.dialect.advisory_key(run.db.url.dbname()) else {
+            return command::run(argv, cwd, env, timeout).await;
+        };
+        let lost = |e: DbError| StepFailure(e.to_string());
+        locks::release_tool_lock(run.session, key).await.map_err(lost)?;
+        let result = command::run(argv, cwd, env, timeout).await;
+        let retaken =
+            locks::take_tool_lock(run.session, key, self.config.repair.lock_wait).await.map_err(lost)?;
+        if let Err(holder) = retaken {
+            return Err(StepFailure(format!(
+                "could not take {}'s lock back after the command ({holder})",
+                run.dialect.tool()
+            )));
+        }
+        result
+    }
+}
+
+/// What a run's steps act on.
+struct Target<'a> {
+    session: &'a Session,
+    db: &'a DatabaseConfig,
+    mig: &'a MigrationsConfig,
+    dialect: &'a dyn Dialect,
+    migration: &'a Migration,
 }
 
 fn refuse(rec: &mut RunRecord, why: String) -> Result<(), RepairError> {

@@ -47,6 +47,8 @@ pub(super) fn planned(index: usize, step: &Step, migration: &str) -> StepRecord 
             "undo",
             json!({ "undo": true, "allow_data_loss": allow_data_loss, "migration": migration, "timeout": timeout.map(|t| humantime::format_duration(t).to_string()) }),
         ),
+        Step::ReleaseLock => ("release_lock", json!({ "release_lock": true, "migration": migration })),
+        Step::AcceptChecksums => ("accept_checksums", json!({ "accept_checksums": true })),
     };
     StepRecord {
         index: index + 1,

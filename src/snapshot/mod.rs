@@ -217,18 +217,22 @@ async fn check_lock(session: &pg::Session, db: &DatabaseConfig) -> Result<(), Sn
     }
 }
 
-/// The migrations table's rows, from the configured table or Prisma's default place.
+/// The migrations table's rows, as the configured tool (or Prisma's default place) has them.
 async fn read_migrations(
     session: &pg::Session,
     db: &DatabaseConfig,
 ) -> Result<Option<MigrationRows>, SnapshotError> {
-    let (tool, schema, table) = match &db.migrations {
-        Some(m) => (m.tool.clone(), m.schema.clone(), m.table.clone()),
-        None => ("prisma".into(), "public".into(), "_prisma_migrations".into()),
-    };
-    let order = if tool == "prisma" { "started_at, migration_name" } else { "1" };
-    let rows = session.table_rows(&schema, &table, order).await?;
-    Ok(rows.map(|rows| MigrationRows { tool, schema, table, rows }))
+    let dialect = crate::watch::dialect(&db.migrations_or_default());
+    let rows = dialect.raw_rows(session).await?;
+    if dialect.table().is_empty() {
+        return Ok(None); // `auto` found no migrations table
+    }
+    if rows.is_empty() && !session.relation_exists(&dialect.qualified()).await? {
+        return Ok(None);
+    }
+    let (tool, schema, table) =
+        (dialect.tool().to_string(), dialect.schema().to_string(), dialect.table().to_string());
+    Ok(Some(MigrationRows { tool, schema, table, rows }))
 }
 
 pub fn hostname() -> String {

@@ -1,35 +1,65 @@
-//! Reading a migrations table and classifying each migration. The table's dialect is a trait
-//! with one file per tool, so golang-migrate, Flyway, sqlx, Liquibase or knex can be added
-//! without touching the watcher or the repair.
+//! Migration tools, one file per tool: each dialect owns everything tool-specific — its table
+//! (recognised by its columns), reading and classifying rows, telling "in progress" from "stuck"
+//! (its advisory key or lock row, and live sessions), where a migration's SQL file is, and its
+//! recovery written exactly as the tool's own command writes it. The watcher, the repair runner,
+//! `migrations`, `diagnose` and the audit only see this trait.
 
+mod auto;
+mod flyway;
+mod golang_migrate;
+mod knex;
+mod liquibase;
+mod live;
 mod prisma;
+mod prisma_resolve;
+mod sqlx;
+
+use std::path::PathBuf;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::config::MigrationsConfig;
-use crate::pg::{DbError, Session};
+use crate::config::{MigrationsConfig, ResolveAs};
+use crate::pg::{quote_ident, DbError, Session};
 
-pub use prisma::{Prisma, PRISMA_LOCK};
+pub use auto::detect;
+pub use golang_migrate::advisory_key as golang_migrate_key;
+pub use prisma::PRISMA_LOCK;
+
+/// Every tool's default table, by `tool` name.
+pub const TOOLS: &[(&str, &str)] = &[
+    ("prisma", "_prisma_migrations"),
+    ("golang-migrate", "schema_migrations"),
+    ("knex", "knex_migrations"),
+    ("liquibase", "databasechangelog"),
+    ("sqlx", "_sqlx_migrations"),
+    ("flyway", "flyway_schema_history"),
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Applied,
-    /// Blocks every deploy (Prisma's P3009) until repaired.
+    /// Blocks every deploy (Prisma's P3009, a failed Flyway or sqlx row) until repaired.
     Failed,
     RolledBack,
-    /// No log yet and the tool's lock is held by another session: a deploy is running.
+    /// The tool's lock is held by a live session, or a backend still runs the migration.
     InProgress,
     /// No log and nobody holds the lock: the deploying process died.
     Crashed,
+    /// A lock row held by no live migrator (knex, Liquibase): every deploy waits or fails.
+    Locked,
+    /// golang-migrate's `dirty` version: the migration began and did not finish.
+    Dirty,
+    /// An applied migration whose file changed since (a checksum that no longer matches).
+    Drifted,
 }
 
 impl Status {
-    /// Failed and crashed migrations both need a repair.
+    /// The states that stop deploys until someone acts.
     pub fn needs_repair(self) -> bool {
-        matches!(self, Status::Failed | Status::Crashed)
+        matches!(self, Status::Failed | Status::Crashed | Status::Locked | Status::Dirty | Status::Drifted)
     }
 }
 
@@ -44,6 +74,23 @@ pub struct Migration {
     pub rolled_back_at: Option<DateTime<Utc>>,
     pub applied_steps_count: i32,
     pub logs: Option<String>,
+}
+
+impl Migration {
+    /// A row with only a name, a state and a note (lock rows, other tools' rows).
+    pub fn bare(name: impl Into<String>, status: Status, logs: Option<String>) -> Migration {
+        Migration {
+            id: String::new(),
+            name: name.into(),
+            status,
+            checksum: String::new(),
+            started_at: None,
+            finished_at: None,
+            rolled_back_at: None,
+            applied_steps_count: 0,
+            logs,
+        }
+    }
 }
 
 /// What the watcher saw: rows, or a state that is not a crash.
@@ -70,19 +117,81 @@ impl TableState {
     }
 }
 
+/// A step's failure, in words for the audit record.
+pub type StepResult = Result<String, String>;
+
 #[async_trait]
 pub trait Dialect: Send + Sync {
     fn tool(&self) -> &'static str;
-    /// One cheap read of the table, classified.
+    fn place(&self) -> &Place;
+    fn schema(&self) -> &str {
+        &self.place().schema
+    }
+    fn table(&self) -> &str {
+        &self.place().table
+    }
+    fn qualified(&self) -> String {
+        format!("{}.{}", quote_ident(self.schema()), quote_ident(self.table()))
+    }
+    /// One cheap read of the table, classified (files in `migrations.dir` give checksums).
     async fn read(&self, session: &Session) -> Result<TableState, DbError>;
-    /// Every row as JSON, for audit records.
-    async fn raw_rows(&self, session: &Session) -> Result<Vec<serde_json::Value>, DbError>;
+    /// Every row as JSON, for audit records and manifests.
+    async fn raw_rows(&self, session: &Session) -> Result<Vec<serde_json::Value>, DbError> {
+        Ok(session.table_rows(self.schema(), self.table(), "1").await?.unwrap_or_default())
+    }
+    /// The session-level advisory lock the tool holds while it migrates, which a repair holds
+    /// too so the tool cannot run meanwhile; None when the tool has none.
+    fn advisory_key(&self, database: &str) -> Option<i64>;
+    /// Whether a snapshot's recorded rows show `m` already attempted (for diagnose's baseline).
+    fn attempted(&self, rows: &[serde_json::Value], m: &Migration) -> bool;
+    /// The SQL file of a migration, when the tool keeps one per migration in `dir`.
+    fn file(&self, _m: &Migration) -> Option<PathBuf> {
+        None
+    }
+    /// `resolve = "applied" | "rolled-back"`, exactly as the tool's own command.
+    async fn resolve(
+        &self,
+        _s: &Session,
+        _cfg: &MigrationsConfig,
+        _m: &Migration,
+        _how: ResolveAs,
+    ) -> StepResult {
+        Err(format!("{} has no resolve of its own", self.tool()))
+    }
+    /// `release_lock = true`, exactly as the tool's own command; only with no live migrator.
+    async fn release_lock(&self, _s: &Session) -> StepResult {
+        Err(format!("{} keeps no lock row to release", self.tool()))
+    }
+    /// `accept_checksums = true`: the stored checksums realigned with the files.
+    async fn accept_checksums(&self, _s: &Session, _cfg: &MigrationsConfig) -> StepResult {
+        Err(format!("{} keeps no checksums to accept", self.tool()))
+    }
+}
+
+/// Where a dialect's table is, and the migration files when configured.
+#[derive(Debug, Clone)]
+pub struct Place {
+    pub schema: String,
+    pub table: String,
+    pub dir: Option<PathBuf>,
 }
 
 /// The dialect of `[databases.migrations]` (validation has already refused unknown tools).
 pub fn dialect(cfg: &MigrationsConfig) -> Box<dyn Dialect> {
-    debug_assert_eq!(cfg.tool, "prisma", "validation admits only the tools implemented here");
-    Box::new(Prisma { schema: cfg.schema.clone(), table: cfg.table.clone() })
+    let at = Place { schema: cfg.schema.clone(), table: cfg.table.clone(), dir: cfg.dir.clone() };
+    by_tool(&cfg.tool, at)
+}
+
+fn by_tool(tool: &str, at: Place) -> Box<dyn Dialect> {
+    match tool {
+        "golang-migrate" => Box::new(golang_migrate::GolangMigrate(at)),
+        "knex" => Box::new(knex::Knex(at)),
+        "liquibase" => Box::new(liquibase::Liquibase(at)),
+        "sqlx" => Box::new(sqlx::Sqlx(at)),
+        "flyway" => Box::new(flyway::Flyway(at)),
+        "auto" => Box::new(auto::Auto::new(at)),
+        _ => Box::new(prisma::Prisma(at)),
+    }
 }
 
 /// Reads `db`'s table once: standby and missing table are states, not errors.

@@ -1,19 +1,21 @@
 //! Prisma's `_prisma_migrations`: failed rows have neither `finished_at` nor `rolled_back_at`;
 //! a row without logs is in progress while another session holds advisory lock 72707369 (the
-//! lock `prisma migrate` takes), and crashed otherwise.
+//! lock `prisma migrate` takes), and crashed otherwise; an applied row whose file's SHA-256 is
+//! not its checksum has drifted. `resolve` is `prisma migrate resolve` (see `prisma_resolve`).
+
+use std::path::PathBuf;
 
 use async_trait::async_trait;
+use sha2::{Digest, Sha256};
 
-use super::{Dialect, Migration, Status, TableState};
-use crate::pg::{quote_ident, DbError, Session};
+use super::{Dialect, Migration, Place, Status, StepResult, TableState};
+use crate::config::{MigrationsConfig, ResolveAs};
+use crate::pg::{DbError, Session};
 
 /// The advisory lock Prisma holds while it migrates or resolves.
 pub const PRISMA_LOCK: i64 = 72707369;
 
-pub struct Prisma {
-    pub schema: String,
-    pub table: String,
-}
+pub struct Prisma(pub Place);
 
 type Timestamp = Option<chrono::DateTime<chrono::Utc>>;
 
@@ -44,8 +46,18 @@ fn row(r: &tokio_postgres::Row) -> Result<Migration, tokio_postgres::Error> {
 }
 
 impl Prisma {
-    fn qualified(&self) -> String {
-        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.table))
+    /// Applied rows whose file no longer hashes to their checksum.
+    fn drift(&self, m: &mut Migration) {
+        if m.status != Status::Applied {
+            return;
+        }
+        if let Some(bytes) = self.file(m).and_then(|p| std::fs::read(p).ok()) {
+            let sum = hex::encode(Sha256::digest(&bytes));
+            if sum != m.checksum {
+                m.status = Status::Drifted;
+                m.logs = Some(format!("migration.sql hashes to {sum}, the table records {}", m.checksum));
+            }
+        }
     }
 }
 
@@ -53,6 +65,36 @@ impl Prisma {
 impl Dialect for Prisma {
     fn tool(&self) -> &'static str {
         "prisma"
+    }
+
+    fn place(&self) -> &Place {
+        &self.0
+    }
+
+    fn advisory_key(&self, _database: &str) -> Option<i64> {
+        Some(PRISMA_LOCK)
+    }
+
+    fn attempted(&self, rows: &[serde_json::Value], m: &Migration) -> bool {
+        rows.iter().any(|r| {
+            r.get("migration_name").and_then(|v| v.as_str()) == Some(m.name.as_str())
+                && r.get("rolled_back_at").is_none_or(|v| v.is_null())
+        })
+    }
+
+    fn file(&self, m: &Migration) -> Option<PathBuf> {
+        let dir = self.0.dir.as_ref()?;
+        (!m.name.contains('/') && !m.name.contains("..")).then(|| dir.join(&m.name).join("migration.sql"))
+    }
+
+    async fn resolve(
+        &self,
+        s: &Session,
+        cfg: &MigrationsConfig,
+        m: &Migration,
+        how: ResolveAs,
+    ) -> StepResult {
+        super::prisma_resolve::run(s, cfg, &m.name, how).await
     }
 
     async fn read(&self, session: &Session) -> Result<TableState, DbError> {
@@ -74,13 +116,15 @@ impl Dialect for Prisma {
             what: "read the migrations table",
             message: format!("{} has a column pgmedic cannot read as Prisma's: {e}", self.qualified()),
         };
-        let migrations = rows.iter().map(|r| row(r).map_err(bad)).collect::<Result<_, _>>()?;
+        let mut migrations: Vec<Migration> =
+            rows.iter().map(|r| row(r).map_err(bad)).collect::<Result<_, _>>()?;
+        migrations.iter_mut().for_each(|m| self.drift(m));
         Ok(TableState::Rows { migrations })
     }
 
     async fn raw_rows(&self, session: &Session) -> Result<Vec<serde_json::Value>, DbError> {
         Ok(session
-            .table_rows(&self.schema, &self.table, "started_at, migration_name")
+            .table_rows(self.schema(), self.table(), "started_at, migration_name")
             .await?
             .unwrap_or_default())
     }

@@ -1,0 +1,108 @@
+//! knex: `knex_migrations (id, name, batch, migration_time)` lists what ran (a failed migration
+//! leaves no row); `knex_migrations_lock (index, is_locked)` is its only lock. `is_locked = 1`
+//! with no live migrator is `locked` (a killed `transaction: false` batch leaves it so: "Migration
+//! table is already locked"); with a live session it is in progress. knex records nothing about
+//! the holder, so any other active session, or one whose last query touched knex's tables,
+//! counts as live. Release is `knex migrate:unlock`'s two statements.
+
+use async_trait::async_trait;
+
+use super::{live, Dialect, Migration, Place, Status, StepResult, TableState};
+use crate::pg::{error_text, quote_ident, DbError, Session};
+
+pub struct Knex(pub Place);
+
+impl Knex {
+    fn lock_table(&self) -> String {
+        format!("{}.{}", quote_ident(self.schema()), quote_ident(&format!("{}_lock", self.table())))
+    }
+
+    async fn live(&self, s: &Session) -> Result<Vec<String>, DbError> {
+        let table = self.table().replace('\'', "''");
+        live::sessions(s, &format!("a.state <> 'idle' OR a.query ILIKE '%{table}%'")).await
+    }
+
+    async fn lock_rows(&self, s: &Session) -> Result<Vec<serde_json::Value>, String> {
+        let sql = format!("SELECT to_jsonb(t) FROM {} t ORDER BY 1", self.lock_table());
+        let rows = s.client().query(&sql, &[]).await.map_err(|e| error_text(&e))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+}
+
+#[async_trait]
+impl Dialect for Knex {
+    fn tool(&self) -> &'static str {
+        "knex"
+    }
+
+    fn place(&self) -> &Place {
+        &self.0
+    }
+
+    fn advisory_key(&self, _database: &str) -> Option<i64> {
+        None
+    }
+
+    async fn read(&self, session: &Session) -> Result<TableState, DbError> {
+        if !session.relation_exists(&self.qualified()).await? {
+            return Ok(TableState::Missing);
+        }
+        let sql = format!("SELECT id, name, migration_time FROM {} ORDER BY id", self.qualified());
+        let rows = session.query(&sql, "read knex_migrations").await?;
+        let mut migrations: Vec<Migration> = rows
+            .iter()
+            .map(|r| {
+                let mut m =
+                    Migration::bare(r.get::<_, Option<String>>(1).unwrap_or_default(), Status::Applied, None);
+                m.id = r.get::<_, i32>(0).to_string();
+                m.finished_at = r.get(2);
+                m
+            })
+            .collect();
+        if session.relation_exists(&self.lock_table()).await? {
+            let sql = format!("SELECT coalesce(max(is_locked), 0)::int FROM {}", self.lock_table());
+            let locked: i32 = session.query(&sql, "read knex_migrations_lock").await?[0].get(0);
+            if locked == 1 {
+                let live = self.live(session).await?;
+                let (status, logs) = if live.is_empty() {
+                    (Status::Locked, "is_locked = 1 and no live migrator: every `knex migrate` fails with \"Migration table is already locked\"".to_string())
+                } else {
+                    (
+                        Status::InProgress,
+                        format!("is_locked = 1, held by a live session: {}", live.join("; ")),
+                    )
+                };
+                migrations.push(Migration::bare(format!("{}_lock", self.table()), status, Some(logs)));
+            }
+        }
+        Ok(TableState::Rows { migrations })
+    }
+
+    fn attempted(&self, rows: &[serde_json::Value], m: &Migration) -> bool {
+        rows.iter().any(|r| r.get("name").and_then(|v| v.as_str()) == Some(m.name.as_str()))
+    }
+
+    /// `knex migrate:unlock`: `DELETE FROM knex_migrations_lock; INSERT … (is_locked) VALUES (0)`.
+    async fn release_lock(&self, s: &Session) -> StepResult {
+        let live = self.live(s).await.map_err(|e| e.to_string())?;
+        if !live.is_empty() {
+            return Err(format!(
+                "knex's lock is not released: a live session may be the migrator: {}",
+                live.join("; ")
+            ));
+        }
+        let before = self.lock_rows(s).await?;
+        let t = self.lock_table();
+        let sql = format!("BEGIN; DELETE FROM {t}; INSERT INTO {t} (is_locked) VALUES (0); COMMIT");
+        if let Err(e) = s.client().batch_execute(&sql).await {
+            let _ = s.client().batch_execute("ROLLBACK").await;
+            return Err(error_text(&e));
+        }
+        let after = self.lock_rows(s).await?;
+        Ok(format!(
+            "knex migrate:unlock: lock rows before {} after {}",
+            serde_json::Value::from(before),
+            serde_json::Value::from(after)
+        ))
+    }
+}
