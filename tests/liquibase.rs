@@ -23,7 +23,8 @@ SELECT pg_sleep(SLEEP);
 ";
 
 fn launcher() -> PathBuf {
-    let tools = std::env::var("PGMEDIC_TEST_LIQUIBASE").expect("PGMEDIC_TEST_LIQUIBASE: run the suite with scripts/test, which installs Liquibase");
+    let tools = std::env::var("PGMEDIC_TEST_LIQUIBASE")
+        .expect("PGMEDIC_TEST_LIQUIBASE: run the suite with scripts/test, which installs Liquibase");
     Path::new(&tools).join("node_modules/liquibase/dist/liquibase/liquibase")
 }
 
@@ -45,7 +46,8 @@ fn sleeping(db: &TestDb) -> bool {
 
 fn lock_status(pgm: &Pgmedic) -> String {
     let s = pgm.run(&["migrations", "--json"]).json()["app"].clone();
-    let lock = s["migrations"].as_array().unwrap().iter().find(|m| m["name"] == "databasechangeloglock").cloned();
+    let lock =
+        s["migrations"].as_array().unwrap().iter().find(|m| m["name"] == "databasechangeloglock").cloned();
     lock.map(|m| m["status"].as_str().unwrap().to_string()).unwrap_or_else(|| "free".into())
 }
 
@@ -63,7 +65,14 @@ fn a_killed_update_is_locked_and_the_playbook_releases_it_and_updates() {
     );
     let pgm = migrate::config(&db, dir.path(), &format!("tool = \"liquibase\"\n{playbook}"));
     // Its own process group: the launcher is a shell script whose child is java.
-    let mut update = Command::new(&argv[0]).args(&argv[1..]).current_dir(dir.path()).process_group(0).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut update = Command::new(&argv[0])
+        .args(&argv[1..])
+        .current_dir(dir.path())
+        .process_group(0)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     wait_for("the slow changeset", Duration::from_secs(120), || sleeping(&db));
     unsafe { libc::killpg(update.id() as i32, libc::SIGKILL) };
     update.wait().unwrap();
@@ -75,8 +84,15 @@ fn a_killed_update_is_locked_and_the_playbook_releases_it_and_updates() {
     std::fs::write(&changelog, CHANGELOG.replace("SLEEP", "0")).unwrap();
     let rec = pgm.run(&["repair", "--db", "app", "--json"]).json();
     assert_eq!(rec["outcome"], "succeeded", "{rec:#}");
-    assert!(rec["steps"][0]["output"].as_str().unwrap().contains("\"locked\":true"), "the lock row before: {rec:#}");
+    assert!(
+        rec["steps"][0]["output"].as_str().unwrap().contains("\"locked\":true"),
+        "the lock row before: {rec:#}"
+    );
     assert!(rec["steps"][1]["output"].as_str().unwrap().contains("Update has been successful"), "{rec:#}");
-    assert_eq!(db.sql("SELECT string_agg(id, ',' ORDER BY orderexecuted) FROM databasechangelog"), "1,2", "liquibase update went on");
+    assert_eq!(
+        db.sql("SELECT string_agg(id, ',' ORDER BY orderexecuted) FROM databasechangelog"),
+        "1,2",
+        "liquibase update went on"
+    );
     assert_eq!(lock_status(&pgm), "free");
 }
