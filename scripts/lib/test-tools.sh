@@ -1,0 +1,42 @@
+# Sourced by scripts/test: the real tools the tests drive, installed from the registries into
+# .tools/ (ignored by git, kept between runs) and named to the tests by PGMEDIC_TEST_* variables.
+
+# An npm package set pinned by scripts/<name>/package-lock.json, into .tools/<name>.
+# --ignore-scripts: Prisma's postinstall would try to download native engines it does not need.
+npm_tool() {
+  local name=$1 probe=$2
+  if [ ! -e ".tools/$name/$probe" ] || ! cmp -s "scripts/$name/package-lock.json" ".tools/$name/package-lock.json"; then
+    echo "scripts/test: installing $name into .tools/$name" >&2
+    mkdir -p ".tools/$name"
+    cp "scripts/$name/package.json" "scripts/$name/package-lock.json" ".tools/$name/"
+    (cd ".tools/$name" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
+  fi
+}
+
+# Debian packages the tests need, when the machine lacks them.
+apt_tool() {
+  local command=$1 package=$2
+  if ! command -v "$command" >/dev/null; then
+    echo "scripts/test: installing $package from Debian" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$package" >/dev/null
+  fi
+}
+
+# Prisma (rehearse), knex and Liquibase (dialects) from npm; Java for Liquibase.
+npm_tool prisma node_modules/.bin/prisma
+export PGMEDIC_TEST_PRISMA="$PWD/.tools/prisma"
+npm_tool knex node_modules/.bin/knex
+export PGMEDIC_TEST_KNEX="$PWD/.tools/knex"
+apt_tool java openjdk-17-jre-headless
+npm_tool liquibase node_modules/liquibase/dist/liquibase/liquibase
+export PGMEDIC_TEST_LIQUIBASE="$PWD/.tools/liquibase"
+
+# sqlx-cli, built once with cargo into .tools/cargo (about 3 minutes on 2 cores).
+if [ ! -x .tools/cargo/bin/sqlx ]; then
+  echo "scripts/test: building sqlx-cli into .tools/cargo" >&2
+  cargo install --quiet --root .tools/cargo sqlx-cli@0.9.0 --no-default-features --features postgres --locked
+fi
+export PGMEDIC_TEST_SQLX="$PWD/.tools/cargo"
+
+# promtool (Debian's prometheus package) for the alert rules' unit tests.
+apt_tool promtool prometheus
