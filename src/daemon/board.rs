@@ -24,6 +24,9 @@ pub struct DbStatus {
     pub snapshots_failure_total: u64,
     pub migrations: Option<MigrationsStatus>,
     pub last_repair: Option<serde_json::Value>,
+    /// Finished repair runs (dry runs aside), by outcome; interrupted ones when closed at start.
+    #[serde(skip)]
+    pub repairs_total: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]

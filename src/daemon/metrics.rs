@@ -153,6 +153,40 @@ fn render(shared: &Shared) -> String {
         "Failed migrations seen by the watcher (0 when healthy).",
         per_db(&|s| s.migrations.as_ref().map(|m| m.failed.len().to_string())),
     );
+    // The outcomes alerts watch exist from the start at 0: increase() sees their first run.
+    let mut repairs = Vec::new();
+    for (db, s) in &board {
+        let mut counts = s.repairs_total.clone();
+        for o in ["succeeded", "failed", "refused", "snapshot_failed", "interrupted"] {
+            counts.entry(o.to_string()).or_default();
+        }
+        repairs.extend(
+            counts.iter().map(|(o, n)| (format!("{{database=\"{db}\",outcome=\"{o}\"}}"), n.to_string())),
+        );
+    }
+    metric(
+        "pgmedic_repairs_total",
+        "counter",
+        "Repair runs finished, by outcome (interrupted: closed at the next start).",
+        repairs,
+    );
+    let now = chrono::Utc::now();
+    let periods = shared
+        .current()
+        .config
+        .databases
+        .iter()
+        .filter_map(|d| {
+            let period = d.schedule.as_ref()?.period_after(now)?;
+            Some((format!("{{database=\"{}\"}}", d.name), period.num_seconds().to_string()))
+        })
+        .collect();
+    metric(
+        "pgmedic_snapshot_schedule_period_seconds",
+        "gauge",
+        "Seconds between two scheduled snapshots (for staleness alerts).",
+        periods,
+    );
     let (running, waiting, limit) = shared.gate.counts();
     metric(
         "pgmedic_snapshots_running",

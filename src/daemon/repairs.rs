@@ -64,7 +64,12 @@ impl Shared {
             _ => notifier.send("repair_failed", &rec.database, detail),
         }
         let summary = json!({ "run_id": rec.run_id, "outcome": rec.outcome, "at": rec.finished_at, "error": rec.error });
-        self.board.update(&rec.database, |s| s.last_repair = Some(summary));
+        self.board.update(&rec.database, |s| {
+            s.last_repair = Some(summary);
+            if !rec.dry_run {
+                *s.repairs_total.entry(rec.outcome.clone()).or_default() += 1;
+            }
+        });
         Ok(rec)
     }
 }

@@ -38,7 +38,10 @@ pub async fn report_interrupted_runs(shared: &Arc<Shared>) {
         });
         shared.notifier().send("repair_interrupted", &rec.database, detail);
         let summary = json!({ "run_id": rec.run_id, "outcome": rec.outcome, "at": rec.finished_at, "error": rec.error });
-        shared.board.update(&rec.database, |s| s.last_repair = Some(summary));
+        shared.board.update(&rec.database, |s| {
+            s.last_repair = Some(summary);
+            *s.repairs_total.entry(rec.outcome.clone()).or_default() += 1;
+        });
     }
 }
 

@@ -1,0 +1,112 @@
+//! The operations kit: the Prometheus alert rules pass the real `promtool` (their unit tests
+//! fire and stay quiet where they should), and every metric they use is one the daemon exports.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+fn promtool(args: &[&str]) -> (bool, String) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus");
+    let out = Command::new("promtool")
+        .args(args)
+        .current_dir(&dir)
+        .output()
+        .expect("promtool: scripts/test installs it (Debian's prometheus package)");
+    (
+        out.status.success(),
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+    )
+}
+
+#[test]
+fn the_alert_rules_pass_promtools_check_and_their_unit_tests() {
+    let (ok, out) = promtool(&["check", "rules", "alerts.yml"]);
+    assert!(ok && out.contains("SUCCESS: 7 rules found"), "{out}");
+    let (ok, out) = promtool(&["test", "rules", "alerts_test.yml"]);
+    assert!(ok, "{out}");
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn every_metric_the_alerts_use_is_exported() {
+    let db = TestDb::new("opsmetrics");
+    let tail =
+        format!("\n[[databases]]\nname = \"app\"\nurl = \"{}\"\nschedule = \"0 0 * * * *\"\n", db.url());
+    let pgm = Pgmedic::custom(Backend::Local, "metrics_listen = \"127.0.0.1:0\"\n", "", "", &tail);
+    let daemon = Daemon::start(&pgm);
+    let addr = daemon.status()["metrics_listen"].as_str().unwrap().to_string();
+    let metrics = http_get(&addr, "/metrics");
+    let rules =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus/alerts.yml"))
+            .unwrap();
+    let used: std::collections::BTreeSet<&str> = rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("pgmedic_"))
+        .collect();
+    assert!(used.len() >= 7, "{used:?}");
+    for name in used {
+        assert!(metrics.contains(&format!("# TYPE {name} ")), "{name} is not exported:\n{metrics}");
+    }
+    assert!(metrics.contains("pgmedic_snapshot_schedule_period_seconds{database=\"app\"} 3600"), "{metrics}");
+    assert!(
+        metrics.contains("pgmedic_repairs_total{database=\"app\",outcome=\"interrupted\"} 0"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn the_grafana_dashboard_queries_only_exported_metrics() {
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/grafana/pgmedic.json"))
+            .unwrap();
+    let dash: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let exprs: Vec<String> = dash["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| {
+            p["targets"].as_array().unwrap().iter().map(|t| t["expr"].as_str().unwrap().to_string())
+        })
+        .collect();
+    assert!(exprs.len() >= 8, "{exprs:?}");
+    let exported = [
+        "pgmedic_snapshot_last_success_timestamp_seconds",
+        "pgmedic_snapshot_schedule_period_seconds",
+        "pgmedic_migrations_failed",
+        "pgmedic_snapshot_last_duration_seconds",
+        "pgmedic_snapshot_last_size_bytes",
+        "pgmedic_snapshots_total",
+        "pgmedic_snapshots_running",
+        "pgmedic_snapshots_waiting",
+        "pgmedic_snapshot_queue_depth",
+        "pgmedic_repairs_total",
+        "pgmedic_uptime_seconds",
+        "pgmedic_config_last_reload_success",
+        "pgmedic_build_info",
+    ];
+    for e in exprs.iter().chain(std::iter::once(&text)) {
+        for w in
+            e.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|w| w.starts_with("pgmedic_"))
+        {
+            assert!(exported.contains(&w), "{w} in the dashboard is not a metric pgmedic exports");
+        }
+    }
+    // Each of those is really exported: the alerts test starts a daemon; here the list is checked
+    // against the exporter's source, which names every metric once.
+    let source =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/daemon/metrics.rs")).unwrap();
+    for name in exported {
+        assert!(source.contains(&format!("\"{name}\"")), "{name}");
+    }
+}
