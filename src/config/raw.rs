@@ -67,8 +67,9 @@ pub struct RawSnapshot {
     pub compression_level: Option<i32>,
     /// zstd worker threads; 0 means one per core.
     pub compression_threads: Option<u32>,
-    /// Where pg_dump, pg_dumpall, pg_restore and psql live; PATH when absent.
-    pub pg_bin_dir: Option<String>,
+    /// Where pg_dump, pg_dumpall, pg_restore and psql live: one folder or a list, searched
+    /// before the standard places and PATH.
+    pub pg_bin_dir: Option<StringOrList>,
     #[serde(default)]
     pub retention: RawRetention,
     /// Snapshots at once across all databases; pre-repair snapshots go first.
@@ -94,7 +95,25 @@ pub struct RawDatabase {
     pub url: Option<String>,
     pub url_file: Option<String>,
     pub schedule: Option<String>,
+    /// This database's client tools, searched first.
+    pub pg_bin_dir: Option<String>,
     pub migrations: Option<RawMigrations>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum StringOrList {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl StringOrList {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            StringOrList::One(s) => vec![s],
+            StringOrList::Many(v) => v,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -47,10 +47,7 @@ pub fn render(cfg: &Config) -> String {
         n.compression_threads,
         n.max_concurrent,
         humantime::format_duration(n.lock_wait_timeout).to_string(),
-        n.pg_bin_dir
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default(),
+        n.pg_bin_dir.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
         r.keep_last,
         r.keep_daily,
         r.keep_weekly,

@@ -117,7 +117,13 @@ fn snapshot(ctx: &Ctx, raw: RawSnapshot) -> Result<SnapshotConfig, ConfigError> 
             }
         },
         compression_threads: raw.compression_threads.unwrap_or(0),
-        pg_bin_dir: raw.pg_bin_dir.map(PathBuf::from),
+        pg_bin_dir: raw
+            .pg_bin_dir
+            .map(|d| d.into_vec())
+            .unwrap_or_default()
+            .into_iter()
+            .map(PathBuf::from)
+            .collect(),
         retention: retention(raw.retention),
         max_concurrent: match raw.max_concurrent.unwrap_or(1) {
             n @ 1..=64 => n,
@@ -218,7 +224,8 @@ fn database(ctx: &Ctx, i: usize, raw: RawDatabase) -> Result<DatabaseConfig, Con
     let schedule =
         raw.schedule.as_deref().map(Schedule::parse).transpose().map_err(|m| ctx.err(key("schedule"), m))?;
     let migrations = raw.migrations.map(|m| migrations(ctx, i, m)).transpose()?;
-    Ok(DatabaseConfig { name: raw.name, url, schedule, migrations })
+    let pg_bin_dir = raw.pg_bin_dir.map(PathBuf::from);
+    Ok(DatabaseConfig { name: raw.name, url, schedule, pg_bin_dir, migrations })
 }
 
 fn migrations(ctx: &Ctx, i: usize, raw: RawMigrations) -> Result<MigrationsConfig, ConfigError> {

@@ -48,6 +48,8 @@ pub struct LastSnapshot {
     pub duration_seconds: f64,
     pub stored_bytes: Option<u64>,
     pub outcome: &'static str,
+    /// The client tools chosen for the server: `pg_dump (PostgreSQL) 18.1 in /usr/lib/…/bin`.
+    pub tools: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -191,6 +191,10 @@ async fn run_job(db: &str, job: &Job, shared: &Shared, abort: &CancellationToken
             duration_seconds: (finished - started).num_milliseconds() as f64 / 1000.0,
             stored_bytes: outcome.as_ref().ok().map(|m| m.stored_bytes),
             outcome: if outcome.is_ok() { "success" } else { "failure" },
+            tools: outcome
+                .as_ref()
+                .ok()
+                .map(|m| format!("{} in {}", m.pg_dump_version, m.pg_bin_dir.as_deref().unwrap_or("PATH"))),
         });
         match &outcome {
             Ok(_) => {

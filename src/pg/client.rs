@@ -119,6 +119,16 @@ impl Session {
         Ok(row.get(0))
     }
 
+    /// The server's major version (15, 18): which client tools may talk to it.
+    pub async fn server_major(&self) -> Result<u32, DbError> {
+        let row = self
+            .client
+            .query_one("SELECT current_setting('server_version_num')::int / 10000", &[])
+            .await
+            .map_err(|e| self.err("server version", e))?;
+        Ok(row.get::<_, i32>(0).max(0) as u32)
+    }
+
     pub async fn server_version(&self) -> Result<String, DbError> {
         let row = self
             .client

@@ -2,6 +2,7 @@
 //! pgmedic needs, advisory locks) and the client tools as typed processes.
 
 mod client;
+pub mod locate;
 mod tls;
 mod tools;
 

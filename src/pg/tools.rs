@@ -6,7 +6,7 @@
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 
 use tokio::io::AsyncReadExt;
@@ -27,11 +27,16 @@ pub enum ToolError {
     Failed { tool: &'static str, status: String, target: String, stderr: String },
     #[error("{tool}: {message}")]
     Io { tool: &'static str, message: String },
+    #[error("no PostgreSQL client tools of version {need} or newer (pg_dump refuses a newer server); looked in: {looked}; install them (e.g. postgresql-client-{need}) or name their folder in snapshot.pg_bin_dir or the database's pg_bin_dir")]
+    NoVersion { need: u32, looked: String },
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct PgTools {
+    /// The folder chosen for one server; before a choice, the first configured one (or PATH).
     bin_dir: Option<PathBuf>,
+    /// `snapshot.pg_bin_dir`, searched first when choosing.
+    configured: Vec<PathBuf>,
 }
 
 /// Which of the tool's standard streams the caller wants.
@@ -42,8 +47,22 @@ pub struct Pipes {
 }
 
 impl PgTools {
-    pub fn new(bin_dir: Option<PathBuf>) -> Self {
-        PgTools { bin_dir }
+    pub fn new(configured: Vec<PathBuf>) -> Self {
+        PgTools { bin_dir: configured.first().cloned(), configured }
+    }
+
+    /// The tools for a server of major `need`: the database's own folder first, then the
+    /// configured ones, the standard places and PATH (see `locate`).
+    pub async fn for_server(&self, own: Option<&Path>, need: u32) -> Result<PgTools, ToolError> {
+        let configured: Vec<PathBuf> =
+            own.map(Path::to_path_buf).into_iter().chain(self.configured.iter().cloned()).collect();
+        let dir = super::locate::locate(&configured, need).await?;
+        Ok(PgTools { bin_dir: Some(dir), configured: self.configured.clone() })
+    }
+
+    /// The folder in use (for status and messages).
+    pub fn bin_dir(&self) -> Option<&Path> {
+        self.bin_dir.as_deref()
     }
 
     fn program(&self, tool: &str) -> PathBuf {

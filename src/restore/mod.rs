@@ -102,6 +102,11 @@ pub struct Restorer {
     pub config: Arc<Config>,
 }
 
+/// The major of the pg_dump that wrote the archive (from the manifest).
+pub fn archive_major(m: &Manifest) -> Option<u32> {
+    pg::locate::major_of_version(&m.pg_dump_version)
+}
+
 impl Restorer {
     /// Restores `m`; `cancel` (Ctrl-C) stops it: pg_restore's process group is killed (one
     /// transaction: nothing committed), the temporary dump of `--jobs` removed, and a database
@@ -129,11 +134,20 @@ impl Restorer {
         let started = Instant::now();
         let url = url.clone();
         let created = self.prepare_target(&url, opts).await?;
+        let this = match self.for_target(m, &url).await {
+            Ok(r) => r,
+            Err(e) => {
+                if created {
+                    self.drop_created(&url, "this failed restore had created").await;
+                }
+                return Err(e);
+            }
+        };
         let work = async {
             if opts.jobs <= 1 {
-                self.restore_streaming(m, &url, opts, progress).await
+                this.restore_streaming(m, &url, opts, progress).await
             } else {
-                self.restore_parallel(m, &url, opts, progress).await
+                this.restore_parallel(m, &url, opts, progress).await
             }
         };
         // Dropping `work` drops pg_restore (its group is killed) and the temporary file.
@@ -183,6 +197,16 @@ impl Restorer {
             .database(&m.database)
             .ok_or_else(|| RestoreError::UnknownSource { id: m.id.clone(), database: m.database.clone() })?;
         Ok(source.url.with_dbname(target))
+    }
+
+    /// This restorer with the tools that read the archive and talk to the target: the lowest
+    /// installed ≥ both the archive's pg_dump major and the target server's (an older snapshot
+    /// restores into a newer server: an upgrade by snapshot).
+    async fn for_target(&self, m: &Manifest, url: &DbUrl) -> Result<Restorer, RestoreError> {
+        let target = pg::connect(url).await?.server_major().await?;
+        let need = archive_major(m).map_or(target, |a| a.max(target));
+        let tools = self.tools.for_server(None, need).await?;
+        Ok(Restorer { storage: Arc::clone(&self.storage), tools, config: Arc::clone(&self.config) })
     }
 
     /// Creates the target if asked and missing; refuses a non-empty one without `clean`.

@@ -40,7 +40,12 @@ impl Restorer {
         cancel: &CancellationToken,
     ) -> Result<VerifyReport, RestoreError> {
         let args: Vec<OsString> = vec!["--list".into()];
-        let mut proc = self.tools.spawn("pg_restore", None, &args, Pipes { stdin: true, stdout: true })?;
+        // pg_restore reads archives of its own major and older.
+        let tools = match super::archive_major(m) {
+            Some(need) => self.tools.for_server(None, need).await?,
+            None => self.tools.clone(),
+        };
+        let mut proc = tools.spawn("pg_restore", None, &args, Pipes { stdin: true, stdout: true })?;
         let stdin = proc.take_stdin()?;
         let stdout = proc.take_async_stdout().expect("stdout was piped");
         let toc = tokio::spawn(async move {

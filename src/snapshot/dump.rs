@@ -134,7 +134,12 @@ impl Snapshotter {
     ) -> Result<String, SnapshotError> {
         let wait_ms = self.cfg.lock_wait_timeout.min(std::time::Duration::from_secs(10)).as_millis().max(1);
         let args = vec![format!("--lock-wait-timeout={wait_ms}").into(), "--schema-only".into()];
-        let out = self.capture(db, "pg_dump", args, cancel).await?;
+        let major = pg::connect(&db.url).await?.server_major().await?;
+        let tools =
+            self.tools.for_server(db.pg_bin_dir.as_deref(), major).await.map_err(|e| dump_err(db, e))?;
+        let this =
+            Snapshotter { storage: std::sync::Arc::clone(&self.storage), tools, cfg: self.cfg.clone() };
+        let out = this.capture(db, "pg_dump", args, cancel).await?;
         Ok(String::from_utf8_lossy(&out).into_owned())
     }
 

@@ -22,6 +22,9 @@ pub struct Manifest {
     pub finished_at: DateTime<Utc>,
     pub host: String,
     pub pg_dump_version: String,
+    /// Where that pg_dump was (chosen for the server's major; absent before version 0.3).
+    #[serde(default)]
+    pub pg_bin_dir: Option<String>,
     pub server_version: String,
     pub format: String,
     pub compression: Compression,

@@ -116,12 +116,20 @@ impl Snapshotter {
         let shared = shared.ok();
         let server_version = session.server_version().await?;
         let migrations = read_migrations(&session, db).await?;
-        let pg_dump_version = self.tools.version("pg_dump").await.map_err(|e| dump::dump_err(db, e))?;
-        let globals = self.store_globals(db, id, cancel).await;
-        tracing::info!("dumping");
+        // The client tools that can dump this server's major (pg_dump refuses a newer server).
+        let major = session.server_major().await?;
+        let tools = self
+            .tools
+            .for_server(db.pg_bin_dir.as_deref(), major)
+            .await
+            .map_err(|e| dump::dump_err(db, e))?;
+        let this = Snapshotter { storage: Arc::clone(&self.storage), tools, cfg: self.cfg.clone() };
+        let pg_dump_version = this.tools.version("pg_dump").await.map_err(|e| dump::dump_err(db, e))?;
+        let globals = this.store_globals(db, id, cancel).await;
+        tracing::info!(tools = %this.tools.bin_dir().map(|d| d.display().to_string()).unwrap_or_else(|| "PATH".into()), "dumping");
         let (dumped, schema) = tokio::join!(
-            self.dump(db, id, shared.as_deref(), cancel),
-            self.store_schema(db, id, shared.as_deref(), cancel)
+            this.dump(db, id, shared.as_deref(), cancel),
+            this.store_schema(db, id, shared.as_deref(), cancel)
         );
         let extras = [globals.as_ref(), schema.as_ref()];
         let dumped = match dumped {
@@ -153,6 +161,7 @@ impl Snapshotter {
             finished_at: Utc::now(),
             host: hostname(),
             pg_dump_version,
+            pg_bin_dir: this.tools.bin_dir().map(|d| d.display().to_string()),
             server_version,
             format: "pg_dump custom".into(),
             compression: Compression { algorithm: "zstd".into(), level: self.cfg.compression_level },

@@ -138,6 +138,7 @@ mod tests {
             finished_at: t,
             host: String::new(),
             pg_dump_version: String::new(),
+            pg_bin_dir: None,
             server_version: String::new(),
             format: String::new(),
             compression: Compression { algorithm: "zstd".into(), level: 3 },
