@@ -30,6 +30,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status { json } => super::remote::status(&cfg, json).await,
         Command::CheckConfig => {
             print!("{}", config::render_redacted(&cfg));
+            print!("{}", client_tools(&cfg).await);
             Ok(())
         }
         Command::Snapshot { db, reason, json } => cmd_snapshot(&cfg, db.as_deref(), &reason, json).await,
@@ -71,6 +72,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Prune { db, dry_run, json } => cmd_prune(&cfg, db.as_deref(), dry_run, json).await,
     }
+}
+
+/// The client tools found, as comments: each database uses the lowest major ≥ its server's.
+async fn client_tools(cfg: &Config) -> String {
+    let mut out = String::from(
+        "\n# client tools found (each database uses the lowest version >= its server's major):\n",
+    );
+    for db in &cfg.databases {
+        if let Some(dir) = &db.pg_bin_dir {
+            out += &format!("#   {}: its own pg_bin_dir {} first\n", db.name, dir.display());
+        }
+    }
+    for (dir, major) in crate::pg::locate::inventory(&cfg.snapshot.pg_bin_dir).await {
+        let version = major.map(|m| m.to_string()).unwrap_or_else(|| "version unknown".into());
+        out += &format!("#   {} ({version})\n", dir.display());
+    }
+    out
 }
 
 pub(super) async fn open_storage(cfg: &Config) -> anyhow::Result<Arc<dyn Storage>> {

@@ -58,7 +58,21 @@ fn standard_places() -> Vec<PathBuf> {
     if let Some(path) = std::env::var_os("PATH") {
         out.extend(std::env::split_paths(&path));
     }
-    out.into_iter().filter(|d| d.join("pg_dump").is_file()).collect()
+    let mut seen = std::collections::HashSet::new();
+    // `/bin` and `/usr/bin` are one folder on merged-/usr systems: list each folder once.
+    out.into_iter()
+        .filter(|d| d.join("pg_dump").is_file())
+        .filter(|d| seen.insert(std::fs::canonicalize(d).unwrap_or_else(|_| d.clone())))
+        .collect()
+}
+
+/// Every folder searched, with the major its pg_dump reports (for `check-config`).
+pub async fn inventory(configured: &[PathBuf]) -> Vec<(PathBuf, Option<u32>)> {
+    let mut out = Vec::new();
+    for dir in configured.iter().chain(standard_places().iter()) {
+        out.push((dir.clone(), major_in(dir).await));
+    }
+    out
 }
 
 /// The folder to use for a server of major `need`: configured folders first, then the
