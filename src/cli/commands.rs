@@ -21,6 +21,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         return super::lint::lint_dir(dir, *json, *format).await;
     }
     let cfg = Arc::new(Config::load(&cli.config)?);
+    crate::crypt::use_identity_file(cfg.storage.encryption.as_ref().and_then(|e| e.identity_file.clone()));
     match cli.command {
         Command::Daemon => {
             let shutdown = CancellationToken::new();

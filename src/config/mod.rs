@@ -92,6 +92,15 @@ pub struct StorageConfig {
     pub timeout: Duration,
     pub upload_concurrency: usize,
     pub part_size: u64,
+    pub encryption: Option<Encryption>,
+}
+
+/// Client-side encryption with age: written to `recipients`, read with `identity_file`.
+#[derive(Debug, Clone)]
+pub struct Encryption {
+    /// `age1…` X25519 recipients, checked at load.
+    pub recipients: Vec<String>,
+    pub identity_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -105,6 +114,8 @@ pub struct SnapshotConfig {
     pub max_concurrent: usize,
     /// How long pg_dump waits for a table lock before the snapshot fails.
     pub lock_wait_timeout: Duration,
+    /// `storage.encryption`, here too: the snapshotter encrypts what it stores.
+    pub encryption: Option<Encryption>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

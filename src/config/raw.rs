@@ -59,6 +59,17 @@ pub struct RawStorage {
     pub upload_concurrency: Option<usize>,
     /// Size of the first multipart parts, in MiB; it doubles every 1,000 parts.
     pub part_size_mib: Option<u64>,
+    pub encryption: Option<RawEncryption>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEncryption {
+    /// age X25519 recipients (`age1…`): snapshots are encrypted to every one.
+    #[serde(default)]
+    pub recipients: Vec<String>,
+    /// The identity (secret key) file, needed only to read snapshots back.
+    pub identity_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

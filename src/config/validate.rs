@@ -48,7 +48,8 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         allowed_uids: raw.daemon.allowed_uids.unwrap_or_default(),
     };
     let storage = storage(&ctx, raw.storage)?;
-    let snapshot = snapshot(&ctx, raw.snapshot)?;
+    let mut snapshot = snapshot(&ctx, raw.snapshot)?;
+    snapshot.encryption = storage.encryption.clone();
     if raw.databases.is_empty() {
         return Err(ctx.err("databases", "no [[databases]] entry: add one with `name` and `url`"));
     }
@@ -134,6 +135,7 @@ fn snapshot(ctx: &Ctx, raw: RawSnapshot) -> Result<SnapshotConfig, ConfigError> 
             raw.lock_wait_timeout.as_deref(),
             Duration::from_secs(300),
         )?,
+        encryption: None,
     })
 }
 
@@ -177,13 +179,30 @@ fn storage(ctx: &Ctx, raw: RawStorage) -> Result<StorageConfig, ConfigError> {
             format!("{part_mib} is outside 5..=512 (S3's minimum part is 5 MiB)"),
         ));
     }
+    let encryption = raw.encryption.map(|e| encryption(ctx, e)).transpose()?;
     Ok(StorageConfig {
         backend,
         prefix,
         timeout: ctx.duration("storage.timeout", raw.timeout.as_deref(), Duration::from_secs(60))?,
         upload_concurrency,
         part_size: part_mib * MIB,
+        encryption,
     })
+}
+
+fn encryption(ctx: &Ctx, raw: super::raw::RawEncryption) -> Result<super::Encryption, ConfigError> {
+    if raw.recipients.is_empty() {
+        return Err(ctx.err("storage.encryption.recipients", "needs at least one age recipient (age1…)"));
+    }
+    for (i, r) in raw.recipients.iter().enumerate() {
+        if r.parse::<age::x25519::Recipient>().is_err() {
+            return Err(ctx.err(
+                format!("storage.encryption.recipients[{i}]"),
+                "is not an age X25519 recipient (age1…)",
+            ));
+        }
+    }
+    Ok(super::Encryption { recipients: raw.recipients, identity_file: raw.identity_file.map(PathBuf::from) })
 }
 
 fn retention(raw: RawRetention) -> Retention {

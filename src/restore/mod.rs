@@ -27,6 +27,8 @@ use stream::{stream_object, SinkMode};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
+    #[error("snapshot {id} is encrypted to age recipient(s) {recipients}, and {why}: give pgmedic the identity of one of them")]
+    Encrypted { id: String, recipients: String, why: String },
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
     #[error(transparent)]
@@ -102,6 +104,21 @@ pub struct Restorer {
     pub config: Arc<Config>,
 }
 
+impl Restorer {
+    /// The age identities for an encrypted snapshot (None for a plain one), or why not.
+    pub fn keys(&self, m: &Manifest) -> Result<Option<Vec<age::x25519::Identity>>, RestoreError> {
+        let Some(enc) = &m.encryption else { return Ok(None) };
+        let locked = |why: String| RestoreError::Encrypted {
+            id: m.id.clone(),
+            recipients: enc.recipients.join(", "),
+            why,
+        };
+        let file = self.config.storage.encryption.as_ref().and_then(|e| e.identity_file.clone());
+        let file = file.ok_or_else(|| locked("storage.encryption.identity_file is not set".into()))?;
+        crate::crypt::identities(&file).map(Some).map_err(|e| locked(e.to_string()))
+    }
+}
+
 /// The major of the pg_dump that wrote the archive (from the manifest).
 pub fn archive_major(m: &Manifest) -> Option<u32> {
     pg::locate::major_of_version(&m.pg_dump_version)
@@ -133,6 +150,8 @@ impl Restorer {
     ) -> Result<RestoreReport, RestoreError> {
         let started = Instant::now();
         let url = url.clone();
+        // An encrypted snapshot without its identity fails here, before the target is touched.
+        self.keys(m)?;
         let created = self.prepare_target(&url, opts).await?;
         let this = match self.for_target(m, &url).await {
             Ok(r) => r,
@@ -272,7 +291,7 @@ impl Restorer {
         let mut proc =
             self.tools.spawn("pg_restore", Some(url), &args, Pipes { stdin: true, ..Pipes::default() })?;
         let stdin = proc.take_stdin()?;
-        match stream_object(&self.storage, m, stdin, SinkMode::Strict, progress).await {
+        match stream_object(&self.storage, m, stdin, SinkMode::Strict, progress, self.keys(m)?).await {
             Ok(s) => match proc.wait().await {
                 Ok(_) => Ok(s),
                 Err(e) => Err(RestoreError::Restore {
@@ -316,7 +335,8 @@ impl Restorer {
             .tempfile_in(&dir)
             .map_err(|e| local("cannot create a temporary dump in", e.to_string()))?;
         let file = tmp.reopen().map_err(|e| local("cannot open the temporary dump in", e.to_string()))?;
-        let streamed = stream_object(&self.storage, m, file, SinkMode::Strict, progress).await?;
+        let streamed =
+            stream_object(&self.storage, m, file, SinkMode::Strict, progress, self.keys(m)?).await?;
         if opts.clean {
             tracing::warn!(target = %url.display_target(), "--clean with --jobs is not one transaction: a failure part way leaves the target partly replaced");
         }

@@ -1,4 +1,4 @@
-//! Reading a stored dump back: storage → SHA-256 → zstd → a sink, with the last bytes of the
+//! Reading a stored dump back: storage → SHA-256 → (age) → zstd → a sink, with the last bytes of the
 //! decompressed stream held back until the whole object's hash has matched the manifest. Fed
 //! to `pg_restore --single-transaction`, that means a corrupt object can never be committed:
 //! pg_restore cannot finish its last block, and is killed instead.
@@ -40,16 +40,18 @@ pub struct Streamed {
 }
 
 /// Streams `m`'s object into `sink`; errors when it does not match the manifest.
+/// `keys`: the age identities, for an encrypted snapshot.
 pub async fn stream_object(
     storage: &Arc<dyn Storage>,
     m: &Manifest,
     sink: File,
     mode: SinkMode,
     progress: &Progress,
+    keys: Option<Vec<age::x25519::Identity>>,
 ) -> Result<Streamed, RestoreError> {
     let mut reader = storage.open(&m.object_key()).await?;
     let (tx, rx) = mpsc::channel::<Msg>(4);
-    let thread = tokio::task::spawn_blocking(move || decode(rx, sink, mode));
+    let thread = tokio::task::spawn_blocking(move || decode(rx, sink, mode, keys));
     let mut hasher = Sha256::new();
     let mut stored = 0u64;
     let mut buf = vec![0u8; CHUNK];
@@ -93,24 +95,80 @@ pub async fn stream_object(
     Ok(Streamed { stored_bytes: stored, raw_bytes })
 }
 
-fn decode(mut rx: mpsc::Receiver<Msg>, sink: File, mode: SinkMode) -> io::Result<u64> {
+fn decode(
+    rx: mpsc::Receiver<Msg>,
+    sink: File,
+    mode: SinkMode,
+    keys: Option<Vec<age::x25519::Identity>>,
+) -> io::Result<u64> {
     let mut dec = zstd::stream::write::Decoder::new(HoldBack::new(sink, mode))?;
-    while let Some(msg) = rx.blocking_recv() {
-        match msg {
-            Msg::Data(b) => dec.write_all(&b)?,
-            Msg::End { verified: true } => {
-                dec.flush()?;
-                let mut out = dec.into_inner();
-                out.release()?;
-                return Ok(out.count);
-            }
-            // Dropping the sink unreleased: the reader never sees the end of the archive.
-            Msg::End { verified: false } => {
-                return Err(io::Error::other("stored object does not match its manifest"));
-            }
+    let mut input = Incoming { rx, current: Bytes::new(), verified: false };
+    match &keys {
+        Some(keys) => {
+            let mut plain = crate::crypt::open(&mut input, keys)?;
+            io::copy(&mut plain, &mut dec)?;
+        }
+        None => {
+            io::copy(&mut input, &mut dec)?;
         }
     }
-    Err(io::Error::other("the stored object ended early"))
+    // age knows its last chunk without reading on: wait for the hash's verdict all the same.
+    input.finish()?;
+    dec.flush()?;
+    let mut out = dec.into_inner();
+    out.release()?;
+    Ok(out.count)
+}
+
+/// The stored bytes as a reader; its end is the hash's verdict (an unverified end is an error,
+/// so the sink is never released).
+struct Incoming {
+    rx: mpsc::Receiver<Msg>,
+    current: Bytes,
+    verified: bool,
+}
+
+impl Incoming {
+    fn next(&mut self) -> io::Result<bool> {
+        match self.rx.blocking_recv() {
+            Some(Msg::Data(b)) => {
+                self.current = b;
+                Ok(true)
+            }
+            Some(Msg::End { verified: true }) => {
+                self.verified = true;
+                Ok(false)
+            }
+            // Dropping the sink unreleased: the reader never sees the end of the archive.
+            Some(Msg::End { verified: false }) => {
+                Err(io::Error::other("stored object does not match its manifest"))
+            }
+            None => Err(io::Error::other("the stored object ended early")),
+        }
+    }
+
+    fn finish(&mut self) -> io::Result<()> {
+        while !self.verified {
+            if self.next()? && !self.current.is_empty() {
+                return Err(io::Error::other("the stored object has bytes after its end"));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl io::Read for Incoming {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            if self.verified || !self.next()? {
+                return Ok(0);
+            }
+        }
+        let n = out.len().min(self.current.len());
+        out[..n].copy_from_slice(&self.current[..n]);
+        bytes::Buf::advance(&mut self.current, n);
+        Ok(n)
+    }
 }
 
 struct HoldBack {

@@ -49,7 +49,9 @@ impl Snapshotter {
         let stdout = proc.take_stdout().map_err(|e| dump_err(db, e))?;
         let (tx, mut rx) = mpsc::channel::<Bytes>(4);
         let (level, threads) = (self.cfg.compression_level, self.cfg.compression_threads);
-        let thread = tokio::task::spawn_blocking(move || pipeline::compress(stdout, level, threads, tx));
+        let recipients = self.cfg.encryption.as_ref().map(crate::crypt::recipients).unwrap_or_default();
+        let thread =
+            tokio::task::spawn_blocking(move || pipeline::compress(stdout, level, threads, &recipients, tx));
         let pumped = pump(&mut rx, writer.as_mut(), cancel).await;
         drop(rx); // a compressor still sending now gets BrokenPipe, and pg_dump EPIPE
         if let Err(e) = pumped {
@@ -181,10 +183,9 @@ impl Snapshotter {
     ) -> Result<StoredObject, SnapshotError> {
         let out = self.capture(db, tool, args, cancel).await?;
         let level = self.cfg.compression_level;
-        let (bytes, stats) = pipeline::compress_small(&out, level).map_err(|e| SnapshotError::Pipeline {
-            database: db.name.clone(),
-            id: id.into(),
-            message: e.to_string(),
+        let recipients = self.cfg.encryption.as_ref().map(crate::crypt::recipients).unwrap_or_default();
+        let (bytes, stats) = pipeline::compress_small(&out, level, &recipients).map_err(|e| {
+            SnapshotError::Pipeline { database: db.name.clone(), id: id.into(), message: e.to_string() }
         })?;
         self.storage.put(&layout::object(&db.name, id, name), bytes).await?;
         Ok(StoredObject {

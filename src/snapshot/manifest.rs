@@ -39,6 +39,17 @@ pub struct Manifest {
     #[serde(default)]
     pub schema: Option<StoredObject>,
     pub migrations: Option<MigrationRows>,
+    /// Set when every object (dump, globals, schema) is age-encrypted: to whom, by fingerprint.
+    #[serde(default)]
+    pub encryption: Option<EncryptionInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EncryptionInfo {
+    /// `age` (X25519 recipients), applied after zstd.
+    pub format: String,
+    /// `sha256:<16 hex>` of each recipient; never a key.
+    pub recipients: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -19,7 +19,9 @@ use crate::config::{DatabaseConfig, SnapshotConfig};
 use crate::pg::{self, DbError, PgTools, ToolError};
 use crate::storage::{layout, Storage, StorageError};
 
-pub use manifest::{find, list, Compression, Manifest, MigrationRows, StoredObject, FORMAT_VERSION};
+pub use manifest::{
+    find, list, Compression, EncryptionInfo, Manifest, MigrationRows, StoredObject, FORMAT_VERSION,
+};
 pub use pipeline::{cores, CHUNK};
 pub use retention::{plan, prune, Decision, PruneReport, PRE_REPAIR};
 
@@ -172,6 +174,10 @@ impl Snapshotter {
             globals,
             schema,
             migrations,
+            encryption: self.cfg.encryption.as_ref().map(|e| manifest::EncryptionInfo {
+                format: "age".into(),
+                recipients: e.recipients.iter().map(|r| crate::crypt::fingerprint(r)).collect(),
+            }),
         };
         self.write_manifest(&manifest).await?;
         tracing::info!(

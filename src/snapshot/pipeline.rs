@@ -32,7 +32,13 @@ pub struct Stats {
 
 /// Compresses `input` to the end and sends the result in chunks. Returns `BrokenPipe` when the
 /// receiver is gone (the upload failed or was cancelled), which also stops pg_dump.
-pub fn compress(mut input: File, level: i32, threads: u32, tx: mpsc::Sender<Bytes>) -> io::Result<Stats> {
+pub fn compress(
+    mut input: File,
+    level: i32,
+    threads: u32,
+    recipients: &[age::x25519::Recipient],
+    tx: mpsc::Sender<Bytes>,
+) -> io::Result<Stats> {
     // Best effort: the default 64 KiB pipe still works, only slower.
     unsafe { libc::fcntl(input.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
     let (raw_tx, raw_rx) = std::sync::mpsc::sync_channel::<(Vec<u8>, usize)>(READ_AHEAD);
@@ -41,7 +47,9 @@ pub fn compress(mut input: File, level: i32, threads: u32, tx: mpsc::Sender<Byte
         .name("pgmedic-read".into())
         .spawn(move || read_ahead(&mut input, raw_tx, spare_rx))?;
     let sink = ChunkSink { tx, buf: Vec::with_capacity(CHUNK), hasher: Sha256::new(), stored: 0 };
-    let mut enc = zstd::stream::write::Encoder::new(sink, level)?;
+    // zstd → age (when configured) → SHA-256 and storage.
+    let sealed = crate::crypt::Sealed::new(sink, recipients)?;
+    let mut enc = zstd::stream::write::Encoder::new(sealed, level)?;
     enc.include_checksum(true)?;
     let workers = if threads == 0 { cores() } else { threads };
     if workers > 1 {
@@ -58,7 +66,7 @@ pub fn compress(mut input: File, level: i32, threads: u32, tx: mpsc::Sender<Byte
         let _ = spare_tx.try_send(buf); // back to the reader, so no buffer is allocated twice
     }
     reader.join().map_err(|_| io::Error::other("the read-ahead thread panicked"))??;
-    let mut sink = enc.finish()?;
+    let mut sink = enc.finish()?.finish()?;
     sink.send()?;
     Ok(Stats { raw_bytes: raw, stored_bytes: sink.stored, sha256: hex::encode(sink.hasher.finalize()) })
 }
@@ -86,11 +94,15 @@ fn read_ahead(
 }
 
 /// Compresses a small in-memory object (the cluster's globals) with the same settings.
-pub fn compress_small(data: &[u8], level: i32) -> io::Result<(Bytes, Stats)> {
+pub fn compress_small(
+    data: &[u8],
+    level: i32,
+    recipients: &[age::x25519::Recipient],
+) -> io::Result<(Bytes, Stats)> {
     let mut enc = zstd::stream::write::Encoder::new(Vec::new(), level)?;
     enc.include_checksum(true)?;
     enc.write_all(data)?;
-    let out = enc.finish()?;
+    let out = crate::crypt::seal(&enc.finish()?, recipients)?;
     let stats = Stats {
         raw_bytes: data.len() as u64,
         stored_bytes: out.len() as u64,

@@ -149,6 +149,7 @@ mod tests {
             globals: None,
             schema: None,
             migrations: None,
+            encryption: None,
         }
     }
 
