@@ -39,6 +39,13 @@ pub fn render(cfg: &Config) -> String {
         s.upload_concurrency,
         s.part_size / MIB
     );
+    if let Some(e) = &cfg.storage.encryption {
+        out += &format!(
+            "\n[storage.encryption]\nrecipients = {:?}\nidentity_file = {:?}\n",
+            e.recipients,
+            e.identity_file.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
+        );
+    }
     let n = &cfg.snapshot;
     let r = &n.retention;
     out += &format!(
