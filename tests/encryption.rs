@@ -138,3 +138,28 @@ fn without_the_identity_verify_checks_the_hash_and_restore_refuses_before_the_ta
     let tampered = pgm.run(&["verify", id]);
     assert_eq!(tampered.code, 1, "{}", tampered.stderr);
 }
+
+#[test]
+fn s3_server_side_encryption_is_sent_on_every_upload() {
+    let db = TestDb::new("sse");
+    db.sql("CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 100)");
+    for (sse, key) in
+        [("AES256", None), ("aws:kms", Some("arn:aws:kms:us-east-1:123456789012:key/pgmedic-test"))]
+    {
+        let s3 = S3Server::start();
+        let mut extra = format!("sse = \"{sse}\"\n");
+        if let Some(k) = key {
+            extra += &format!("kms_key_id = \"{k}\"\n");
+        }
+        let tail = format!("\n[[databases]]\nname = \"app\"\nurl = \"{}\"\n", db.url());
+        let pgm = Pgmedic::custom(Backend::S3(&s3), "", &extra, "", &tail);
+        let m = pgm.snapshot("app");
+        let id = m["id"].as_str().unwrap();
+        // The dump goes up as a multipart upload, the manifest and the small objects with one PUT.
+        for object in ["dump.zst", "schema.sql.zst", "manifest.json"] {
+            let (algorithm, kms) = s3.encryption(&format!("test/prod/app/{id}/{object}"));
+            assert_eq!(algorithm.as_deref(), Some(sse), "{object}");
+            assert_eq!(kms.as_deref(), key, "{object}");
+        }
+    }
+}

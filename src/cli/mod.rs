@@ -212,11 +212,6 @@ fn tune_allocator() {
 pub fn main() -> ExitCode {
     tune_allocator();
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Daemon) {
-        // `pgmedic audit | head` ends quietly, as other commands do, instead of panicking on a
-        // closed pipe. The daemon keeps SIGPIPE ignored: a client hanging up must not kill it.
-        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-    }
     init_logging(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -82,6 +82,9 @@ pub struct S3Config {
     pub endpoint: Option<String>,
     pub region: String,
     pub force_path_style: bool,
+    /// Server-side encryption on every upload: `AES256` or `aws:kms` (with its key).
+    pub sse: Option<String>,
+    pub kms_key_id: Option<String>,
 }
 
 #[derive(Debug, Clone)]

@@ -60,6 +60,9 @@ pub struct RawStorage {
     /// Size of the first multipart parts, in MiB; it doubles every 1,000 parts.
     pub part_size_mib: Option<u64>,
     pub encryption: Option<RawEncryption>,
+    /// S3 server-side encryption sent on every upload: "AES256" or "aws:kms".
+    pub sse: Option<String>,
+    pub kms_key_id: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -29,7 +29,13 @@ pub fn render(cfg: &Config) -> String {
                 c.endpoint.clone().unwrap_or_default(),
                 c.region,
                 c.force_path_style
-            )
+            );
+            if let Some(sse) = &c.sse {
+                out += &format!("sse = {sse:?}\n");
+            }
+            if let Some(k) = &c.kms_key_id {
+                out += &format!("kms_key_id = {k:?}\n");
+            }
         }
     }
     out += &format!(

@@ -139,9 +139,12 @@ fn snapshot(ctx: &Ctx, raw: RawSnapshot) -> Result<SnapshotConfig, ConfigError> 
     })
 }
 
-fn storage(ctx: &Ctx, raw: RawStorage) -> Result<StorageConfig, ConfigError> {
+fn storage(ctx: &Ctx, mut raw: RawStorage) -> Result<StorageConfig, ConfigError> {
     let backend = match raw.backend.as_deref().unwrap_or("local") {
         "local" => {
+            if raw.sse.is_some() || raw.kms_key_id.is_some() {
+                return Err(ctx.err("storage.sse", "server-side encryption applies to backend = \"s3\""));
+            }
             let path =
                 raw.path.ok_or_else(|| ctx.err("storage.path", "required when backend = \"local\""))?;
             StorageBackend::Local { path: PathBuf::from(path) }
@@ -153,11 +156,14 @@ fn storage(ctx: &Ctx, raw: RawStorage) -> Result<StorageConfig, ConfigError> {
                 url::Url::parse(e)
                     .map_err(|err| ctx.err("storage.endpoint", format!("`{e}` is not a URL: {err}")))?;
             }
+            let (sse, kms_key_id) = sse(ctx, raw.sse.take(), raw.kms_key_id.take())?;
             StorageBackend::S3(S3Config {
                 bucket,
                 endpoint: raw.endpoint,
                 region: raw.region.unwrap_or_else(|| "us-east-1".into()),
                 force_path_style: raw.force_path_style.unwrap_or(false),
+                sse,
+                kms_key_id,
             })
         }
         other => {
@@ -188,6 +194,20 @@ fn storage(ctx: &Ctx, raw: RawStorage) -> Result<StorageConfig, ConfigError> {
         part_size: part_mib * MIB,
         encryption,
     })
+}
+
+type Sse = (Option<String>, Option<String>);
+
+fn sse(ctx: &Ctx, sse: Option<String>, kms_key_id: Option<String>) -> Result<Sse, ConfigError> {
+    match (sse.as_deref(), &kms_key_id) {
+        (None, None) | (Some("AES256"), None) | (Some("aws:kms"), _) => Ok((sse, kms_key_id)),
+        (Some("AES256") | None, Some(_)) => {
+            Err(ctx.err("storage.kms_key_id", "belongs to sse = \"aws:kms\""))
+        }
+        (Some(other), _) => {
+            Err(ctx.err("storage.sse", format!("`{other}` is not \"AES256\" or \"aws:kms\"")))
+        }
+    }
 }
 
 fn encryption(ctx: &Ctx, raw: super::raw::RawEncryption) -> Result<super::Encryption, ConfigError> {

@@ -32,6 +32,9 @@ pub struct S3Storage {
     prefix: String,
     part_size: u64,
     concurrency: usize,
+    /// `storage.sse` and `kms_key_id`, sent on every upload.
+    sse: Option<aws_sdk_s3::types::ServerSideEncryption>,
+    kms_key_id: Option<String>,
 }
 
 /// The size of part `n` (1-based): `base`, doubled every 1,000 parts, at most 5 GiB.
@@ -67,6 +70,8 @@ impl S3Storage {
             prefix: cfg.prefix.clone(),
             part_size: cfg.part_size,
             concurrency: cfg.upload_concurrency,
+            sse: s3.sse.as_deref().map(aws_sdk_s3::types::ServerSideEncryption::from),
+            kms_key_id: s3.kms_key_id.clone(),
         })
     }
 
@@ -110,8 +115,10 @@ impl Storage for S3Storage {
 
     async fn create(&self, key: &str) -> Result<Box<dyn ObjectWriter>, StorageError> {
         let full = self.full(key);
-        let out = (self.client.create_multipart_upload().bucket(&self.bucket).key(&full).send().await)
-            .map_err(|e| self.err("start upload of", key, e))?;
+        let start = self.client.create_multipart_upload().bucket(&self.bucket).key(&full);
+        let start =
+            start.set_server_side_encryption(self.sse.clone()).set_ssekms_key_id(self.kms_key_id.clone());
+        let out = start.send().await.map_err(|e| self.err("start upload of", key, e))?;
         let upload_id = out.upload_id().unwrap_or_default().to_string();
         Ok(Box::new(S3Writer {
             client: self.client.clone(),
@@ -133,6 +140,7 @@ impl Storage for S3Storage {
     async fn put(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
         let req =
             self.client.put_object().bucket(&self.bucket).key(self.full(key)).body(ByteStream::from(data));
+        let req = req.set_server_side_encryption(self.sse.clone()).set_ssekms_key_id(self.kms_key_id.clone());
         req.send().await.map(|_| ()).map_err(|e| self.err("write", key, e))
     }
 

@@ -98,6 +98,16 @@ impl S3Server {
         self.rt.block_on(out.body.collect()).unwrap().into_bytes().to_vec()
     }
 
+    /// The object's server-side encryption as the server reports it: (algorithm, KMS key id).
+    pub fn encryption(&self, key: &str) -> (Option<String>, Option<String>) {
+        let out =
+            self.rt.block_on(self.client.head_object().bucket(&self.bucket).key(key).send()).expect("head");
+        (
+            out.server_side_encryption().map(|s| s.as_str().to_string()),
+            out.ssekms_key_id().map(str::to_string),
+        )
+    }
+
     pub fn put(&self, key: &str, data: Vec<u8>) {
         let req = self.client.put_object().bucket(&self.bucket).key(key).body(data.into());
         self.rt.block_on(req.send()).expect("put");
