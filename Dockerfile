@@ -8,7 +8,12 @@ RUN apt-get update \
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
-RUN cargo build --release --locked && strip target/release/pgmedic
+RUN cargo build --release --locked && strip target/release/pgmedic \
+ && mkdir -p /out && cd /out \
+ && /src/target/release/pgmedic completions bash > pgmedic.bash \
+ && /src/target/release/pgmedic completions zsh > _pgmedic \
+ && /src/target/release/pgmedic completions fish > pgmedic.fish \
+ && /src/target/release/pgmedic man > pgmedic.1
 
 FROM debian:bookworm-slim
 # The client tools must be as new as the servers they dump: bookworm ships 15. psql loads a
@@ -19,6 +24,11 @@ RUN apt-get update \
  && useradd --system --uid 10001 --home-dir /var/lib/pgmedic --create-home pgmedic \
  && install -d -o pgmedic -g pgmedic -m 0750 /run/pgmedic /etc/pgmedic
 COPY --from=build /src/target/release/pgmedic /usr/local/bin/pgmedic
+# Shell completions and the man page, generated from the CLI definition at build time.
+COPY --from=build /out/pgmedic.bash /usr/share/bash-completion/completions/pgmedic
+COPY --from=build /out/_pgmedic /usr/share/zsh/vendor-completions/_pgmedic
+COPY --from=build /out/pgmedic.fish /usr/share/fish/vendor_completions.d/pgmedic.fish
+COPY --from=build /out/pgmedic.1 /usr/share/man/man1/pgmedic.1
 COPY config/pgmedic.toml /etc/pgmedic/pgmedic.toml.example
 USER pgmedic
 ENV PGMEDIC_CONFIG=/etc/pgmedic/pgmedic.toml \

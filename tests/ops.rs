@@ -110,3 +110,30 @@ fn the_grafana_dashboard_queries_only_exported_metrics() {
         assert!(source.contains(&format!("\"{name}\"")), "{name}");
     }
 }
+
+#[test]
+fn completions_and_the_man_page_come_from_the_cli_definition() {
+    let bin = env!("CARGO_BIN_EXE_pgmedic");
+    let dir = tempfile::tempdir().unwrap();
+    for shell in ["bash", "zsh", "fish"] {
+        let out =
+            Command::new(bin).args(["completions", shell]).env_remove("PGMEDIC_CONFIG").output().unwrap();
+        assert!(out.status.success(), "{shell}: {}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8(out.stdout).unwrap();
+        for sub in ["diagnose", "rehearse", "lint", "restore"] {
+            assert!(text.contains(sub), "{shell} completion lacks {sub}");
+        }
+        if shell == "bash" {
+            let file = dir.path().join("pgmedic.bash");
+            std::fs::write(&file, &text).unwrap();
+            assert!(Command::new("bash").arg("-n").arg(&file).status().unwrap().success(), "bash parses it");
+        }
+    }
+    let man = Command::new(bin).arg("man").env_remove("PGMEDIC_CONFIG").output().unwrap();
+    assert!(man.status.success());
+    let roff = String::from_utf8(man.stdout).unwrap();
+    assert!(
+        roff.contains(".TH pgmedic 1") && roff.contains("rehearse") && roff.contains("diagnose"),
+        "{roff}"
+    );
+}

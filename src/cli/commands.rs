@@ -15,6 +15,20 @@ use crate::snapshot::{self, Request, Snapshotter};
 use crate::storage::{self, Storage};
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    // Generated from the CLI definition itself; no configuration needed.
+    match &cli.command {
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut cmd, "pgmedic", &mut std::io::stdout());
+            return Ok(());
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
+            return Ok(());
+        }
+        _ => {}
+    }
     // Linting a folder needs no configuration: CI runs it before any pgmedic is set up.
     if let Command::Lint { db: None, dir, json, format } = &cli.command {
         let dir = dir.as_ref().ok_or_else(|| UsageError("lint needs --dir DIR or --db NAME".into()))?;
@@ -54,6 +68,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Verify { snapshot_id, deep, json } => cmd_verify(&cfg, &snapshot_id, deep, json).await,
         Command::Migrations { db, json } => super::repair::migrations(&cfg, db.as_deref(), json).await,
+        Command::Completions { .. } | Command::Man => Ok(()),
         Command::Rehearse { db, snapshot, fresh, keep, json, command } => {
             let opts = crate::rehearse::Options { snapshot, fresh, keep, command };
             cmd_rehearse(&cfg, db.as_deref(), &opts, json).await

@@ -138,6 +138,12 @@ pub enum Command {
         #[arg(last = true)]
         command: Vec<String>,
     },
+    /// Print shell completions (bash, zsh, fish, elvish, powershell), generated from this CLI.
+    #[command(hide = true)]
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff), generated from this CLI.
+    #[command(hide = true)]
+    Man,
     /// Check migration files before they run: every one under --dir, or the pending ones of
     /// --db against its live schema; exit 1 when a finding is an error.
     Lint {
