@@ -85,7 +85,7 @@ def bench_snapshot_restore(parts, meter, tmp, results):
     build_database()
     s3, endpoint = start_s3(meter)
     try:
-        cfgs = {b: config(tmp, b, endpoint) for b in ("local", "s3")}
+        cfgs = {b: config(tmp, b, endpoint) for b in ("local", "s3", "local_age")}
         sizes = {}
         if "snapshot" in parts:
             cmds = snapshot_commands(tmp, cfgs, endpoint, sizes)

@@ -45,6 +45,9 @@ def snapshot_targets(s):
             out.append(target(f"snapshot → {where}: {what.replace('cpu', 'CPU')} ≤ {limit:.2f}× the zstd pipeline",
                               s[key][f"{what}_s"] / z[f"{what}_s"], limit))
         out.append(target(f"snapshot → {where}: peak RSS ≤ 64 MiB", s[key]["peak_rss_kib"] / MIB, 64, " MiB"))
+    if "pgmedic_local_age" in s:
+        out.append(target("snapshot → local, age-encrypted: wall ≤ 1.05× unencrypted",
+                          s["pgmedic_local_age"]["wall_s"] / s["pgmedic_local"]["wall_s"], 1.05))
     return out
 
 

@@ -27,5 +27,7 @@ def snapshot_commands(tmp, cfgs, endpoint, sizes):
     cmds += [
         Command("pgmedic_local", "pgmedic snapshot → local", [BIN, "--config", str(cfgs["local"]), "snapshot"], (DB,)),
         Command("pgmedic_s3", "pgmedic snapshot → S3 (moto)", [BIN, "--config", str(cfgs["s3"]), "snapshot"], (DB,)),
+        Command("pgmedic_local_age", "pgmedic snapshot → local, age-encrypted",
+                [BIN, "--config", str(cfgs["local_age"]), "snapshot"], (DB,)),
     ]
     return cmds

@@ -27,9 +27,16 @@ def start_s3(meter):
     return proc, endpoint
 
 
+# A public key only: the benchmark writes encrypted snapshots and never reads them back.
+AGE_RECIPIENT = "age1vxl9k4rs5yh2s7ezsrwxu2mgstg97s08kcza6fyctxpz093ypv3s85a62t"
+
+
 def config(tmp, backend, endpoint):
     storage = (f'backend = "s3"\nbucket = "bench"\nendpoint = "{endpoint}"\nforce_path_style = true\n'
                if backend == "s3" else f'backend = "local"\npath = "{tmp}/snapshots"\n')
+    if backend == "local_age":
+        storage = f'backend = "local"\npath = "{tmp}/snapshots-age"\n[storage.encryption]\nrecipients = ["{AGE_RECIPIENT}"]\n'
+
     # A socket of our own: `pgmedic snapshot` goes through a daemon whose socket answers.
     path = Path(tmp) / f"{backend}.toml"
     path.write_text(f'[daemon]\nsocket = "{tmp}/{backend}.sock"\nstate_dir = "{tmp}/state"\n[storage]\n{storage}\n'
