@@ -87,3 +87,13 @@ impl Drop for Group {
         let _ = self.child.try_wait();
     }
 }
+
+/// The first `cap` bytes of a child's output; the rest is read and dropped so the child never
+/// blocks on a full pipe.
+pub async fn read_head(mut r: impl tokio::io::AsyncRead + Unpin, cap: u64) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let _ = (&mut r).take(cap).read_to_end(&mut head).await;
+    let _ = tokio::io::copy(&mut r, &mut tokio::io::sink()).await;
+    head
+}

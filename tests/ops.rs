@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::path::Path;
 use std::process::Command;
 
@@ -28,14 +27,6 @@ fn the_alert_rules_pass_promtools_check_and_their_unit_tests() {
     assert!(ok && out.contains("SUCCESS: 7 rules found"), "{out}");
     let (ok, out) = promtool(&["test", "rules", "alerts_test.yml"]);
     assert!(ok, "{out}");
-}
-
-fn http_get(addr: &str, path: &str) -> String {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
 }
 
 #[test]

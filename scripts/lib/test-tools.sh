@@ -18,7 +18,9 @@ apt_tool() {
   local command=$1 package=$2
   if ! command -v "$command" >/dev/null; then
     echo "scripts/test: installing $package from Debian" >&2
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$package" >/dev/null
+    local sudo=""
+    [ "$(id -u)" = 0 ] || sudo=sudo
+    $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends "$package" >/dev/null
   fi
 }
 

@@ -115,7 +115,7 @@ pub async fn report(
         migration: m.name.clone(),
         status: m.status,
         started_at: m.started_at,
-        log: m.logs.clone(),
+        log: m.logs.as_deref().map(crate::redact::redact),
         sqlstate: code.as_ref().map(|c| c.0.clone()),
         sqlstate_source: code.map(|c| c.1),
         wait: (!a.running.is_empty()).then(|| a.blocked().unwrap_or_default()),

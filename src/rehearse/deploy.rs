@@ -9,7 +9,6 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tokio::io::AsyncReadExt;
 use tokio_postgres::config::Host;
 use tokio_util::sync::CancellationToken;
 
@@ -91,8 +90,8 @@ pub async fn run(
     let started = Instant::now();
     let mut group = Group::spawn(&mut cmd).map_err(|e| format!("cannot start {}: {e}", argv[0]))?;
     let child = group.child();
-    let out = tokio::spawn(head(child.stdout.take().expect("piped")));
-    let err = tokio::spawn(head(child.stderr.take().expect("piped")));
+    let out = tokio::spawn(process::read_head(child.stdout.take().expect("piped"), OUTPUT_CAP));
+    let err = tokio::spawn(process::read_head(child.stderr.take().expect("piped"), OUTPUT_CAP));
     let sampler = CancellationToken::new();
     let locks = tokio::spawn(sample_locks(url.clone(), sampler.clone()));
     let (status, timed_out) = tokio::select! {
@@ -111,13 +110,6 @@ pub async fn run(
         seconds: started.elapsed().as_secs_f64(),
         locks: locks.await.unwrap_or_default(),
     })
-}
-
-async fn head(mut r: impl tokio::io::AsyncRead + Unpin) -> Vec<u8> {
-    let mut buf = Vec::new();
-    let _ = (&mut r).take(OUTPUT_CAP).read_to_end(&mut buf).await;
-    let _ = tokio::io::copy(&mut r, &mut tokio::io::sink()).await;
-    buf
 }
 
 const LOCKS: &str = "SELECT n.nspname || '.' || c.relname, l.mode, pg_total_relation_size(c.oid) \

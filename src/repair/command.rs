@@ -8,8 +8,6 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
-
 use super::StepFailure;
 use crate::audit::OUTPUT_CAP;
 use crate::process::{self, Group, TERM_GRACE};
@@ -28,8 +26,8 @@ pub async fn run(
     let mut group =
         Group::spawn(&mut cmd).map_err(|e| StepFailure(format!("cannot start {}: {e}", argv[0])))?;
     let child = group.child();
-    let out = tokio::spawn(keep_head(child.stdout.take().expect("piped")));
-    let err = tokio::spawn(keep_head(child.stderr.take().expect("piped")));
+    let out = tokio::spawn(process::read_head(child.stdout.take().expect("piped"), OUTPUT_CAP as u64));
+    let err = tokio::spawn(process::read_head(child.stderr.take().expect("piped"), OUTPUT_CAP as u64));
     let status = match tokio::time::timeout(timeout, group.child().wait()).await {
         Ok(status) => status,
         Err(_) => {
@@ -51,13 +49,4 @@ pub async fn run(
         Ok(s) => Err(StepFailure(format!("{} exited with {s}: {}", argv[0], output.trim()))),
         Err(e) => Err(StepFailure(format!("{}: {e}", argv[0]))),
     }
-}
-
-/// The first OUTPUT_CAP bytes; the rest is read and dropped so the command never blocks on a
-/// full pipe.
-async fn keep_head(mut r: impl tokio::io::AsyncRead + Unpin) -> Vec<u8> {
-    let mut head = Vec::new();
-    let _ = (&mut r).take(OUTPUT_CAP as u64).read_to_end(&mut head).await;
-    let _ = tokio::io::copy(&mut r, &mut tokio::io::sink()).await;
-    head
 }

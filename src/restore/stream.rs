@@ -108,8 +108,12 @@ fn decode(
             let mut plain = crate::crypt::open(&mut input, keys)?;
             io::copy(&mut plain, &mut dec)?;
         }
+        // Plain snapshots: each stored chunk straight into the decoder, as before encryption.
         None => {
-            io::copy(&mut input, &mut dec)?;
+            while input.next()? {
+                dec.write_all(&input.current)?;
+                input.current.clear();
+            }
         }
     }
     // age knows its last chunk without reading on: wait for the hash's verdict all the same.

@@ -72,12 +72,7 @@ impl Dialect for GolangMigrate {
             .as_ref()
             .and_then(|p| p.file_name()?.to_str()?.strip_suffix(".up.sql").map(String::from))
             .unwrap_or_else(|| version.to_string());
-        let db: String = session
-            .client()
-            .query_one("SELECT current_database()", &[])
-            .await
-            .map_err(|e| session.err("read the database name", e))?
-            .get(0);
+        let db = live::database(session).await?;
         let holder = match self.advisory_key(&db) {
             Some(k) => live::advisory_holder(session, k).await?,
             None => None,

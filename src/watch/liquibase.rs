@@ -37,9 +37,7 @@ impl Liquibase {
     }
 
     async fn lock_rows(&self, s: &Session) -> Result<Vec<serde_json::Value>, String> {
-        let sql = format!("SELECT to_jsonb(t) FROM {} t ORDER BY id", self.lock_table());
-        let rows = s.client().query(&sql, &[]).await.map_err(|e| error_text(&e))?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
+        live::rows(s, &self.lock_table()).await
     }
 
     /// `(granted, lockedby)` when the lock row is taken.

@@ -36,3 +36,16 @@ pub async fn sessions(session: &Session, condition: &str) -> Result<Vec<String>,
         .map_err(|e| session.err("look for live migrator sessions", e))?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
+
+/// Every row of `qualified` as JSON (a lock table, for the audit's before and after).
+pub async fn rows(session: &Session, qualified: &str) -> Result<Vec<serde_json::Value>, String> {
+    let sql = format!("SELECT to_jsonb(t) FROM {qualified} t ORDER BY 1");
+    let rows = session.client().query(&sql, &[]).await.map_err(|e| crate::pg::error_text(&e))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// The connected database's name (advisory keys derive from it).
+pub async fn database(session: &Session) -> Result<String, DbError> {
+    let row = session.client().query_one("SELECT current_database()", &[]).await;
+    row.map(|r| r.get(0)).map_err(|e| session.err("read the database name", e))
+}

@@ -65,12 +65,7 @@ impl Dialect for Sqlx {
             self.qualified()
         );
         let rows = session.query(&sql, "read _sqlx_migrations").await?;
-        let db: String = session
-            .client()
-            .query_one("SELECT current_database()", &[])
-            .await
-            .map_err(|e| session.err("read the database name", e))?
-            .get(0);
+        let db = live::database(session).await?;
         let holder = live::advisory_holder(session, advisory_key(&db)).await?;
         let mut migrations = Vec::new();
         for r in &rows {
