@@ -235,6 +235,7 @@ fn metrics_reflect_a_finished_snapshot() {
     assert!(http_get(&addr, "/healthz").starts_with("HTTP/1.1 200"));
     assert!(http_get(&addr, "/readyz").starts_with("HTTP/1.1 200"));
     let before = http_get(&addr, "/metrics");
+    assert!(before.to_ascii_lowercase().contains("content-type: application/openmetrics-text"), "{before}");
     assert!(before.contains("pgmedic_snapshots_total{database=\"app\",outcome=\"success\"} 0"), "{before}");
     let reply = daemon.request(r#"{"cmd":"snapshot","db":"app"}"#);
     let size = reply["snapshots"][0]["stored_bytes"].as_u64().unwrap();
@@ -311,7 +312,7 @@ fn systemd_unit_verifies() {
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/pgmedic.service")).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("pgmedic.service");
-    std::fs::write(&path, unit.replace("/usr/local/bin/pgmedic", env!("CARGO_BIN_EXE_pgmedic"))).unwrap();
+    std::fs::write(&path, unit.replace("/usr/bin/pgmedic", env!("CARGO_BIN_EXE_pgmedic"))).unwrap();
     let out = std::process::Command::new(analyze).arg("verify").arg(&path).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     let problems: Vec<&str> = stderr.lines().filter(|l| l.contains("pgmedic.service")).collect();

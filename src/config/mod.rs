@@ -3,6 +3,7 @@
 //! that every other module can trust what it is given.
 
 mod dburl;
+mod layers;
 mod playbook;
 mod raw;
 mod render;
@@ -21,7 +22,6 @@ pub use validate::validate;
 
 /// Where the configuration is read from when neither `--config` nor `$PGMEDIC_CONFIG` says.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/pgmedic/pgmedic.toml";
-const ENV_PREFIX: &str = "PGMEDIC_";
 /// The storage folder of pgmedic's own records; no database may be named so.
 pub const OWN_STORAGE_FOLDER: &str = "_pgmedic";
 
@@ -170,19 +170,7 @@ impl Config {
 
     /// The same as `load`, from text and an explicit environment (what tests use).
     pub fn from_toml(text: &str, path: &Path, env: &[(String, String)]) -> Result<Config, ConfigError> {
-        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: parse_message(&e, text),
-        })?;
-        let applied = apply_env_overrides(&mut table, env)?;
-        let raw: raw::RawConfig = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
-            let mut message = crate::redact::redact(e.to_string().trim());
-            if !applied.is_empty() {
-                message.push_str(&format!(" (after environment overrides {})", applied.join(", ")));
-            }
-            ConfigError::Parse { path: path.to_path_buf(), message }
-        })?;
-        validate(raw, path)
+        validate(layers::load(text, path, env)?, path)
     }
 
     pub fn database(&self, name: &str) -> Option<&DatabaseConfig> {
@@ -203,86 +191,6 @@ impl DatabaseConfig {
             rehearse_command: Vec::new(),
         })
     }
-}
-
-/// Where and what, without the offending line: toml's own text quotes the line, and the line
-/// may hold a password (an unterminated `url = "postgresql://u:pw@…`). The message goes to
-/// logs and to `status`, which every allowed socket peer can read.
-fn parse_message(e: &toml::de::Error, text: &str) -> String {
-    let message = crate::redact::redact(e.message().trim());
-    match e.span() {
-        Some(span) => {
-            let before = &text[..span.start.min(text.len())];
-            let line = before.matches('\n').count() + 1;
-            let column = before.rsplit('\n').next().map(|l| l.chars().count() + 1).unwrap_or(1);
-            format!("TOML syntax error at line {line}, column {column}: {message}")
-        }
-        None => format!("TOML syntax error: {message}"),
-    }
-}
-
-/// Applies `PGMEDIC_<SECTION>__<KEY>[__<KEY>…]`; a numeric segment indexes an array
-/// (`PGMEDIC_DATABASES__0__URL`). Returns the variables applied.
-fn apply_env_overrides(
-    table: &mut toml::Table,
-    env: &[(String, String)],
-) -> Result<Vec<String>, ConfigError> {
-    let mut applied = Vec::new();
-    for (var, value) in env {
-        let Some(rest) = var.strip_prefix(ENV_PREFIX) else {
-            continue;
-        };
-        if !rest.contains("__") {
-            continue; // PGMEDIC_CONFIG, PGMEDIC_LOG and the like are not keys
-        }
-        let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
-        set_path(table, &path, value).map_err(|message| ConfigError::Env { var: var.clone(), message })?;
-        applied.push(var.clone());
-    }
-    applied.sort();
-    Ok(applied)
-}
-
-fn set_path(table: &mut toml::Table, path: &[String], value: &str) -> Result<(), String> {
-    let (last, parents) = path.split_last().ok_or("empty key")?;
-    let mut node = table;
-    let mut i = 0;
-    while i < parents.len() {
-        let seg = &parents[i];
-        let next = node.entry(seg.clone()).or_insert_with(|| toml::Value::Table(Default::default()));
-        node = match next {
-            toml::Value::Table(t) => t,
-            toml::Value::Array(items) => {
-                let index: usize = parents.get(i + 1).and_then(|n| n.parse().ok()).ok_or_else(|| {
-                    format!("`{seg}` is an array: name an index, e.g. {}__0__…", seg.to_uppercase())
-                })?;
-                i += 1;
-                let len = items.len();
-                match items.get_mut(index) {
-                    Some(toml::Value::Table(t)) => t,
-                    _ => return Err(format!("`{seg}` has {len} entries, no index {index}")),
-                }
-            }
-            _ => return Err(format!("`{seg}` is not a table")),
-        };
-        i += 1;
-    }
-    let existing_is_string = matches!(node.get(last), Some(toml::Value::String(_)));
-    node.insert(last.clone(), env_value(value, existing_is_string));
-    Ok(())
-}
-
-/// A TOML scalar when the text is one (numbers, booleans), else a string; a key that holds a
-/// string in the file stays a string.
-fn env_value(value: &str, keep_string: bool) -> toml::Value {
-    if !keep_string {
-        if let Ok(mut t) = format!("v = {value}").parse::<toml::Table>() {
-            if let Some(v) = t.remove("v") {
-                return v;
-            }
-        }
-    }
-    toml::Value::String(value.to_string())
 }
 
 impl std::fmt::Debug for Config {

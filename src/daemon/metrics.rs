@@ -1,216 +1,231 @@
-//! `daemon.metrics_listen`: Prometheus text at `/metrics`, `/healthz` (the process answers)
-//! and `/readyz` (configuration loaded and storage reachable). Three GET paths do not need a
-//! web framework: this reads one request head per connection and answers it.
+//! What `/metrics` says: every metric the daemon exports, read from the board and the gate at
+//! scrape time and written by `prometheus-client` in the OpenMetrics text format (which
+//! Prometheus scrapes, and which escapes label values such as database names correctly).
+//! The values live in the daemon's own state, so one collector builds the families per scrape
+//! instead of keeping a second copy in registered metric objects.
 
-use std::fmt::Write as _;
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::BTreeMap;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 
+use super::board::DbStatus;
 use super::Shared;
 
-const HEAD_LIMIT: usize = 8 * 1024;
+type Labels = Vec<(&'static str, String)>;
 
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
-    loop {
-        let stream = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "metrics accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let (shared, tasks) = (shared.clone(), shared.tasks.clone());
-        tasks.spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(10), answer(stream, &shared)).await;
-        });
-    }
+#[derive(Debug, Clone, Copy)]
+enum Num {
+    Int(u64),
+    Float(f64),
 }
 
-async fn answer(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < HEAD_LIMIT {
-        let n = stream.read(&mut buf).await?;
-        if n == 0 {
-            break;
-        }
-        head.extend_from_slice(&buf[..n]);
-    }
-    let line = String::from_utf8_lossy(&head).lines().next().unwrap_or_default().to_string();
-    let mut parts = line.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let (status, ctype, body) = match (method, path.split('?').next().unwrap_or("")) {
-        ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", render(shared)),
-        ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
-        ("GET", "/readyz") => ready(shared).await,
-        ("GET", _) => {
-            ("404 Not Found", "text/plain", "not found: try /metrics, /healthz or /readyz\n".into())
-        }
-        _ => ("405 Method Not Allowed", "text/plain", "only GET\n".into()),
-    };
-    let reply = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(reply.as_bytes()).await?;
-    stream.shutdown().await
+/// One metric family: a counter's name is given without `_total`, which the encoder adds.
+#[derive(Debug)]
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    kind: MetricType,
+    rows: Vec<(Labels, Num)>,
 }
 
-async fn ready(shared: &Shared) -> (&'static str, &'static str, String) {
-    let storage = shared.current().snapshotter.storage.clone();
-    match tokio::time::timeout(Duration::from_secs(5), storage.probe()).await {
-        Ok(Ok(())) => ("200 OK", "text/plain", "ready\n".into()),
-        Ok(Err(e)) => ("503 Service Unavailable", "text/plain", format!("storage unreachable: {e}\n")),
-        Err(_) => ("503 Service Unavailable", "text/plain", "storage did not answer within 5s\n".into()),
-    }
-}
+#[derive(Debug)]
+struct Scrape(Vec<Family>);
 
-fn render(shared: &Shared) -> String {
+/// The OpenMetrics exposition of the daemon's state now.
+pub fn render(shared: &Shared) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Scrape(families(shared))));
     let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, rows: Vec<(String, String)>| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (labels, value) in rows {
-            let _ = writeln!(out, "{name}{labels} {value}");
+    prometheus_client::encoding::text::encode(&mut out, &registry).expect("writing to a String");
+    out
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for f in &self.0 {
+            let mut metric = encoder.encode_descriptor(f.name, f.help, None, f.kind.clone())?;
+            for (labels, value) in &f.rows {
+                match f.kind {
+                    // An info metric's labels are its value: `pgmedic_build_info{version=…} 1`.
+                    MetricType::Info => metric.encode_info(labels)?,
+                    // No labels: `name 1`, not `name{} 1`.
+                    _ if labels.is_empty() => sample(&mut metric, &f.kind, *value)?,
+                    _ => sample(&mut metric.encode_family(labels)?, &f.kind, *value)?,
+                }
+            }
         }
-    };
-    metric(
-        "pgmedic_build_info",
-        "gauge",
-        "pgmedic's version.",
-        vec![(format!("{{version=\"{}\"}}", env!("CARGO_PKG_VERSION")), "1".into())],
-    );
-    let uptime = (chrono::Utc::now() - shared.started_at).num_milliseconds() as f64 / 1000.0;
-    metric(
-        "pgmedic_uptime_seconds",
-        "gauge",
-        "Seconds since the daemon started.",
-        vec![(String::new(), uptime.to_string())],
-    );
-    let reload_ok = if shared.reload_status().ok { "1" } else { "0" };
-    metric(
-        "pgmedic_config_last_reload_success",
-        "gauge",
-        "1 when the last reload (or start) loaded the configuration.",
-        vec![(String::new(), reload_ok.into())],
-    );
-    let board = shared.board.get();
-    let per_db = |f: &dyn Fn(&super::board::DbStatus) -> Option<String>| -> Vec<(String, String)> {
-        board.iter().filter_map(|(db, s)| f(s).map(|v| (format!("{{database=\"{db}\"}}"), v))).collect()
-    };
-    metric(
-        "pgmedic_snapshot_last_success_timestamp_seconds",
-        "gauge",
-        "When the last successful snapshot finished.",
-        per_db(&|s| s.last_success_at.map(|t| (t.timestamp_millis() as f64 / 1000.0).to_string())),
-    );
-    metric(
-        "pgmedic_snapshot_last_duration_seconds",
-        "gauge",
-        "Duration of the last snapshot, successful or not.",
-        per_db(&|s| s.last_snapshot.as_ref().map(|l| l.duration_seconds.to_string())),
-    );
-    metric(
-        "pgmedic_snapshot_last_size_bytes",
-        "gauge",
-        "Stored size of the last successful snapshot.",
-        per_db(&|s| s.last_snapshot.as_ref().and_then(|l| l.stored_bytes).map(|b| b.to_string())),
-    );
-    let mut totals = Vec::new();
-    for (db, s) in &board {
-        totals.push((
-            format!("{{database=\"{db}\",outcome=\"success\"}}"),
-            s.snapshots_success_total.to_string(),
-        ));
-        totals.push((
-            format!("{{database=\"{db}\",outcome=\"failure\"}}"),
-            s.snapshots_failure_total.to_string(),
-        ));
+        Ok(())
     }
-    metric("pgmedic_snapshots_total", "counter", "Snapshots finished, by outcome.", totals);
-    metric(
-        "pgmedic_snapshot_triggers_coalesced_total",
-        "counter",
-        "Triggers that joined a snapshot already queued or running.",
-        per_db(&|s| Some(s.coalesced_total.to_string())),
-    );
-    metric(
-        "pgmedic_snapshot_queue_depth",
-        "gauge",
-        "Snapshots waiting for the database's worker.",
-        per_db(&|s| Some(s.queued.to_string())),
-    );
-    metric(
-        "pgmedic_migrations_failed",
-        "gauge",
-        "Failed migrations seen by the watcher (0 when healthy).",
-        per_db(&|s| s.migrations.as_ref().map(|m| m.failed.len().to_string())),
-    );
-    // The outcomes alerts watch exist from the start at 0: increase() sees their first run.
-    let mut repairs = Vec::new();
-    for (db, s) in &board {
+}
+
+fn sample(m: &mut MetricEncoder, kind: &MetricType, value: Num) -> Result<(), std::fmt::Error> {
+    match (kind, value) {
+        (MetricType::Counter, Num::Int(n)) => m.encode_counter::<NoLabelSet, _, f64>(&n, None),
+        (MetricType::Counter, Num::Float(x)) => m.encode_counter::<NoLabelSet, _, f64>(&x, None),
+        (_, Num::Int(n)) => m.encode_gauge(&(n as i64)),
+        (_, Num::Float(x)) => m.encode_gauge(&x),
+    }
+}
+
+fn family(name: &'static str, kind: MetricType, help: &'static str, rows: Vec<(Labels, Num)>) -> Family {
+    Family { name, help, kind, rows }
+}
+
+fn db(name: &str) -> Labels {
+    vec![("database", name.to_string())]
+}
+
+fn seconds(t: chrono::DateTime<chrono::Utc>) -> Num {
+    Num::Float(t.timestamp_millis() as f64 / 1000.0)
+}
+
+/// The daemon-wide families, then the per-database ones.
+fn families(shared: &Shared) -> Vec<Family> {
+    let uptime = (chrono::Utc::now() - shared.started_at).num_milliseconds() as f64 / 1000.0;
+    let (running, waiting, limit) = shared.gate.counts();
+    let mut out = vec![
+        Family {
+            name: "pgmedic_build",
+            help: "pgmedic's version.",
+            kind: MetricType::Info,
+            rows: vec![(vec![("version", env!("CARGO_PKG_VERSION").to_string())], Num::Int(1))],
+        },
+        family(
+            "pgmedic_uptime_seconds",
+            MetricType::Gauge,
+            "Seconds since the daemon started.",
+            vec![(vec![], Num::Float(uptime))],
+        ),
+        family(
+            "pgmedic_config_last_reload_success",
+            MetricType::Gauge,
+            "1 when the last reload (or start) loaded the configuration.",
+            vec![(vec![], Num::Int(shared.reload_status().ok as u64))],
+        ),
+        family(
+            "pgmedic_snapshots_running",
+            MetricType::Gauge,
+            "Snapshots running now, across databases (at most snapshot.max_concurrent).",
+            vec![(vec![], Num::Int(running as u64))],
+        ),
+        family(
+            "pgmedic_snapshots_waiting",
+            MetricType::Gauge,
+            "Snapshots waiting for a slot under snapshot.max_concurrent.",
+            vec![(vec![], Num::Int(waiting as u64))],
+        ),
+        family(
+            "pgmedic_snapshots_max_concurrent",
+            MetricType::Gauge,
+            "snapshot.max_concurrent.",
+            vec![(vec![], Num::Int(limit as u64))],
+        ),
+    ];
+    out.extend(per_database(&shared.board.get()));
+    out.push(schedule_periods(shared));
+    out
+}
+
+fn per_database(board: &BTreeMap<String, DbStatus>) -> Vec<Family> {
+    let rows = |f: &dyn Fn(&DbStatus) -> Option<Num>| -> Vec<(Labels, Num)> {
+        board.iter().filter_map(|(name, s)| f(s).map(|v| (db(name), v))).collect()
+    };
+    let outcomes = board.iter().flat_map(|(name, s)| {
+        [("success", s.snapshots_success_total), ("failure", s.snapshots_failure_total)]
+            .map(|(o, n)| (vec![("database", name.clone()), ("outcome", o.to_string())], Num::Int(n)))
+    });
+    vec![
+        family(
+            "pgmedic_snapshot_last_success_timestamp_seconds",
+            MetricType::Gauge,
+            "When the last successful snapshot finished.",
+            rows(&|s| s.last_success_at.map(seconds)),
+        ),
+        family(
+            "pgmedic_snapshot_last_duration_seconds",
+            MetricType::Gauge,
+            "Duration of the last snapshot, successful or not.",
+            rows(&|s| s.last_snapshot.as_ref().map(|l| Num::Float(l.duration_seconds))),
+        ),
+        family(
+            "pgmedic_snapshot_last_size_bytes",
+            MetricType::Gauge,
+            "Stored size of the last successful snapshot.",
+            rows(&|s| s.last_snapshot.as_ref().and_then(|l| l.stored_bytes).map(Num::Int)),
+        ),
+        family(
+            "pgmedic_snapshots",
+            MetricType::Counter,
+            "Snapshots finished, by outcome.",
+            outcomes.collect(),
+        ),
+        family(
+            "pgmedic_snapshot_triggers_coalesced",
+            MetricType::Counter,
+            "Triggers that joined a snapshot already queued or running.",
+            rows(&|s| Some(Num::Int(s.coalesced_total))),
+        ),
+        family(
+            "pgmedic_snapshot_queue_depth",
+            MetricType::Gauge,
+            "Snapshots waiting for the database's worker.",
+            rows(&|s| Some(Num::Int(u64::from(s.queued)))),
+        ),
+        family(
+            "pgmedic_migrations_failed",
+            MetricType::Gauge,
+            "Failed migrations seen by the watcher (0 when healthy).",
+            rows(&|s| s.migrations.as_ref().map(|m| Num::Int(m.failed.len() as u64))),
+        ),
+        family(
+            "pgmedic_repairs",
+            MetricType::Counter,
+            "Repair runs finished, by outcome (interrupted: closed at the next start).",
+            repairs(board),
+        ),
+        family(
+            "pgmedic_snapshot_running",
+            MetricType::Gauge,
+            "1 while a snapshot of the database runs.",
+            rows(&|s| Some(Num::Int(s.running.is_some() as u64))),
+        ),
+    ]
+}
+
+/// The outcomes alerts watch exist from the start at 0: increase() sees their first run.
+fn repairs(board: &BTreeMap<String, DbStatus>) -> Vec<(Labels, Num)> {
+    let mut rows = Vec::new();
+    for (name, s) in board {
         let mut counts = s.repairs_total.clone();
         for o in ["succeeded", "failed", "refused", "snapshot_failed", "interrupted"] {
             counts.entry(o.to_string()).or_default();
         }
-        repairs.extend(
-            counts.iter().map(|(o, n)| (format!("{{database=\"{db}\",outcome=\"{o}\"}}"), n.to_string())),
+        rows.extend(
+            counts.into_iter().map(|(o, n)| (vec![("database", name.clone()), ("outcome", o)], Num::Int(n))),
         );
     }
-    metric(
-        "pgmedic_repairs_total",
-        "counter",
-        "Repair runs finished, by outcome (interrupted: closed at the next start).",
-        repairs,
-    );
+    rows
+}
+
+fn schedule_periods(shared: &Shared) -> Family {
     let now = chrono::Utc::now();
-    let periods = shared
+    let rows = shared
         .current()
         .config
         .databases
         .iter()
         .filter_map(|d| {
             let period = d.schedule.as_ref()?.period_after(now)?;
-            Some((format!("{{database=\"{}\"}}", d.name), period.num_seconds().to_string()))
+            Some((db(&d.name), Num::Int(period.num_seconds().max(0) as u64)))
         })
         .collect();
-    metric(
+    family(
         "pgmedic_snapshot_schedule_period_seconds",
-        "gauge",
+        MetricType::Gauge,
         "Seconds between two scheduled snapshots (for staleness alerts).",
-        periods,
-    );
-    let (running, waiting, limit) = shared.gate.counts();
-    metric(
-        "pgmedic_snapshots_running",
-        "gauge",
-        "Snapshots running now, across databases (at most snapshot.max_concurrent).",
-        vec![(String::new(), running.to_string())],
-    );
-    metric(
-        "pgmedic_snapshots_waiting",
-        "gauge",
-        "Snapshots waiting for a slot under snapshot.max_concurrent.",
-        vec![(String::new(), waiting.to_string())],
-    );
-    metric(
-        "pgmedic_snapshots_max_concurrent",
-        "gauge",
-        "snapshot.max_concurrent.",
-        vec![(String::new(), limit.to_string())],
-    );
-    metric(
-        "pgmedic_snapshot_running",
-        "gauge",
-        "1 while a snapshot of the database runs.",
-        per_db(&|s| Some(if s.running.is_some() { "1" } else { "0" }.to_string())),
-    );
-    out
+        rows,
+    )
 }

@@ -7,6 +7,7 @@
 mod api;
 mod board;
 mod gate;
+mod http;
 mod metrics;
 mod reload;
 mod repairs;
@@ -39,6 +40,7 @@ use crate::storage::{self, StorageError};
 use board::Board;
 use scheduler::Scheduler;
 use signals::SignalEvent;
+use systemd::NotifyState;
 use webhook::Notifier;
 use worker::{Enqueued, Job, Outcome, Worker};
 
@@ -282,14 +284,12 @@ pub async fn run(
     shared.tasks.spawn(serve);
     if let Some(l) = metrics {
         tracing::info!(addr = ?metrics_addr, "metrics listening");
-        shared.tasks.spawn(metrics::serve(l, shared.clone(), shutdown.clone()));
+        shared.tasks.spawn(http::serve(l, shared.clone(), shutdown.clone()));
     }
     shared.tasks.spawn(scheduler::catch_up(shared.clone(), names));
     tracing::info!(socket = %socket.display(), pid = std::process::id(), "pgmedic daemon ready");
-    systemd::notify(&format!(
-        "READY=1\nSTATUS=watching {} database(s)",
-        shared.current().config.databases.len()
-    ));
+    let status = format!("watching {} database(s)", shared.current().config.databases.len());
+    systemd::notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
 
     let mut watchdog = systemd::watchdog_interval().map(tokio::time::interval);
     loop {
@@ -305,7 +305,7 @@ pub async fn run(
             Some(MainEvent::Reload(reply)) = main_rx.recv() => {
                 let _ = reply.send(reload::reload(&shared, &mut scheduler, &shutdown).await);
             }
-            _ = tick => systemd::notify("WATCHDOG=1"),
+            _ = tick => systemd::notify(&[NotifyState::Watchdog]),
         }
     }
     if let Ok(Err(e)) = signal_task.await {

@@ -8,8 +8,9 @@ use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
 use super::scheduler::{self, Scheduler};
+use super::systemd::{self, NotifyState};
 use super::webhook::Notifier;
-use super::{build_runtime, lock, systemd, DaemonError, ReloadStatus, Shared};
+use super::{build_runtime, lock, DaemonError, ReloadStatus, Shared};
 use crate::config::Config;
 use crate::storage;
 
@@ -21,7 +22,7 @@ pub(super) async fn reload(
     scheduler: &mut Scheduler,
     shutdown: &CancellationToken,
 ) -> ReloadStatus {
-    systemd::notify("RELOADING=1");
+    systemd::notify(&[NotifyState::Reloading]);
     let result = async {
         let config = Config::load(&shared.config_path)?;
         let old = shared.current().config.clone();
@@ -54,6 +55,6 @@ pub(super) async fn reload(
     }
     *lock(&shared.reload) = status.clone();
     let note = if status.ok { "reloaded" } else { "reload failed, old configuration kept" };
-    systemd::notify(&format!("READY=1\nSTATUS={note}"));
+    systemd::notify(&[NotifyState::Ready, NotifyState::Status(note)]);
     status
 }

@@ -12,8 +12,9 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::scheduler::Scheduler;
+use super::systemd::{self, NotifyState};
 use super::worker::Worker;
-use super::{systemd, Shared};
+use super::Shared;
 use crate::audit::{self, AuditLog};
 use crate::config::{Config, Step};
 use crate::process::TERM_GRACE;
@@ -47,7 +48,7 @@ pub async fn report_interrupted_runs(shared: &Arc<Shared>) {
 
 /// Stops taking work and waits for what is in flight (see the module's note).
 pub async fn drain(shared: Arc<Shared>, scheduler: Scheduler) {
-    systemd::notify("STOPPING=1\nSTATUS=draining");
+    systemd::notify(&[NotifyState::Stopping, NotifyState::Status("draining")]);
     shared.closing.store(true, Ordering::SeqCst);
     shared.draining.cancel();
     scheduler.stop().await;
@@ -57,7 +58,9 @@ pub async fn drain(shared: Arc<Shared>, scheduler: Scheduler) {
         let bound = repair_bound(&cfg);
         tracing::warn!(repairs, bound = ?bound, "waiting for running repairs to finish before stopping");
         // systemd would otherwise kill the daemon after TimeoutStopSec, half way through a repair.
-        systemd::notify(&format!("EXTEND_TIMEOUT_USEC={}", bound.as_micros()));
+        // As text: the crate's typed ExtendTimeoutUsec is a u32, which caps at 71 minutes.
+        let extend = format!("EXTEND_TIMEOUT_USEC={}", bound.as_micros());
+        systemd::notify(&[NotifyState::Custom(&extend)]);
     }
     let workers = shared.take_workers();
     for w in &workers {

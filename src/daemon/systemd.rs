@@ -1,36 +1,35 @@
-//! systemd's notify protocol (READY, STATUS, RELOADING, STOPPING, WATCHDOG) over
-//! `$NOTIFY_SOCKET`. Outside systemd every call is a no-op.
+//! systemd's notify protocol (READY, STATUS, RELOADING, STOPPING, WATCHDOG, EXTEND_TIMEOUT)
+//! through the `sd-notify` crate. Outside systemd (`$NOTIFY_SOCKET` unset) every call is a
+//! no-op, and a failed send is logged, never fatal: systemd's view is advisory to the daemon.
 
-use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 
-/// Sends `state` (e.g. "READY=1\nSTATUS=…") if systemd is listening; errors are logged, never fatal.
-pub fn notify(state: &str) {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
-    let sock = match UnixDatagram::unbound() {
-        Ok(s) => s,
-        Err(e) => return tracing::debug!(error = %e, "sd_notify: no socket"),
-    };
-    let path = path.to_string_lossy().into_owned();
-    let sent = if let Some(name) = path.strip_prefix('@') {
-        use std::os::linux::net::SocketAddrExt;
-        std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
-            .and_then(|a| sock.send_to_addr(state.as_bytes(), &a))
-    } else {
-        sock.send_to(state.as_bytes(), &path)
+pub use sd_notify::NotifyState;
+
+/// Sends `states` if systemd is listening.
+pub fn notify(states: &[NotifyState]) {
+    let sent = match std::env::var_os("NOTIFY_SOCKET") {
+        None => return,
+        // sd-notify connects to a path; a socket in the abstract namespace (`@name`, as some
+        // container managers hand out) is sent to here.
+        Some(p) if p.as_encoded_bytes().starts_with(b"@") => {
+            send_abstract(&p.as_encoded_bytes()[1..], states)
+        }
+        Some(_) => sd_notify::notify(states),
     };
     if let Err(e) = sent {
         tracing::debug!(error = %e, "sd_notify failed");
     }
 }
 
+fn send_abstract(name: &[u8], states: &[NotifyState]) -> std::io::Result<()> {
+    use std::os::linux::net::SocketAddrExt;
+    let message: String = states.iter().map(|s| format!("{s}\n")).collect();
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+    std::os::unix::net::UnixDatagram::unbound()?.send_to_addr(message.as_bytes(), &addr).map(|_| ())
+}
+
 /// Half of `WatchdogSec`, when systemd asked this process for keep-alives.
 pub fn watchdog_interval() -> Option<Duration> {
-    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
-    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
-        if pid.parse::<u32>().ok()? != std::process::id() {
-            return None;
-        }
-    }
-    Some(Duration::from_micros(usec / 2))
+    sd_notify::watchdog_enabled().map(|d| d / 2)
 }
