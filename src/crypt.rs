@@ -60,7 +60,23 @@ pub fn identities(path: &Path) -> Result<Vec<age::x25519::Identity>, CryptError>
     if ids.is_empty() {
         return Err(CryptError::Empty { path: shown });
     }
+    if let Some(warning) = loose_permissions(path) {
+        // A warning, not a refusal: refusing the key would block a restore in an incident.
+        tracing::warn!(path = %shown, "{warning}");
+    }
     Ok(ids)
+}
+
+/// Why the identity file's mode is too open (readable or writable by group or others), if it is.
+pub fn loose_permissions(path: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+    (mode & 0o077 != 0).then(|| {
+        format!(
+            "the age identity file {} has mode {mode:04o}: others than its owner can read the key to every snapshot; chmod 0600 it",
+            path.display()
+        )
+    })
 }
 
 fn encryptor(recipients: &[age::x25519::Recipient]) -> io::Result<age::Encryptor> {

@@ -267,3 +267,44 @@ fn every_statement_kind_gets_its_verdict() {
         "{why}"
     );
 }
+
+/// A finish of 300 statements (about 20 KiB of SQL) is audited whole, not cut like a child's
+/// output: the record names every statement it ran, down to the last.
+#[test]
+fn a_long_finish_is_audited_whole() {
+    let db = TestDb::new("longfin");
+    let dir = tempfile::tempdir().unwrap();
+    migrate::write_migration(dir.path(), INIT, INIT_SQL);
+    let columns: String = (0..300)
+        .map(|i| {
+            format!("ALTER TABLE \"Wide\" ADD COLUMN \"a_column_with_a_rather_long_name_{i:03}\" TEXT;\n")
+        })
+        .collect();
+    let wide = format!(
+        "CREATE TABLE \"Wide\" (\"id\" INTEGER);\nALTER TABLE \"User\" ADD COLUMN \"email\" TEXT;\n{columns}"
+    );
+    migrate::write_migration(dir.path(), ORDERS, &wide);
+    migrate::deploy(&db, dir.path(), INIT, "").unwrap();
+    let pgm = migrate::config(&db, dir.path(), "");
+    pgm.snapshot("app");
+    {
+        let _busy = Holder::lock(&db, "\"User\"", "User");
+        migrate::deploy(&db, dir.path(), ORDERS, "-c lock_timeout=300").unwrap_err();
+    }
+    let r = &pgm.run(&["diagnose", "--json"]).json()[0];
+    let text = std::fs::read_to_string(&pgm.config).unwrap()
+        + "\n"
+        + r["playbooks"]["finish"]["toml"].as_str().unwrap();
+    pgm.write_config(&text);
+    let rec = pgm.run(&["repair", "--db", "app", "--json"]).json();
+    assert_eq!(rec["outcome"], "succeeded", "{rec:#}");
+    let output = rec["steps"][0]["output"].as_str().unwrap();
+    assert!(output.len() > 16 * 1024, "{} bytes", output.len());
+    assert!(output.starts_with("ran 301 statement(s) in one transaction:"), "{output}");
+    assert!(
+        output.contains("a_column_with_a_rather_long_name_299") && !output.contains("bytes cut"),
+        "{output}"
+    );
+    let audit = pgm.run(&["audit", "--json"]);
+    assert!(audit.stdout.contains("a_column_with_a_rather_long_name_299"), "the audit log: {}", audit.stderr);
+}

@@ -94,6 +94,18 @@ fn an_encrypted_snapshot_opens_with_the_real_age_and_round_trips_with_the_identi
     let verified = pgm.run(&["verify", m["id"].as_str().unwrap(), "--json"]);
     assert_eq!(verified.code, 0, "{}", verified.stderr);
     assert!(verified.json()["toc_entries"].as_u64().unwrap() > 0, "{}", verified.stdout);
+    assert!(!verified.stderr.contains("chmod 0600"), "age-keygen's 0600 is fine: {}", verified.stderr);
+    // A key others can read is named, by check-config and where it is used, but still used.
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let check = pgm.run(&["check-config"]);
+    assert!(
+        check.stdout.contains("has mode 0644") && check.stdout.contains("chmod 0600"),
+        "{}",
+        check.stdout
+    );
+    let verified = pgm.run(&["verify", m["id"].as_str().unwrap(), "--json"]);
+    assert_eq!(verified.code, 0, "{}", verified.stderr);
+    assert!(verified.stderr.contains("has mode 0644"), "{}", verified.stderr);
     let copy = TestDb::reserved("cryptcopy");
     let restored =
         pgm.run(&["restore", m["id"].as_str().unwrap(), "--target", &copy.name, "--create", "--yes"]);

@@ -135,4 +135,11 @@ fn the_daemon_rehearses_the_configured_command_over_its_socket() {
     assert_eq!(db.sql("SELECT to_regclass('made_by_deploy') IS NULL"), "t", "the source was not touched");
     let refused = daemon.request(r#"{"cmd":"rehearse","db":"app","command":["rm","-rf","/"]}"#);
     assert_eq!(refused["ok"], false, "a socket peer cannot name a command: {refused:#}");
+
+    // "fresh": the snapshot is the worker's (under snapshot.max_concurrent), seen in status.
+    let reply = daemon.request(r#"{"cmd":"rehearse","db":"app","fresh":true}"#);
+    assert_eq!(reply["rehearsal"]["ok"], true, "{reply:#}");
+    let last = &daemon.status()["databases"]["app"]["last_snapshot"];
+    assert_eq!(last["reason"], "rehearse", "{last:#}");
+    assert_eq!(last["id"], reply["rehearsal"]["snapshot_id"], "the rehearsal used the worker's snapshot");
 }

@@ -46,6 +46,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::CheckConfig => {
             print!("{}", config::render_redacted(&cfg));
             print!("{}", client_tools(&cfg).await);
+            let identity = cfg.storage.encryption.as_ref().and_then(|e| e.identity_file.as_deref());
+            if let Some(warning) = identity.and_then(crate::crypt::loose_permissions) {
+                println!("\n# warning: {warning}");
+            }
             Ok(())
         }
         Command::Snapshot { db, reason, json } => cmd_snapshot(&cfg, db.as_deref(), &reason, json).await,

@@ -32,7 +32,7 @@ impl Handler for Api {
             }
             Request::Snapshot { db, reason, wait } => self.snapshot(db, reason, wait, uid).await,
             Request::Repair { db, playbook, dry_run } => self.repair(db, playbook, dry_run, uid).await,
-            Request::Rehearse { db, snapshot, fresh } => self.rehearse(db, snapshot, fresh).await,
+            Request::Rehearse { db, snapshot, fresh } => self.rehearse(db, snapshot, fresh, uid).await,
             Request::Reload => {
                 let (tx, rx) = oneshot::channel();
                 if self.main.send(MainEvent::Reload(tx)).await.is_err() {
@@ -56,7 +56,7 @@ impl Handler for Api {
 
 impl Api {
     /// Runs on the daemon's tracker; the drain cancels it (its scratch database is dropped).
-    async fn rehearse(&self, db: Option<String>, snapshot: Option<String>, fresh: bool) -> Value {
+    async fn rehearse(&self, db: Option<String>, snapshot: Option<String>, fresh: bool, uid: u32) -> Value {
         let rt = self.shared.current();
         let cfg = rt.config.clone();
         let d = match (db, cfg.databases.as_slice()) {
@@ -71,14 +71,41 @@ impl Api {
                 return err(code::BAD_REQUEST, "several databases are configured: name one with \"db\"")
             }
         };
+        // A fresh snapshot is the database's worker's, under the daemon's snapshot limit, like
+        // any other: taken in the rehearsal itself it would run beside the worker's.
+        let snapshot = match (fresh, snapshot) {
+            (true, _) => match self.fresh_snapshot(&d.name, uid).await {
+                Ok(id) => Some(id),
+                Err(reply) => return reply,
+            },
+            (false, named) => named,
+        };
         let rehearser = crate::rehearse::Rehearser { config: cfg, storage: rt.snapshotter.storage.clone() };
-        let opts = crate::rehearse::Options { snapshot, fresh, keep: false, command: Vec::new() };
+        let opts = crate::rehearse::Options { snapshot, fresh: false, keep: false, command: Vec::new() };
         let cancel = self.shared.draining.clone();
         let run = self.shared.tasks.spawn(async move { rehearser.rehearse(&d, &opts, &cancel).await });
         match run.await {
             Ok(Ok(report)) => ok(json!({ "rehearsal": report })),
             Ok(Err(e)) => err(code::FAILED, e.to_string()),
             Err(e) => err(code::FAILED, format!("the rehearsal task failed: {e}")),
+        }
+    }
+
+    /// A snapshot for a rehearsal, queued on the database's worker and waited for: its id.
+    async fn fresh_snapshot(&self, db: &str, uid: u32) -> Result<String, Value> {
+        let (tx, rx) = oneshot::channel::<Outcome>();
+        let job = Job { reason: "rehearse".into(), trigger: format!("socket:uid={uid}"), scheduled: false };
+        match self.shared.request(db, job, Some(tx)) {
+            Ok(_) => {}
+            Err(e @ RequestError::UnknownDatabase(_)) => {
+                return Err(err(code::UNKNOWN_DATABASE, e.to_string()))
+            }
+            Err(e) => return Err(err(code::SHUTTING_DOWN, e.to_string())),
+        }
+        match rx.await {
+            Ok(Ok(m)) => Ok(m.id),
+            Ok(Err(e)) => Err(err(code::FAILED, format!("the fresh snapshot of {db} failed: {e}"))),
+            Err(_) => Err(err(code::SHUTTING_DOWN, "the worker stopped before the fresh snapshot finished")),
         }
     }
 

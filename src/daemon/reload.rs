@@ -39,6 +39,10 @@ pub(super) async fn reload(
         }
         let notifier = Notifier::new(config.notify.clone(), shared.tasks.clone());
         shared.gate.set_limit(config.snapshot.max_concurrent);
+        // A rotated or newly configured identity serves the next diagnose and rehearsal.
+        crate::crypt::use_identity_file(
+            config.storage.encryption.as_ref().and_then(|e| e.identity_file.clone()),
+        );
         *shared.notifier.write().unwrap_or_else(|p| p.into_inner()) = notifier;
         *shared.runtime.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(build_runtime(config, storage));
         let added = shared.sync_workers();

@@ -309,7 +309,10 @@ impl Repairer {
             match result {
                 Ok(output) => {
                     r.outcome = "ok".into();
-                    r.output = cap(&redact(&output));
+                    // The cap bounds what a child printed; the SQL pgmedic drafted and ran
+                    // (finish, undo) is kept whole: the audit must show every statement.
+                    let drafted = matches!(step, Step::Finish { .. } | Step::Undo { .. });
+                    r.output = if drafted { redact(&output) } else { cap(&redact(&output)) };
                 }
                 Err(StepFailure(e)) => {
                     let e = cap(&redact(&e));

@@ -1,5 +1,6 @@
 //! How a run's steps appear in its audit record: planned with their parameters (secrets
-//! redacted, `env` values hidden), and captured output capped at `OUTPUT_CAP`.
+//! redacted, `env` values hidden), and captured output capped at `OUTPUT_CAP` (not the SQL a
+//! finish or undo step drafted and ran, which the audit keeps whole).
 
 use serde_json::json;
 
