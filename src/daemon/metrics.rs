@@ -46,7 +46,7 @@ pub fn render(shared: &Shared) -> String {
 impl Collector for Scrape {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         for f in &self.0 {
-            let mut metric = encoder.encode_descriptor(f.name, f.help, None, f.kind.clone())?;
+            let mut metric = encoder.encode_descriptor(f.name, f.help, None, f.kind)?;
             for (labels, value) in &f.rows {
                 match f.kind {
                     // An info metric's labels are its value: `pgmedic_build_info{version=…} 1`.
