@@ -315,6 +315,57 @@ fn verify_deep_drops_its_scratch_database_and_reports_no_failure() {
     );
 }
 
+/// Scratch databases that a killed `verify --deep` or `diagnose` left (labelled, made on this
+/// host by a process that is gone) are dropped by the next run that makes one; a live run's,
+/// another host's and any database pgmedic did not label are kept.
+#[test]
+fn scratch_databases_of_killed_runs_are_swept_and_no_others() {
+    let db = TestDb::new("sweep");
+    db.sql("CREATE TABLE t(x int)");
+    let pgm = Pgmedic::new(Backend::Local, &[("app", &db.url())], "", "");
+    let id = pgm.snapshot("app")["id"].as_str().unwrap().to_string();
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let dead = gone.id();
+    gone.wait().unwrap();
+    let host = String::from_utf8(std::process::Command::new("hostname").output().unwrap().stdout).unwrap();
+    let now = "2026-01-01T00:00:00+00:00";
+    let made = [
+        ("pgmedic_verify_0dead001", format!("pgmedic verify host={} pid={dead} started={now}", host.trim())),
+        (
+            "pgmedic_baseline_0dead02",
+            format!("pgmedic baseline host={} pid={dead} started={now}", host.trim()),
+        ),
+        (
+            "pgmedic_verify_0live003",
+            format!("pgmedic verify host={} pid={} started={now}", host.trim(), std::process::id()),
+        ),
+        ("pgmedic_verify_0else004", format!("pgmedic verify host=elsewhere pid={dead} started={now}")),
+        ("pgmedic_keep_0mine005", String::new()),
+    ];
+    let exists = |name: &str| {
+        psql("postgres", &format!("SELECT count(*) FROM pg_database WHERE datname = '{name}'")) == "1"
+    };
+    for (name, label) in &made {
+        psql("postgres", &format!("DROP DATABASE IF EXISTS {name}"));
+        psql("postgres", &format!("CREATE DATABASE {name}"));
+        if !label.is_empty() {
+            psql("postgres", &format!("COMMENT ON DATABASE {name} IS '{label}'"));
+        }
+    }
+    let run = pgm.run(&["verify", &id, "--deep", "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let kept: Vec<&str> = made.iter().map(|(n, _)| *n).filter(|n| exists(n)).collect();
+    for (name, _) in &made {
+        psql("postgres", &format!("DROP DATABASE IF EXISTS {name}"));
+    }
+    assert_eq!(
+        kept,
+        ["pgmedic_verify_0live003", "pgmedic_verify_0else004", "pgmedic_keep_0mine005"],
+        "{}",
+        run.stderr
+    );
+}
+
 #[test]
 fn a_table_lock_fails_the_snapshot_in_time_and_names_its_holder() {
     let db = TestDb::new("lockwait");

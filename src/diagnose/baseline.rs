@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use crate::config::DatabaseConfig;
-use crate::pg::{self, PgTools, Pipes};
+use crate::pg::{self, scratch, PgTools, Pipes};
 use crate::snapshot::{self, Manifest};
 use crate::sql::{describe, Baseline};
 use crate::storage::{layout, Storage};
@@ -71,17 +71,16 @@ pub async fn scratch_description(
     search_path: &str,
     touched: &describe::Touched,
 ) -> Result<Vec<String>, String> {
-    let admin = pg::connect(&db.url).await.map_err(|e| e.to_string())?;
-    let name = format!("pgmedic_baseline_{}", hex::encode(rand::random::<[u8; 4]>()));
-    let create = format!("CREATE DATABASE {} TEMPLATE template0", pg::quote_ident(&name));
-    admin
-        .client()
-        .batch_execute(&create)
+    // What an earlier diagnose, verify or rehearsal left when it was killed; never a live one.
+    if let Err(e) = scratch::sweep(&db.url, std::time::Duration::MAX).await {
+        tracing::warn!(error = %e, "could not clear scratch databases left by killed runs");
+    }
+    let made = scratch::Scratch::create(&db.url, scratch::Purpose::Baseline)
         .await
-        .map_err(|e| format!("cannot create a scratch database for the baseline: {}", pg::error_text(&e)))?;
-    let result = load_and_describe(db, tools, &name, schema_text, search_path, touched).await;
-    if let Err(e) = admin.drop_database(&name).await {
-        tracing::warn!(database = %name, error = %e, "could not drop the scratch database");
+        .map_err(|e| format!("cannot create a scratch database for the baseline: {e}"))?;
+    let result = load_and_describe(db, tools, made.name(), schema_text, search_path, touched).await;
+    if let Err(e) = made.drop().await {
+        tracing::warn!(database = %made.name(), error = %e, "could not drop the scratch database");
     }
     result
 }

@@ -3,6 +3,7 @@
 
 mod client;
 pub mod locate;
+pub mod scratch;
 mod tls;
 mod tools;
 

@@ -5,7 +5,6 @@
 //! next rehearsal when a killed one left it. The source database is only ever read.
 
 mod deploy;
-mod scratch;
 
 use std::sync::Arc;
 
@@ -15,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, DatabaseConfig};
 use crate::diagnose::{self, Report as Diagnosis};
-use crate::pg::{self, PgTools};
+use crate::pg::{self, scratch, PgTools};
 use crate::restore::{Progress, RestoreOptions, Restorer};
 use crate::snapshot::{self, Manifest, Request, Snapshotter};
 use crate::sql::Baseline;
@@ -23,7 +22,6 @@ use crate::storage::Storage;
 use crate::watch::{self, Migration, Status, TableState};
 
 pub use deploy::LockSeen;
-pub use scratch::PREFIX as SCRATCH_PREFIX;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RehearseError {
@@ -118,7 +116,9 @@ impl Rehearser {
             .await
             .map_err(|e| fail(format!("cannot clear old scratch databases: {e}")))?;
         let m = self.snapshot(db, opts, cancel).await?;
-        let scratch = scratch::Scratch::create(&server).await.map_err(|e| fail(e.to_string()))?;
+        let scratch = scratch::Scratch::create(&server, scratch::Purpose::Rehearse)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
         let result = self.on_scratch(db, &m, &scratch, &command, cancel).await;
         let dropped = if opts.keep && !cancel.is_cancelled() {
             false

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::stream::{stream_object, SinkMode};
 use super::{Progress, RestoreError, RestoreOptions, Restorer};
-use crate::pg::{self, Pipes};
+use crate::pg::{self, scratch, Pipes};
 use crate::snapshot::Manifest;
 
 #[derive(Debug, Clone, Serialize)]
@@ -141,17 +141,13 @@ impl Restorer {
         m: &Manifest,
         cancel: &CancellationToken,
     ) -> Result<DeepReport, RestoreError> {
-        let url = self.resolve_target(m, "postgres")?;
-        let admin = pg::connect(&url).await?;
-        let scratch = loop {
-            let name = format!("pgmedic_verify_{:06x}", rand::random::<u32>() & 0xff_ffff);
-            if !admin.database_exists(&name).await? {
-                admin.create_database(&name).await?;
-                break name;
-            }
-        };
-        drop(admin);
-        let url = url.with_dbname(&scratch);
+        let server = self.resolve_target(m, "postgres")?;
+        // What an earlier verify, rehearsal or diagnose left when it was killed; never a live one.
+        if let Err(e) = scratch::sweep(&server, std::time::Duration::MAX).await {
+            tracing::warn!(error = %e, "could not clear scratch databases left by killed runs");
+        }
+        let made = scratch::Scratch::create(&server, scratch::Purpose::Verify).await?;
+        let (url, scratch) = (made.url.clone(), made.name().to_string());
         let opts =
             RestoreOptions { target: scratch.clone(), create: false, clean: false, jobs: 1, no_owner: false };
         let restored = self.restore(m, &opts, &Progress::hidden(), cancel).await;
