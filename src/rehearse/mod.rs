@@ -196,6 +196,48 @@ impl Rehearser {
         command: &[String],
         cancel: &CancellationToken,
     ) -> Result<Report, String> {
+        self.restore(m, scratch, cancel).await?;
+        let mig = db.migrations_or_default();
+        let dialect = watch::dialect(&mig);
+        let session = pg::connect(&scratch.url).await.map_err(|e| e.to_string())?;
+        let before = rows(watch::read(&session, dialect.as_ref()).await.map_err(|e| e.to_string())?);
+        let ran = deploy::run(command, &scratch.url, self.config.rehearse.timeout, cancel).await?;
+        let after = rows(watch::read(&session, dialect.as_ref()).await.map_err(|e| e.to_string())?);
+        let failed: Vec<&Migration> = after.iter().filter(|m| m.status.needs_repair()).collect();
+        let on_scratch = DatabaseConfig { url: scratch.url.clone(), schedule: None, ..db.clone() };
+        let diagnosis = if failed.is_empty() {
+            Vec::new()
+        } else {
+            self.diagnose(&session, &on_scratch, &failed, cancel).await?
+        };
+        Ok(Report {
+            ok: ran.exit_code == Some(0) && failed.is_empty(),
+            database: db.name.clone(),
+            exit_code: ran.exit_code,
+            timed_out: ran.timed_out,
+            snapshot_id: m.id.clone(),
+            scratch_database: scratch.name().to_string(),
+            dropped: false,
+            command: command.iter().map(|a| crate::redact::redact(a)).collect(),
+            pending: pending(&mig, &before),
+            failed: failed.iter().map(|m| m.name.clone()).collect(),
+            applied: applied_now(&before, &after),
+            migrations_before: before,
+            migrations_after: after,
+            duration_s: ran.seconds,
+            output: crate::redact::redact(&ran.output),
+            locks: ran.locks,
+            diagnosis,
+        })
+    }
+
+    /// The snapshot into the (empty) scratch database, in one transaction.
+    async fn restore(
+        &self,
+        m: &Manifest,
+        scratch: &scratch::Scratch,
+        cancel: &CancellationToken,
+    ) -> Result<(), String> {
         let restorer = Restorer {
             storage: Arc::clone(&self.storage),
             tools: self.tools(),
@@ -209,64 +251,43 @@ impl Rehearser {
             no_owner: false,
         };
         let progress = Progress::hidden();
-        restorer.restore_into(m, &scratch.url, &opts, &progress, cancel).await.map_err(|e| e.to_string())?;
-        let mig = db.migrations_or_default();
+        restorer
+            .restore_into(m, &scratch.url, &opts, &progress, cancel)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// Each failed migration diagnosed on the scratch copy, the restored snapshot its baseline.
+    async fn diagnose(
+        &self,
+        session: &pg::Session,
+        on_scratch: &DatabaseConfig,
+        failed: &[&Migration],
+        cancel: &CancellationToken,
+    ) -> Result<Vec<Diagnosis>, String> {
+        let mig = on_scratch.migrations_or_default();
         let dialect = watch::dialect(&mig);
-        let session = pg::connect(&scratch.url).await.map_err(|e| e.to_string())?;
-        let before = rows(watch::read(&session, dialect.as_ref()).await.map_err(|e| e.to_string())?);
-        let ran = deploy::run(command, &scratch.url, self.config.rehearse.timeout, cancel).await?;
-        let after = rows(watch::read(&session, dialect.as_ref()).await.map_err(|e| e.to_string())?);
-        let applied = applied_now(&before, &after);
-        let failed: Vec<&Migration> = after.iter().filter(|m| m.status.needs_repair()).collect();
-        let on_scratch = DatabaseConfig { url: scratch.url.clone(), schedule: None, ..db.clone() };
+        let snapshotter = Snapshotter {
+            storage: Arc::clone(&self.storage),
+            tools: self.tools(),
+            cfg: self.config.snapshot.clone(),
+        };
+        let now = snapshotter
+            .schema_now(on_scratch, cancel)
+            .await
+            .map(|t| Baseline::parse(&t))
+            .map_err(|e| e.to_string());
         let mut diagnosis = Vec::new();
-        if !failed.is_empty() {
-            let snapshotter = Snapshotter {
-                storage: Arc::clone(&self.storage),
-                tools: self.tools(),
-                cfg: self.config.snapshot.clone(),
-            };
-            let now = snapshotter
-                .schema_now(&on_scratch, cancel)
-                .await
-                .map(|t| Baseline::parse(&t))
-                .map_err(|e| e.to_string());
-            for f in &failed {
-                let a = diagnose::analyse(
-                    session.client(),
-                    &on_scratch,
-                    &mig,
-                    dialect.as_ref(),
-                    &self.storage,
-                    f,
-                )
+        for f in failed {
+            let a = diagnose::analyse(session.client(), on_scratch, &mig, dialect.as_ref(), &self.storage, f)
                 .await
                 .map_err(|e| e.to_string())?;
-                diagnosis.push(
-                    diagnose::report(&a, session.client(), &mig.schema, now.as_ref().map_err(Clone::clone))
-                        .await,
-                );
-            }
+            diagnosis.push(
+                diagnose::report(&a, session.client(), &mig.schema, now.as_ref().map_err(Clone::clone)).await,
+            );
         }
-        Ok(Report {
-            ok: ran.exit_code == Some(0) && failed.is_empty(),
-            database: db.name.clone(),
-            exit_code: ran.exit_code,
-            timed_out: ran.timed_out,
-            snapshot_id: m.id.clone(),
-            scratch_database: scratch.name().to_string(),
-            dropped: false,
-            command: command.iter().map(|a| crate::redact::redact(a)).collect(),
-            pending: pending(&mig, &before),
-            failed: failed.iter().map(|m| m.name.clone()).collect(),
-            applied,
-            migrations_before: before,
-            migrations_after: after,
-            duration_s: ran.seconds,
-            output: crate::redact::redact(&ran.output),
-            locks: ran.locks,
-            diagnosis,
-        })
+        Ok(diagnosis)
     }
 }
 

@@ -7,6 +7,7 @@ mod assert;
 mod command;
 mod drafted;
 mod locks;
+mod preflight;
 mod record;
 mod sql;
 
@@ -23,7 +24,7 @@ use crate::config::{Config, DatabaseConfig, MigrationsConfig, Playbook, ResolveA
 use crate::pg::{self, DbError, Session};
 use crate::snapshot::{Manifest, Request, Snapshotter};
 use crate::storage::Storage;
-use crate::watch::{self, Dialect, Migration, TableState};
+use crate::watch::{self, Dialect, Migration};
 
 /// Why a step failed, in words for the audit record.
 #[derive(Debug)]
@@ -157,14 +158,8 @@ impl Repairer {
             return Ok(());
         }
         let state = watch::read(&session, dialect.as_ref()).await?;
-        if let TableState::Standby = state {
-            return refuse(rec, format!("{} is a standby: repair its primary", db.name));
-        }
-        if let TableState::Rows { migrations } = &state {
-            if let Some(m) = migrations.iter().find(|m| m.status == watch::Status::InProgress) {
-                let why = m.logs.clone().unwrap_or_else(|| "its tool holds its lock".into());
-                return refuse(rec, format!("`{}` of {} is in progress ({why}): never repair under a running migrator; try again once it is done", m.name, db.name));
-            }
+        if let Some(why) = preflight::blocked(db, &state) {
+            return refuse(rec, why);
         }
         let Some(target) = state.needing_repair().first().map(|m| (*m).clone()) else {
             rec.outcome = "noop".into();
@@ -173,12 +168,7 @@ impl Repairer {
         rec.migration = Some(target.name.clone());
         let Some(playbook) = self.choose(db, &target, req.playbook.as_deref()) else {
             rec.outcome = "no_playbook".into();
-            rec.error = Some(format!(
-                "no playbook matches failed migration `{}` of {} (add one with match = {{ migration = \"*{}\" }})",
-                target.name,
-                db.name,
-                target.name.split_once('_').map(|(_, rest)| format!("_{rest}")).unwrap_or_default()
-            ));
+            rec.error = Some(preflight::no_playbook(db, &target));
             return Ok(());
         };
         rec.playbook = Some(playbook.name.clone());
@@ -186,10 +176,7 @@ impl Repairer {
             .await
             .map_err(|e| session.err("look for the migrator's backends", e))?;
         if !running.is_empty() {
-            return refuse(rec, format!(
-                "wait: a backend of the migrator is still running ({}); its statement may still commit: repair once it has ended",
-                running.join("; ")
-            ));
+            return refuse(rec, preflight::still_running(&running));
         }
         rec.steps = playbook.steps.iter().enumerate().map(|(i, s)| planned(i, s, &target.name)).collect();
         if req.dry_run {
@@ -207,18 +194,7 @@ impl Repairer {
         rec.rows_after = dialect.raw_rows(&session).await?;
         if !failed {
             let after = watch::read(&session, dialect.as_ref()).await?;
-            let still: Vec<String> = after.needing_repair().iter().map(|m| m.name.clone()).collect();
-            (rec.outcome, rec.error) = if still.is_empty() {
-                ("succeeded".into(), None)
-            } else {
-                (
-                    "failed".into(),
-                    Some(format!(
-                        "every step succeeded but these migrations are still failed: {}",
-                        still.join(", ")
-                    )),
-                )
-            };
+            (rec.outcome, rec.error) = preflight::outcome(&after);
         }
         Ok(())
     }

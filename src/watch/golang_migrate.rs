@@ -134,8 +134,10 @@ impl Dialect for GolangMigrate {
 #[cfg(test)]
 mod tests {
     /// The reference's example bytes, `"public\0schema_migrations\0/app"`: CRC-32 (IEEE)
-    /// 1017053285 (as Python's `zlib.crc32` computes it) × 1486364155 mod 2^32. The issue quotes
-    /// 2123692571 for this example, which this formula does not give (see the README).
+    /// 1017053285 (as Python's `zlib.crc32` computes it) × 1486364155 mod 2^32. golang-migrate's
+    /// own source agrees (`database/util.go`'s `GenerateAdvisoryLockId`, joined schema, table and
+    /// `DatabaseName: purl.Path` in `database/postgres/postgres.go`). The issue quotes 2123692571
+    /// for this example, which no arrangement of these names gives (see the README).
     #[test]
     fn the_lock_key_follows_golang_migrates_formula() {
         assert_eq!(crc32fast::hash(b"public\0schema_migrations\0/app"), 1017053285);
