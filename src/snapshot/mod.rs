@@ -101,31 +101,10 @@ impl Snapshotter {
         taken_at: chrono::DateTime<Utc>,
         cancel: &CancellationToken,
     ) -> Result<Manifest, SnapshotError> {
-        let session = pg::connect(&db.url).await?;
-        // The lock lives as long as this session: the database's idle_session_timeout must not
-        // end it half way through a dump.
-        session.immune_to_timeouts().await?;
-        if !session.try_advisory_lock(locks::CLASS, locks::SNAPSHOT).await? {
-            return Err(SnapshotError::Busy { database: db.name.clone() });
-        }
-        self.clean_leftovers(&session, db).await?;
-        // Everything recorded from here on (the migrations table's rows, the dump, the schema)
-        // sees one snapshot of the database.
-        let shared = session.export_snapshot().await;
-        if let Err(e) = &shared {
-            tracing::warn!(error = %e, "no shared database snapshot: the manifest's migration rows and the dump are read moments apart");
-        }
-        let shared = shared.ok();
+        let (session, shared) = self.open_locked(db).await?;
         let server_version = session.server_version().await?;
         let migrations = read_migrations(&session, db).await?;
-        // The client tools that can dump this server's major (pg_dump refuses a newer server).
-        let major = session.server_major().await?;
-        let tools = self
-            .tools
-            .for_server(db.pg_bin_dir.as_deref(), major)
-            .await
-            .map_err(|e| dump::dump_err(db, e))?;
-        let this = Snapshotter { storage: Arc::clone(&self.storage), tools, cfg: self.cfg.clone() };
+        let this = self.for_server(&session, db).await?;
         let pg_dump_version = this.tools.version("pg_dump").await.map_err(|e| dump::dump_err(db, e))?;
         let globals = this.store_globals(db, id, cancel).await;
         tracing::info!(tools = %this.tools.bin_dir().map(|d| d.display().to_string()).unwrap_or_else(|| "PATH".into()), "dumping");
@@ -136,16 +115,7 @@ impl Snapshotter {
         let extras = [globals.as_ref(), schema.as_ref()];
         let dumped = match dumped {
             Ok(d) => d,
-            Err(e) => {
-                self.delete_quietly(db, id, &extras).await;
-                // A lost lock session also ends the exported snapshot, and pg_dump may fail on
-                // that: report the lost lock, with pg_dump's own words.
-                if let Err(SnapshotError::LockLost { database, detail }) = check_lock(&session, db).await {
-                    let detail = format!("{detail}; and {e}");
-                    return Err(SnapshotError::LockLost { database, detail });
-                }
-                return Err(dump::explain_lock_wait(&session, db, &self.cfg, e).await);
-            }
+            Err(e) => return Err(self.dump_failed(&session, db, id, &extras, e).await),
         };
         // Without the lock another snapshot may be cleaning this folder: never finish it then.
         if let Err(e) = check_lock(&session, db).await {
@@ -174,10 +144,7 @@ impl Snapshotter {
             globals,
             schema,
             migrations,
-            encryption: self.cfg.encryption.as_ref().map(|e| manifest::EncryptionInfo {
-                format: "age".into(),
-                recipients: e.recipients.iter().map(|r| crate::crypt::fingerprint(r)).collect(),
-            }),
+            encryption: self.encryption_info(),
         };
         self.write_manifest(&manifest).await?;
         tracing::info!(
@@ -187,6 +154,67 @@ impl Snapshotter {
         );
         drop(session);
         Ok(manifest)
+    }
+
+    /// A session holding the database's snapshot lock, with leftovers cleaned, and the id of an
+    /// exported database snapshot that the migrations rows, the dump and the schema all read.
+    async fn open_locked(&self, db: &DatabaseConfig) -> Result<(pg::Session, Option<String>), SnapshotError> {
+        let session = pg::connect(&db.url).await?;
+        // The lock lives as long as this session: the database's idle_session_timeout must not
+        // end it half way through a dump.
+        session.immune_to_timeouts().await?;
+        if !session.try_advisory_lock(locks::CLASS, locks::SNAPSHOT).await? {
+            return Err(SnapshotError::Busy { database: db.name.clone() });
+        }
+        self.clean_leftovers(&session, db).await?;
+        let shared = session.export_snapshot().await;
+        if let Err(e) = &shared {
+            tracing::warn!(error = %e, "no shared database snapshot: the manifest's migration rows and the dump are read moments apart");
+        }
+        Ok((session, shared.ok()))
+    }
+
+    /// This snapshotter with the client tools that can dump the server's major (pg_dump
+    /// refuses a newer server).
+    async fn for_server(
+        &self,
+        session: &pg::Session,
+        db: &DatabaseConfig,
+    ) -> Result<Snapshotter, SnapshotError> {
+        let major = session.server_major().await?;
+        let tools = self
+            .tools
+            .for_server(db.pg_bin_dir.as_deref(), major)
+            .await
+            .map_err(|e| dump::dump_err(db, e))?;
+        Ok(Snapshotter { storage: Arc::clone(&self.storage), tools, cfg: self.cfg.clone() })
+    }
+
+    /// Removes what the failed dump left and says why it failed.
+    async fn dump_failed(
+        &self,
+        session: &pg::Session,
+        db: &DatabaseConfig,
+        id: &str,
+        extras: &[Option<&StoredObject>],
+        e: SnapshotError,
+    ) -> SnapshotError {
+        self.delete_quietly(db, id, extras).await;
+        // A lost lock session also ends the exported snapshot, and pg_dump may fail on that:
+        // report the lost lock, with pg_dump's own words.
+        if let Err(SnapshotError::LockLost { database, detail }) = check_lock(session, db).await {
+            return SnapshotError::LockLost { database, detail: format!("{detail}; and {e}") };
+        }
+        dump::explain_lock_wait(session, db, &self.cfg, e).await
+    }
+
+    /// What the manifest says of client-side encryption: the format and the recipients'
+    /// fingerprints, never a key.
+    fn encryption_info(&self) -> Option<manifest::EncryptionInfo> {
+        self.cfg.encryption.as_ref().map(|e| manifest::EncryptionInfo {
+            format: "age".into(),
+            recipients: e.recipients.iter().map(|r| crate::crypt::fingerprint(r)).collect(),
+        })
     }
 
     /// The lock is ours, so any partial upload of this database, and any dump without its
