@@ -203,6 +203,15 @@ fn undo(a: &Analysis, created: &[CreatedTable]) -> Draft {
 impl Report {
     pub fn text(&self) -> String {
         let mut o = String::new();
+        self.head_text(&mut o);
+        self.statements_text(&mut o);
+        self.diff_text(&mut o);
+        self.playbooks_text(&mut o);
+        o
+    }
+
+    /// The migration, its status and start, the error code, the log's first lines, and a wait.
+    fn head_text(&self, o: &mut String) {
         let started = self
             .started_at
             .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
@@ -223,6 +232,10 @@ impl Report {
         if let Some(wait) = &self.wait {
             let _ = writeln!(o, "WAIT: {wait}");
         }
+    }
+
+    /// Each statement's verdict, and the rows of the tables the migration created.
+    fn statements_text(&self, o: &mut String) {
         match (&self.file, &self.file_error) {
             (Some(f), _) => {
                 let _ = writeln!(o, "\nstatements of {f}:");
@@ -248,7 +261,10 @@ impl Report {
             let rows = t.rows.map(|r| r.to_string()).unwrap_or_else(|| "?".into());
             let _ = writeln!(o, "\ncreated by the migration: {} holds {rows} rows", t.table);
         }
-        self.diff_text(&mut o);
+    }
+
+    /// The drafted finish and undo: their TOML and SQL, or why they could not be drafted.
+    fn playbooks_text(&self, o: &mut String) {
         for (name, d) in [("finish", &self.playbooks.finish), ("undo", &self.playbooks.undo)] {
             let _ = writeln!(o, "\n── drafted playbook: {name} ──");
             match (&d.toml, &d.why) {
@@ -268,7 +284,6 @@ impl Report {
                 let _ = writeln!(o, "note: {n}");
             }
         }
-        o
     }
 
     fn diff_text(&self, o: &mut String) {
