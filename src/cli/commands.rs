@@ -14,25 +14,31 @@ use crate::restore::{Progress, RestoreOptions, Restorer};
 use crate::snapshot::{self, Request, Snapshotter};
 use crate::storage::{self, Storage};
 
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    // Generated from the CLI definition itself; no configuration needed.
+/// The commands that need no configuration, if `cli` is one.
+async fn without_config(cli: &Cli) -> Option<anyhow::Result<()>> {
     match &cli.command {
+        // Generated from the CLI definition itself.
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(*shell, &mut cmd, "pgmedic", &mut std::io::stdout());
-            return Ok(());
+            Some(Ok(()))
         }
         Command::Man => {
             let cmd = <Cli as clap::CommandFactory>::command();
-            clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
-            return Ok(());
+            Some(clap_mangen::Man::new(cmd).render(&mut std::io::stdout()).map_err(Into::into))
         }
-        _ => {}
+        // Linting a folder: CI runs it before any pgmedic is set up.
+        Command::Lint { db: None, dir, json, format } => Some(match dir {
+            Some(dir) => super::lint::lint_dir(dir, *json, *format).await,
+            None => Err(UsageError("lint needs --dir DIR or --db NAME".into()).into()),
+        }),
+        _ => None,
     }
-    // Linting a folder needs no configuration: CI runs it before any pgmedic is set up.
-    if let Command::Lint { db: None, dir, json, format } = &cli.command {
-        let dir = dir.as_ref().ok_or_else(|| UsageError("lint needs --dir DIR or --db NAME".into()))?;
-        return super::lint::lint_dir(dir, *json, *format).await;
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(done) = without_config(&cli).await {
+        return done;
     }
     let cfg = Arc::new(Config::load(&cli.config)?);
     crate::crypt::use_identity_file(cfg.storage.encryption.as_ref().and_then(|e| e.identity_file.clone()));
@@ -44,12 +50,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Status { json } => super::remote::status(&cfg, json).await,
         Command::CheckConfig => {
-            print!("{}", config::render_redacted(&cfg));
-            print!("{}", client_tools(&cfg).await);
-            let identity = cfg.storage.encryption.as_ref().and_then(|e| e.identity_file.as_deref());
-            if let Some(warning) = identity.and_then(crate::crypt::loose_permissions) {
-                println!("\n# warning: {warning}");
-            }
+            cmd_check_config(&cfg).await;
             Ok(())
         }
         Command::Snapshot { db, reason, json } => cmd_snapshot(&cfg, db.as_deref(), &reason, json).await,
@@ -91,6 +92,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             super::repair::audit(&cfg, db.as_deref(), since.as_deref(), json)
         }
         Command::Prune { db, dry_run, json } => cmd_prune(&cfg, db.as_deref(), dry_run, json).await,
+    }
+}
+
+/// The effective configuration (secrets redacted), the client tools found, and warnings.
+async fn cmd_check_config(cfg: &Config) {
+    print!("{}", config::render_redacted(cfg));
+    print!("{}", client_tools(cfg).await);
+    let identity = cfg.storage.encryption.as_ref().and_then(|e| e.identity_file.as_deref());
+    if let Some(warning) = identity.and_then(crate::crypt::loose_permissions) {
+        println!("\n# warning: {warning}");
     }
 }
 
