@@ -114,6 +114,41 @@ fn flyway_repair_deletes_the_failed_row_and_realigns_checksums() {
     assert_eq!(db.sql("SELECT checksum FROM flyway_schema_history"), flyway_sum(edited).to_string());
 }
 
+/// Flyway's lock while it works: `pg_try_advisory_lock(77431708279161 + hashCode)` with
+/// `"public"."flyway_schema_history".hashCode()` = 2125624436 (Java's own answer, by jshell).
+#[test]
+fn flyways_lock_held_is_in_progress_and_a_repair_refuses() {
+    let db = TestDb::new("flywaylock");
+    let dir = tempfile::tempdir().unwrap();
+    let v1 = "CREATE TABLE users (id int);\n";
+    std::fs::write(dir.path().join("V1__create.sql"), v1).unwrap();
+    db.sql(&format!(
+        "{FLYWAY_TABLE}; INSERT INTO flyway_schema_history VALUES \
+         (1, '1', 'create', 'SQL', 'V1__create.sql', {}, 'postgres', now(), 5, false)",
+        flyway_sum(v1)
+    ));
+    let playbooks = "[[playbooks]]\nname = \"repair\"\nsteps = [{ resolve = \"rolled-back\" }]\n";
+    let pgm = migrate::config(
+        &db,
+        dir.path(),
+        &format!("tool = \"flyway\"\n[repair]\nlock_wait = \"1s\"\n{playbooks}"),
+    );
+    let key = 77_431_708_279_161_i64 + 2_125_624_436;
+    {
+        let _flyway = common::prisma::LockHolder::take(&db, &format!("pg_advisory_lock({key})"));
+        let s = statuses(&pgm);
+        assert_eq!(s.last().unwrap(), &pair("flyway_schema_history_lock", "in_progress"), "{s:?}");
+        let run = pgm.run(&["repair", "--db", "app", "--json"]);
+        let rec = run.json();
+        assert_eq!((run.code, rec["outcome"].as_str()), (3, Some("refused")), "{rec:#}");
+        assert!(rec["error"].as_str().unwrap().contains(&format!("holds flyway's lock {key}")), "{rec:#}");
+        assert_eq!(db.sql("SELECT count(*) FROM flyway_schema_history"), "1", "untouched");
+    }
+    assert_eq!(statuses(&pgm), [pair("V1__create.sql", "failed")]);
+    let rec = repair(&pgm, "repair");
+    assert_eq!(rec["outcome"], "succeeded", "{rec:#}");
+}
+
 const LIQUIBASE_TABLES: &str = "CREATE TABLE databasechangeloglock (id INT NOT NULL PRIMARY KEY, locked BOOLEAN NOT NULL, lockgranted TIMESTAMP, lockedby VARCHAR(255)); \
     CREATE TABLE databasechangelog (id VARCHAR(255) NOT NULL, author VARCHAR(255) NOT NULL, filename VARCHAR(255) NOT NULL, \
     dateexecuted TIMESTAMP NOT NULL, orderexecuted INT NOT NULL, exectype VARCHAR(10) NOT NULL, md5sum VARCHAR(35), description VARCHAR(255), \

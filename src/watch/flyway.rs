@@ -3,13 +3,15 @@
 //! PostgreSQL (failed: `validate` and `migrate` stop), and a checksum that `validate` compares
 //! with the file's: a CRC-32 over the file's lines without their line breaks (drifted when it
 //! differs). `flyway repair` deletes the failed rows (resolve rolled back) and realigns the
-//! checksums with the files (accept_checksums).
+//! checksums with the files (accept_checksums). While Flyway works it holds a session advisory
+//! lock keyed by its table (read from Flyway's source, `PostgreSQLAdvisoryLockTemplate`): a
+//! held lock shows as a run in progress, and a repair takes the same lock.
 
 use std::path::PathBuf;
 
 use async_trait::async_trait;
 
-use super::{Dialect, Migration, Place, Status, StepResult, TableState};
+use super::{live, Dialect, Migration, Place, Status, StepResult, TableState};
 use crate::config::{MigrationsConfig, ResolveAs};
 use crate::pg::{error_text, DbError, Session};
 
@@ -24,6 +26,17 @@ pub fn checksum(text: &str) -> i32 {
         h.update(line.strip_suffix('\r').unwrap_or(line).as_bytes());
     }
     h.finalize() as i32
+}
+
+/// "Flyway" in ASCII, Flyway's base for its PostgreSQL lock (77431708279161).
+const LOCK_MAGIC: i64 = 0x46_6c_79_77_61_79;
+
+/// Flyway's lock id for its table: the base plus Java's `String.hashCode()` of the table as
+/// Flyway quotes it, `"schema"."table"` (an int, so it may subtract).
+pub fn advisory_key(schema: &str, table: &str) -> i64 {
+    let quoted = format!("\"{}\".\"{}\"", schema.replace('"', "\"\""), table.replace('"', "\"\""));
+    let hash = quoted.encode_utf16().fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(i32::from(c)));
+    LOCK_MAGIC + i64::from(hash)
 }
 
 impl Flyway {
@@ -48,7 +61,7 @@ impl Dialect for Flyway {
     }
 
     fn advisory_key(&self, _database: &str) -> Option<i64> {
-        None
+        Some(advisory_key(self.schema(), self.table()))
     }
 
     async fn read(&self, session: &Session) -> Result<TableState, DbError> {
@@ -60,7 +73,7 @@ impl Dialect for Flyway {
             self.qualified()
         );
         let rows = session.query(&sql, "read flyway_schema_history").await?;
-        let migrations = rows
+        let mut migrations: Vec<Migration> = rows
             .iter()
             .map(|r| {
                 let (rank, version, script, stored, success): (i32, String, String, Option<i32>, bool) = (r.get(0), r.get(1), r.get(2), r.get(3), r.get(5));
@@ -76,6 +89,16 @@ impl Dialect for Flyway {
                 m
             })
             .collect();
+        let key = advisory_key(self.schema(), self.table());
+        if let Some(holder) = live::advisory_holder(session, key).await? {
+            // Flyway writes a row only after each migration: the run shows as its lock.
+            let logs = format!("Flyway's lock {key} is held by {holder}");
+            migrations.push(Migration::bare(
+                format!("{}_lock", self.table()),
+                Status::InProgress,
+                Some(logs),
+            ));
+        }
         Ok(TableState::Rows { migrations })
     }
 
@@ -129,5 +152,16 @@ impl Dialect for Flyway {
             "flyway repair: realigned the checksums of {}",
             if changed.is_empty() { "none".into() } else { changed.join(", ") }
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// `"public"."flyway_schema_history"`.hashCode() is 2125624436 in Java (computed independently,
+    /// 31-based over UTF-16 units, wrapping at 32 bits); the base is the reference's 77431708279161.
+    #[test]
+    fn the_lock_key_is_flyways() {
+        assert_eq!(super::LOCK_MAGIC, 77_431_708_279_161);
+        assert_eq!(super::advisory_key("public", "flyway_schema_history"), 77_431_708_279_161 + 2125624436);
     }
 }
