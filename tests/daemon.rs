@@ -235,7 +235,15 @@ fn metrics_reflect_a_finished_snapshot() {
     assert!(http_get(&addr, "/healthz").starts_with("HTTP/1.1 200"));
     assert!(http_get(&addr, "/readyz").starts_with("HTTP/1.1 200"));
     let before = http_get(&addr, "/metrics");
-    assert!(before.to_ascii_lowercase().contains("content-type: application/openmetrics-text"), "{before}");
+    assert!(before.to_ascii_lowercase().contains("content-type: text/plain; version=0.0.4"), "{before}");
+    let om =
+        http_get_accept(&addr, "/metrics", "application/openmetrics-text;version=1.0.0,text/plain;q=0.5");
+    assert!(om.to_ascii_lowercase().contains("content-type: application/openmetrics-text"), "{om}");
+    assert!(
+        om.contains("pgmedic_snapshots_total{database=\"app\",outcome=\"success\"} 0")
+            && om.ends_with("# EOF\n"),
+        "{om}"
+    );
     assert!(before.contains("pgmedic_snapshots_total{database=\"app\",outcome=\"success\"} 0"), "{before}");
     let reply = daemon.request(r#"{"cmd":"snapshot","db":"app"}"#);
     let size = reply["snapshots"][0]["stored_bytes"].as_u64().unwrap();

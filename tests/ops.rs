@@ -37,7 +37,8 @@ fn every_metric_the_alerts_use_is_exported() {
     let pgm = Pgmedic::custom(Backend::Local, "metrics_listen = \"127.0.0.1:0\"\n", "", "", &tail);
     let daemon = Daemon::start(&pgm);
     let addr = daemon.status()["metrics_listen"].as_str().unwrap().to_string();
-    let metrics = http_get(&addr, "/metrics");
+    // Prometheus asks for OpenMetrics; the rules must find their metrics there.
+    let metrics = http_get_accept(&addr, "/metrics", "application/openmetrics-text;version=1.0.0");
     let rules =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus/alerts.yml"))
             .unwrap();
@@ -56,6 +57,29 @@ fn every_metric_the_alerts_use_is_exported() {
         assert!(declared && (sampled || family == name), "{name} is not exported:\n{metrics}");
     }
     assert!(metrics.ends_with("# EOF\n"), "an OpenMetrics exposition ends with # EOF: {metrics}");
+    // Any other client gets the classic text format, which the real promtool lints clean.
+    let classic = http_get(&addr, "/metrics");
+    let body = classic.split_once("\r\n\r\n").unwrap().1;
+    let mut lint = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(lint.stdin.as_mut().unwrap(), body.as_bytes()).unwrap();
+    let lint = lint.wait_with_output().unwrap();
+    assert!(
+        lint.status.success(),
+        "promtool check metrics: {}{}\n{body}",
+        String::from_utf8_lossy(&lint.stdout),
+        String::from_utf8_lossy(&lint.stderr)
+    );
+    assert!(
+        body.contains("# TYPE pgmedic_repairs_total counter\n")
+            && body.contains("# TYPE pgmedic_build_info gauge\n"),
+        "{body}"
+    );
     assert!(metrics.contains("pgmedic_snapshot_schedule_period_seconds{database=\"app\"} 3600"), "{metrics}");
     assert!(
         metrics.contains("pgmedic_repairs_total{database=\"app\",outcome=\"interrupted\"} 0"),

@@ -1,5 +1,5 @@
 //! `daemon.metrics_listen`: the daemon's HTTP side, an axum router on hyper. `/metrics` (see
-//! `metrics`), `/healthz` (the process answers) and `/readyz` (configuration loaded and storage
+//! `metrics`; the format follows the request's Accept header), `/healthz` (the process answers) and `/readyz` (configuration loaded and storage
 //! reachable); status endpoints are meant to join these routes. It stops taking connections
 //! when the daemon shuts down and lets the ones in flight finish.
 
@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{header, Method, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::Shared;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const CLASSIC: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
     let app = Router::new()
@@ -46,8 +47,12 @@ async fn unknown(method: Method) -> Response {
     text(StatusCode::NOT_FOUND, "not found: try /metrics, /healthz or /readyz\n")
 }
 
-async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
-    ([(header::CONTENT_TYPE, OPENMETRICS)], super::metrics::render(&shared)).into_response()
+/// OpenMetrics for a scraper that asks for it (Prometheus does), else the classic format.
+async fn metrics(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let openmetrics = accept.contains("application/openmetrics-text");
+    let ctype = if openmetrics { OPENMETRICS } else { CLASSIC };
+    ([(header::CONTENT_TYPE, ctype)], super::metrics::render(&shared, openmetrics)).into_response()
 }
 
 async fn ready(State(shared): State<Arc<Shared>>) -> Response {

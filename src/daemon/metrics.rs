@@ -1,8 +1,9 @@
 //! What `/metrics` says: every metric the daemon exports, read from the board and the gate at
-//! scrape time and written by `prometheus-client` in the OpenMetrics text format (which
-//! Prometheus scrapes, and which escapes label values such as database names correctly).
-//! The values live in the daemon's own state, so one collector builds the families per scrape
-//! instead of keeping a second copy in registered metric objects.
+//! scrape time. A scraper that accepts OpenMetrics (Prometheus does) gets it from
+//! `prometheus-client`; any other client (curl, `promtool check metrics`, agents that speak only
+//! the classic format) gets the Prometheus text format 0.0.4, which prometheus-client does not
+//! write: that short encoder stays here. The values live in the daemon's own state, so one
+//! collector builds the families per scrape instead of keeping a second copy in metric objects.
 
 use std::collections::BTreeMap;
 
@@ -34,13 +35,47 @@ struct Family {
 #[derive(Debug)]
 struct Scrape(Vec<Family>);
 
-/// The OpenMetrics exposition of the daemon's state now.
-pub fn render(shared: &Shared) -> String {
+/// The daemon's state now: OpenMetrics when `openmetrics`, else the classic text format.
+pub fn render(shared: &Shared, openmetrics: bool) -> String {
+    let families = families(shared);
+    if !openmetrics {
+        return classic(&families);
+    }
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(Scrape(families(shared))));
+    registry.register_collector(Box::new(Scrape(families)));
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &registry).expect("writing to a String");
     out
+}
+
+/// The Prometheus text format 0.0.4: a counter's family is named with its `_total`, an info
+/// metric is a gauge named with its `_info`, and there is no `# EOF`.
+fn classic(families: &[Family]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    for f in families {
+        let (name, kind) = match f.kind {
+            MetricType::Counter => (format!("{}_total", f.name), "counter"),
+            MetricType::Info => (format!("{}_info", f.name), "gauge"),
+            _ => (f.name.to_string(), "gauge"),
+        };
+        let help = f.help.replace('\\', "\\\\").replace('\n', "\\n");
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, value) in &f.rows {
+            let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{}\"", escape(v))).collect();
+            let labels = if labels.is_empty() { String::new() } else { format!("{{{}}}", labels.join(",")) };
+            let value = match value {
+                Num::Int(n) => n.to_string(),
+                Num::Float(x) => x.to_string(),
+            };
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    }
+    out
+}
+
+fn escape(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 impl Collector for Scrape {

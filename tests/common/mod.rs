@@ -378,9 +378,14 @@ impl NotifyListener {
 
 /// A plain HTTP/1.1 GET (the metrics listener), the whole reply as text.
 pub fn http_get(addr: &str, path: &str) -> String {
+    http_get_accept(addr, path, "*/*")
+}
+
+/// The same, with an Accept header (Prometheus asks for OpenMetrics this way).
+pub fn http_get_accept(addr: &str, path: &str, accept: &str) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nAccept: {accept}\r\nConnection: close\r\n\r\n").unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out
