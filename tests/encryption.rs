@@ -9,6 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use common::migrate;
 use common::*;
 use sha2::Digest;
 
@@ -174,4 +175,52 @@ fn s3_server_side_encryption_is_sent_on_every_upload() {
             assert_eq!(kms.as_deref(), key, "{object}");
         }
     }
+}
+
+/// A reload that names a new `identity_file` is the one the daemon's undo reads its encrypted
+/// baseline with: started with a key that cannot open the snapshots, reloaded with the right
+/// one, the daemon's undo checks its result against the baseline and succeeds.
+#[test]
+fn a_reloaded_identity_file_opens_the_baseline_of_the_daemons_undo() {
+    let db = TestDb::new("cryptreload");
+    let keys = tempfile::tempdir().unwrap();
+    let (right, recipient) = keygen(keys.path(), "right.key");
+    let (wrong, _) = keygen(keys.path(), "wrong.key");
+    let dir = tempfile::tempdir().unwrap();
+    let init = "CREATE TABLE \"User\" (\"id\" SERIAL PRIMARY KEY);\n";
+    let broken = "CREATE TABLE \"Extra\" (\"id\" INTEGER);\nALTER TABLE \"Nope\" ADD COLUMN \"x\" INTEGER;\n";
+    migrate::write_migration(dir.path(), "20250101000000_init", init);
+    migrate::write_migration(dir.path(), "20250601000000_broken", broken);
+    migrate::deploy(&db, dir.path(), "20250101000000_init", "").unwrap();
+    let render = |identity: &Path| {
+        let enc = format!(
+            "\n[storage.encryption]\nrecipients = [\"{recipient}\"]\nidentity_file = \"{}\"\n",
+            identity.display()
+        );
+        let tail = format!(
+            "\n[[databases]]\nname = \"app\"\nurl = \"{}\"\n[databases.migrations]\ndir = \"{}\"\n\n[[playbooks]]\nname = \"undo\"\nsteps = [{{ undo = true }}, {{ resolve = \"rolled-back\" }}]\n",
+            db.url(),
+            dir.path().display()
+        );
+        (enc, tail)
+    };
+    let (enc, tail) = render(&wrong);
+    let pgm = Pgmedic::custom(Backend::Local, "", &enc, "", &tail);
+    pgm.snapshot("app");
+    migrate::deploy(&db, dir.path(), "20250601000000_broken", "").unwrap_err();
+    let report = pgm.run(&["diagnose", "--json"]).json();
+    let why = report[0]["baseline_why"].as_str().unwrap_or_default().to_string();
+    assert!(why.contains("it is encrypted and cannot decrypt"), "the wrong key is said: {report:#}");
+    let daemon = Daemon::start(&pgm);
+
+    let (enc, tail) = render(&right);
+    pgm.write_config(&pgm.render(Backend::Local, "", &enc, "", &tail));
+    let reload = daemon.request(r#"{"cmd":"reload"}"#);
+    assert_eq!(reload["ok"], true, "{reload:#}");
+    let report = pgm.run(&["diagnose", "--json"]).json();
+    assert!(report[0]["baseline_snapshot"].is_string(), "diagnose reads the encrypted baseline: {report:#}");
+    let reply = daemon.request(r#"{"cmd":"repair","db":"app"}"#);
+    let rec = &reply["runs"][0];
+    assert_eq!(rec["outcome"], "succeeded", "{reply:#}");
+    assert_eq!(db.sql("SELECT to_regclass('\"Extra\"') IS NULL"), "t", "undone");
 }

@@ -49,8 +49,8 @@ pub async fn find_baseline(
             tracing::warn!(snapshot = %m.id, "a snapshot's schema text does not match its manifest's hash; trying an older one");
             continue;
         }
-        let raw = zstd::decode_all(&bytes[..])
-            .map_err(|e| format!("cannot decompress the schema of snapshot {}: {e}", m.id))?;
+        let raw = open_schema(m, &bytes)
+            .map_err(|e| format!("cannot read the schema of snapshot {}: {e}", m.id))?;
         let text = String::from_utf8_lossy(&raw).into_owned();
         let schema = Baseline::parse(&text);
         return Ok(BaselineSnapshot { id: m.id.clone(), taken_at: m.taken_at, text, schema });
@@ -60,6 +60,17 @@ pub async fn find_baseline(
         started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         migration.name
     ))
+}
+
+/// The schema text of `m` from its stored bytes: decrypted with the configured identity when
+/// the snapshot is encrypted (zstd → age on the way in), then decompressed.
+fn open_schema(m: &Manifest, bytes: &[u8]) -> Result<Vec<u8>, String> {
+    if m.encryption.is_none() {
+        return zstd::decode_all(bytes).map_err(|e| format!("cannot decompress it: {e}"));
+    }
+    let ids = crate::crypt::configured_identities().map_err(|e| format!("it is encrypted and {e}"))?;
+    let plain = crate::crypt::open(bytes, &ids).map_err(|e| format!("it is encrypted and {e}"))?;
+    zstd::decode_all(plain).map_err(|e| format!("cannot decompress it: {e}"))
 }
 
 /// Loads `schema_text` into a scratch database on `db`'s server, describes `touched` there, and
