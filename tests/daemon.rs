@@ -385,3 +385,35 @@ fn a_client_that_sends_nothing_is_timed_out() {
     assert!(reply.contains("\"code\":\"timeout\""), "{reply}");
     assert_eq!(daemon.status()["ok"], true);
 }
+
+/// A metrics client that sends half a request and stalls is cut off within the listener's
+/// 10 s limit, and another one stalled at shutdown does not hold the daemon up.
+#[test]
+fn a_stalled_metrics_client_is_cut_off_and_does_not_hold_up_shutdown() {
+    use std::io::{Read, Write};
+    let db = TestDb::new("stalled");
+    let pgm = Pgmedic::custom(
+        Backend::Local,
+        "metrics_listen = \"127.0.0.1:0\"\n",
+        "",
+        "",
+        &db_entry("app", &db.url(), None),
+    );
+    let mut daemon = Daemon::start(&pgm);
+    let addr = daemon.status()["metrics_listen"].as_str().unwrap().to_string();
+    let stall = || {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s
+    };
+    let mut first = stall();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    assert_eq!(first.read(&mut buf).expect("closed by the daemon, not left to time out here"), 0);
+    assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
+    let _second = stall();
+    assert!(http_get(&addr, "/healthz").starts_with("HTTP/1.1 200"), "others are still answered");
+    daemon.signal(libc::SIGTERM);
+    assert_eq!(daemon.wait_exit(Duration::from_secs(8)), 0, "{}", daemon.log());
+}

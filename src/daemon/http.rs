@@ -1,7 +1,9 @@
 //! `daemon.metrics_listen`: the daemon's HTTP side, an axum router on hyper. `/metrics` (see
-//! `metrics`; the format follows the request's Accept header), `/healthz` (the process answers) and `/readyz` (configuration loaded and storage
-//! reachable); status endpoints are meant to join these routes. It stops taking connections
-//! when the daemon shuts down and lets the ones in flight finish.
+//! `metrics`; the format follows the request's Accept header), `/healthz` (the process answers)
+//! and `/readyz` (configuration loaded and storage reachable); status endpoints are meant to join
+//! these routes. The accept loop is ours, not `axum::serve`'s: each connection runs on the
+//! daemon's task tracker, answers one request and is closed within `CONNECTION_LIMIT` whatever
+//! the client does, so a stalled client holds neither a task past shutdown nor a descriptor.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +13,9 @@ use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -19,6 +24,9 @@ use super::Shared;
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const CLASSIC: &str = "text/plain; version=0.0.4; charset=utf-8";
 
+/// How long one connection may take, from accept to the end of its answer.
+const CONNECTION_LIMIT: Duration = Duration::from_secs(10);
+
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
     let app = Router::new()
         .route("/metrics", get(metrics))
@@ -26,9 +34,30 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancell
         .route("/readyz", get(ready))
         .fallback(unknown)
         .method_not_allowed_fallback(|| async { only_get() })
-        .with_state(shared);
-    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await {
-        tracing::warn!(error = %e, "the metrics listener stopped");
+        .with_state(shared.clone());
+    loop {
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let connection =
+            http1::Builder::new().keep_alive(false).serve_connection(TokioIo::new(stream), service);
+        // Dropped at the limit or at shutdown: the socket closes with it.
+        let shutdown = shutdown.clone();
+        shared.tasks.spawn(async move {
+            tokio::select! {
+                _ = tokio::time::timeout(CONNECTION_LIMIT, connection) => {}
+                _ = shutdown.cancelled() => {}
+            }
+        });
     }
 }
 
