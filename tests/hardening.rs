@@ -352,8 +352,15 @@ fn scratch_databases_of_killed_runs_are_swept_and_no_others() {
             psql("postgres", &format!("COMMENT ON DATABASE {name} IS '{label}'"));
         }
     }
+    // A rehearsal's database kept with --keep is the operator's: its maker is gone too.
+    let rehearsal =
+        pgm.run(&["rehearse", "--db", "app", "--snapshot", &id, "--keep", "--json", "--", "true"]);
+    assert_eq!(rehearsal.code, 0, "{rehearsal:?}");
+    let kept_by_hand = rehearsal.json()["scratch_database"].as_str().unwrap().to_string();
     let run = pgm.run(&["verify", &id, "--deep", "--json"]);
     assert_eq!(run.code, 0, "{run:?}");
+    assert!(exists(&kept_by_hand), "a --keep database survives the sweep: {}", run.stderr);
+    psql("postgres", &format!("DROP DATABASE {kept_by_hand}"));
     let kept: Vec<&str> = made.iter().map(|(n, _)| *n).filter(|n| exists(n)).collect();
     for (name, _) in &made {
         psql("postgres", &format!("DROP DATABASE IF EXISTS {name}"));

@@ -152,16 +152,11 @@ fn parse_message(e: &toml::de::Error, text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
-    use super::super::{Config, Step};
+    use super::super::Step;
 
     const BASE: &str = "[daemon]\nallowed_uids = [7]\n[storage]\npath = \"snaps\"\n[[databases]]\nname = \"app\"\nurl = \"postgresql://app:pw@127.0.0.1/app\"\n";
 
-    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, String> {
-        let env: Vec<(String, String)> = env.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
-        Config::from_toml(text, Path::new("t.toml"), &env).map_err(|e| e.to_string())
-    }
+    use super::super::load_for_test as load;
 
     #[test]
     fn an_index_past_the_end_or_into_a_scalar_names_the_variable() {

@@ -193,6 +193,13 @@ impl DatabaseConfig {
     }
 }
 
+/// A configuration from text and an environment given as pairs, its error as text (unit tests).
+#[cfg(test)]
+fn load_for_test(text: &str, env: &[(&str, &str)]) -> Result<Config, String> {
+    let env: Vec<(String, String)> = env.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+    Config::from_toml(text, Path::new("t.toml"), &env).map_err(|e| e.to_string())
+}
+
 impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&render_redacted(self))

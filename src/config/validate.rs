@@ -320,8 +320,6 @@ fn migrations(ctx: &Ctx, i: usize, raw: RawMigrations) -> Result<MigrationsConfi
 
 #[cfg(test)]
 mod tests {
-    use super::super::Config;
-    use std::path::Path;
 
     const BASE: &str = r#"
 [storage]
@@ -331,10 +329,7 @@ name = "app"
 url = "postgresql://app:pw@127.0.0.1/app"
 "#;
 
-    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, String> {
-        let env: Vec<(String, String)> = env.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
-        Config::from_toml(text, Path::new("t.toml"), &env).map_err(|e| e.to_string())
-    }
+    use super::super::load_for_test as load;
 
     #[test]
     fn unknown_key_is_named() {

@@ -103,6 +103,20 @@ impl Scratch {
         self.url.dbname()
     }
 
+    /// Marks it kept (`--keep`): its label no longer parses, so no sweep ever drops it; the
+    /// operator drops it by name.
+    pub async fn keep(&self) -> Result<(), DbError> {
+        let q = pg::quote_ident(self.name());
+        let label =
+            format!("pgmedic kept by the operator's --keep; drop it by hand ({})", label(Purpose::Rehearse));
+        let comment = format!("COMMENT ON DATABASE {q} IS {}", crate::sql::names::literal(&label));
+        self.admin
+            .client()
+            .batch_execute(&comment)
+            .await
+            .map_err(|e| self.admin.err("mark the scratch database kept", e))
+    }
+
     pub async fn drop(&self) -> Result<(), DbError> {
         self.admin.drop_database(self.name()).await
     }

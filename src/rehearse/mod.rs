@@ -121,6 +121,10 @@ impl Rehearser {
             .map_err(|e| fail(e.to_string()))?;
         let result = self.on_scratch(db, &m, &scratch, &command, cancel).await;
         let dropped = if opts.keep && !cancel.is_cancelled() {
+            // Kept for inspection: relabelled so that no sweep takes it from under the operator.
+            if let Err(e) = scratch.keep().await {
+                tracing::warn!(database = %scratch.name(), error = %e, "could not mark the kept scratch database; the next sweep may drop it");
+            }
             false
         } else {
             match scratch.drop().await {

@@ -70,6 +70,19 @@ pub enum RestoreError {
 }
 
 impl RestoreError {
+    /// The stored bytes of `m` are not the ones its manifest names.
+    fn mismatch(m: &Manifest, actual: String, actual_bytes: u64) -> RestoreError {
+        RestoreError::Mismatch {
+            id: m.id.clone(),
+            expected: m.sha256.clone(),
+            actual,
+            expected_bytes: m.stored_bytes,
+            actual_bytes,
+        }
+    }
+}
+
+impl RestoreError {
     pub fn is_refusal(&self) -> bool {
         matches!(self, RestoreError::NotEmpty { .. })
     }

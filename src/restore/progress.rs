@@ -10,8 +10,10 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 const TEMPLATE: &str =
     "{msg}: {binary_bytes} / {binary_total_bytes} ({percent}%), {binary_bytes_per_sec}, {eta} left";
 
+/// `None` when hidden: the restore and verify streams call `add` per chunk, and a hidden
+/// counter then costs nothing at all.
 pub struct Progress {
-    bar: ProgressBar,
+    bar: Option<ProgressBar>,
 }
 
 impl Progress {
@@ -25,20 +27,24 @@ impl Progress {
         bar.set_message(label);
         // Redrawn twice a second even while no bytes move, so a stall shows as a falling rate.
         bar.enable_steady_tick(Duration::from_millis(500));
-        Progress { bar }
+        Progress { bar: Some(bar) }
     }
 
     pub fn hidden() -> Progress {
-        Progress { bar: ProgressBar::hidden() }
+        Progress { bar: None }
     }
 
     pub fn add(&self, n: u64) {
-        self.bar.inc(n);
+        if let Some(bar) = &self.bar {
+            bar.inc(n);
+        }
     }
 }
 
 impl Drop for Progress {
     fn drop(&mut self) {
-        self.bar.finish_and_clear();
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
     }
 }

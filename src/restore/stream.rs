@@ -83,13 +83,7 @@ pub async fn stream_object(
         return Err(RestoreError::Decode { id: m.id.clone(), message });
     }
     if !verified {
-        return Err(RestoreError::Mismatch {
-            id: m.id.clone(),
-            expected: m.sha256.clone(),
-            actual,
-            expected_bytes: m.stored_bytes,
-            actual_bytes: stored,
-        });
+        return Err(RestoreError::mismatch(m, actual, stored));
     }
     let raw_bytes = decoded.map_err(|e| RestoreError::Decode { id: m.id.clone(), message: e.to_string() })?;
     Ok(Streamed { stored_bytes: stored, raw_bytes })

@@ -113,13 +113,7 @@ impl Restorer {
         }
         let actual = hex::encode(hasher.finalize());
         if actual != m.sha256 || stored != m.stored_bytes {
-            return Err(RestoreError::Mismatch {
-                id: m.id.clone(),
-                expected: m.sha256.clone(),
-                actual,
-                expected_bytes: m.stored_bytes,
-                actual_bytes: stored,
-            });
+            return Err(RestoreError::mismatch(m, actual, stored));
         }
         let who = m.encryption.as_ref().map(|e| e.recipients.join(", ")).unwrap_or_default();
         Ok(VerifyReport {
