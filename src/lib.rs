@@ -22,6 +22,7 @@ pub mod redact;
 pub mod rehearse;
 pub mod repair;
 pub mod restore;
+pub mod scratch;
 pub mod snapshot;
 pub mod sql;
 pub mod storage;

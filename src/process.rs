@@ -63,7 +63,12 @@ impl Group {
 
     /// SIGTERM to the group, `grace` to exit, then SIGKILL to whatever is left of it.
     pub async fn terminate(&mut self, grace: Duration) {
-        self.signal(libc::SIGTERM);
+        self.terminate_with(libc::SIGTERM, grace).await
+    }
+
+    /// `sig` to the group (a server's own shutdown signal), `grace` to exit, then SIGKILL.
+    pub async fn terminate_with(&mut self, sig: i32, grace: Duration) {
+        self.signal(sig);
         let _ = tokio::time::timeout(grace, self.child.wait()).await;
         self.signal(libc::SIGKILL);
         let _ = self.child.wait().await;

@@ -4,10 +4,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
-use std::time::Duration;
-
-use common::migrate::{self, schema_dump};
+use common::migrate::{self, schema_dump, Holder};
 use common::*;
 
 const INIT: &str = "20250101000000_init";
@@ -36,34 +33,6 @@ ALTER TABLE "Order" ADD COLUMN "status" "Status" NOT NULL DEFAULT 'open';
 -- AddForeignKey
 ALTER TABLE "Order" ADD CONSTRAINT "Order_userId_fkey" FOREIGN KEY ("userId") REFERENCES "User"("id") ON DELETE RESTRICT ON UPDATE CASCADE;
 "#;
-
-/// A psql session holding a lock in an open transaction until dropped.
-struct Holder(std::process::Child);
-
-impl Holder {
-    /// `table` as SQL (qualified as needed), `relname` its bare name.
-    fn lock(db: &TestDb, table: &str, relname: &str) -> Holder {
-        let mut child = Command::new("psql")
-            .args(["-h", PG_HOST, "-U", "postgres", "-d", &db.name, "-Xq"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        writeln!(child.stdin.as_mut().unwrap(), "BEGIN; LOCK TABLE {table} IN ACCESS SHARE MODE;").unwrap();
-        wait_for("the lock", Duration::from_secs(10), || {
-            db.sql(&format!("SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation WHERE c.relname = '{relname}' AND l.mode = 'AccessShareLock' AND l.pid <> pg_backend_pid()")) != "0"
-        });
-        Holder(child)
-    }
-}
-
-impl Drop for Holder {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// `schema` is the migrations' schema (Prisma's `?schema=`): the deploy's search path.
 fn half_way_then_finish(schema: &str) {
@@ -105,9 +74,10 @@ fn half_way_then_finish(schema: &str) {
         "{r:#}"
     );
     assert!(
-        r["playbooks"]["finish"]["notes"].as_array().unwrap().is_empty(),
+        !r["playbooks"]["finish"]["notes"].to_string().contains("not transient"),
         "a lock timeout is transient: {r:#}"
     );
+    assert_eq!((r["proof"].as_str(), r["stopped_after"].as_u64()), (Some("replay"), Some(2)), "{r:#}");
     let finish = r["playbooks"]["finish"]["sql"].as_str().unwrap();
     assert!(
         finish.starts_with("ALTER TABLE \"User\" ADD COLUMN IF NOT EXISTS email text;\nDO $pgmedic$"),
@@ -125,7 +95,7 @@ fn half_way_then_finish(schema: &str) {
     );
     let rec = pgm.run(&["repair", "--db", "app", "--json"]).json();
     assert_eq!(rec["outcome"], "succeeded", "{rec:#}");
-    assert!(rec["steps"][0]["output"].as_str().unwrap().starts_with("ran 4 statement(s) in one transaction:\nALTER TABLE \"User\" ADD COLUMN IF NOT EXISTS email text;"), "{rec:#}");
+    assert!(rec["steps"][0]["output"].as_str().unwrap().starts_with("ran 4 statement(s), proven first on a copy of the baseline; the schema now is the whole migration's:\nBEGIN;\nALTER TABLE \"User\" ADD COLUMN IF NOT EXISTS email text;"), "{rec:#}");
 
     let fresh = TestDb::new("fresh");
     fresh.sql(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"));
@@ -257,15 +227,12 @@ fn every_statement_kind_gets_its_verdict() {
     assert_eq!(checked, 49, "every statement, comments aside: {r:#}");
     let failed = st.iter().find(|s| s["line"] == 28).unwrap();
     assert!(failed["reason"].as_str().unwrap().contains("invalid (indisvalid = false"), "{failed:#}");
-    let finish = r["playbooks"]["finish"]["sql"].as_str().unwrap();
-    assert!(finish.starts_with("DROP INDEX IF EXISTS \"dups_v_key\";\nCREATE UNIQUE INDEX IF NOT EXISTS dups_v_key ON dups USING btree (v);\n"), "{finish}");
-    let why = r["playbooks"]["undo"]["why"].as_str().unwrap();
-    assert!(
-        why.starts_with(
-            "statement 24 (line 25) cannot be undone: it ran and a DO block's effects cannot be read"
-        ),
-        "{why}"
-    );
+    // No snapshot from before it: the catalog checks explain, and license no repair.
+    assert_eq!(r["proof"], "catalog", "{r:#}");
+    for kind in ["finish", "undo"] {
+        let why = r["playbooks"][kind]["why"].as_str().unwrap();
+        assert!(why.starts_with("not proven: no replay: no snapshot of app"), "{kind}: {why}");
+    }
 }
 
 /// A finish of 300 statements (about 20 KiB of SQL) is audited whole, not cut like a child's
@@ -300,7 +267,7 @@ fn a_long_finish_is_audited_whole() {
     assert_eq!(rec["outcome"], "succeeded", "{rec:#}");
     let output = rec["steps"][0]["output"].as_str().unwrap();
     assert!(output.len() > 16 * 1024, "{} bytes", output.len());
-    assert!(output.starts_with("ran 301 statement(s) in one transaction:"), "{output}");
+    assert!(output.starts_with("ran 301 statement(s), proven first on a copy of the baseline"), "{output}");
     assert!(
         output.contains("a_column_with_a_rather_long_name_299") && !output.contains("bytes cut"),
         "{output}"

@@ -37,6 +37,13 @@ pub async fn diagnose(
     };
     let cancel = CancellationToken::new();
     crate::daemon::signals::cancel_on_terminate(cancel.clone());
+    let tools = PgTools::new(cfg.snapshot.pg_bin_dir.clone());
+    let env = diagnose::Env {
+        scratch: &cfg.scratch,
+        state_dir: &cfg.daemon.state_dir,
+        pg_bin_dir: &cfg.snapshot.pg_bin_dir,
+        tools: &tools,
+    };
     let mut reports: Vec<Report> = Vec::new();
     for d in targets(cfg, db)? {
         let mig = d.migrations_or_default();
@@ -50,7 +57,7 @@ pub async fn diagnose(
         let now =
             snapshotter.schema_now(d, &cancel).await.map(|t| Baseline::parse(&t)).map_err(|e| e.to_string());
         for m in &todo {
-            let a = diagnose::analyse(session.client(), d, &mig, dialect.as_ref(), &storage, m).await?;
+            let a = diagnose::analyse(session.client(), d, &mig, dialect.as_ref(), &storage, m, env).await?;
             reports.push(
                 diagnose::report(&a, session.client(), &mig.schema, now.as_ref().map_err(Clone::clone)).await,
             );

@@ -49,6 +49,25 @@ pub struct Config {
     pub playbooks: Vec<Playbook>,
     pub notify: Vec<String>,
     pub rehearse: RehearseConfig,
+    pub scratch: ScratchConfig,
+}
+
+/// Where pgmedic's throw-away databases live: replays, proofs, rehearsals, deep verifies.
+#[derive(Debug, Clone)]
+pub struct ScratchConfig {
+    pub server: ScratchServer,
+    /// An ephemeral cluster's data (a rehearsal needs room for a full restore).
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub enum ScratchServer {
+    /// A private cluster started from this host's server binaries, removed when done.
+    Ephemeral,
+    /// The source database's own server (opt-in only).
+    Source,
+    /// Another server the operator provides.
+    Url(DbUrl),
 }
 
 #[derive(Debug, Clone)]

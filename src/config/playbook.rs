@@ -12,6 +12,11 @@ use super::raw::{RawPlaybook, RawRepair, RawStep};
 pub struct RepairConfig {
     pub statement_timeout: Duration,
     pub lock_wait: Duration,
+    /// `lock_timeout` of every repair statement: a queued ALTER never holds up the table's
+    /// readers longer than this.
+    pub lock_timeout: Duration,
+    /// Attempts after the first when a statement gave up on a lock (55P03), with backoff.
+    pub lock_retries: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -122,6 +127,20 @@ pub fn repair(raw: RawRepair) -> Result<RepairConfig, (String, String)> {
     Ok(RepairConfig {
         statement_timeout: d("statement_timeout", raw.statement_timeout, 300)?,
         lock_wait: d("lock_wait", raw.lock_wait, 30)?,
+        lock_timeout: match d("lock_timeout", raw.lock_timeout, 5)? {
+            t if t.is_zero() => {
+                return Err((
+                    "repair.lock_timeout".into(),
+                    "must be more than 0: a repair statement must never queue for a lock without bound"
+                        .into(),
+                ))
+            }
+            t => t,
+        },
+        lock_retries: match raw.lock_retries.unwrap_or(5) {
+            n @ 0..=100 => n,
+            n => return Err(("repair.lock_retries".into(), format!("{n} is outside 0..=100"))),
+        },
     })
 }
 

@@ -22,6 +22,17 @@ pub struct RawConfig {
     pub notify: Vec<RawNotify>,
     #[serde(default)]
     pub rehearse: RawRehearse,
+    #[serde(default)]
+    pub scratch: RawScratch,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawScratch {
+    /// "ephemeral" (default), "source", or a PostgreSQL URL.
+    pub server: Option<String>,
+    /// An ephemeral cluster's data folder; `<state_dir>/scratch` when absent.
+    pub dir: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -155,6 +166,10 @@ pub struct RawRepair {
     pub statement_timeout: Option<String>,
     /// How long to wait for Prisma's advisory lock while a deploy holds it.
     pub lock_wait: Option<String>,
+    /// Every repair statement gives up waiting for a table lock after this long…
+    pub lock_timeout: Option<String>,
+    /// …and is retried this many times, with backoff.
+    pub lock_retries: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -92,9 +92,11 @@ pub fn render(cfg: &Config) -> String {
         }
     }
     out += &format!(
-        "\n[repair]\nstatement_timeout = {:?}\nlock_wait = {:?}\n",
+        "\n[repair]\nstatement_timeout = {:?}\nlock_wait = {:?}\nlock_timeout = {:?}\nlock_retries = {}\n",
         humantime::format_duration(cfg.repair.statement_timeout).to_string(),
-        humantime::format_duration(cfg.repair.lock_wait).to_string()
+        humantime::format_duration(cfg.repair.lock_wait).to_string(),
+        humantime::format_duration(cfg.repair.lock_timeout).to_string(),
+        cfg.repair.lock_retries
     );
     out += &format!(
         "\n[rehearse]\n{}max_age = {:?}\ntimeout = {:?}\n",
@@ -102,6 +104,12 @@ pub fn render(cfg: &Config) -> String {
         humantime::format_duration(cfg.rehearse.max_age).to_string(),
         humantime::format_duration(cfg.rehearse.timeout).to_string()
     );
+    let server = match &cfg.scratch.server {
+        super::ScratchServer::Ephemeral => "ephemeral".to_string(),
+        super::ScratchServer::Source => "source".to_string(),
+        super::ScratchServer::Url(u) => u.redacted(),
+    };
+    out += &format!("\n[scratch]\nserver = {server:?}\ndir = {:?}\n", cfg.scratch.dir.display().to_string());
     for p in &cfg.playbooks {
         out += &render_playbook(p);
     }

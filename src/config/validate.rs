@@ -81,6 +81,7 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         .map(|(i, p)| super::playbook::playbook(i, p, &names).map_err(|(k, m)| ctx.err(k, m)))
         .collect::<Result<Vec<_>, _>>()?;
     let rehearse = rehearse(&ctx, raw.rehearse)?;
+    let scratch = scratch(&ctx, raw.scratch, &daemon.state_dir)?;
     Ok(Config {
         source: path.to_path_buf(),
         daemon,
@@ -91,7 +92,31 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         playbooks,
         notify,
         rehearse,
+        scratch,
     })
+}
+
+fn scratch(ctx: &Ctx, raw: super::raw::RawScratch, state_dir: &Path) -> Result<ScratchConfig, ConfigError> {
+    let server = match raw.server.as_deref().map(str::trim) {
+        None | Some("ephemeral") => ScratchServer::Ephemeral,
+        Some("source") => ScratchServer::Source,
+        Some(url) if url.contains("://") || url.contains('=') => ScratchServer::Url(
+            url.parse::<DbUrl>()
+                .map_err(|e| ctx.err("scratch.server", format!("not a PostgreSQL connection string: {e}")))?,
+        ),
+        Some(other) => {
+            return Err(ctx.err(
+                "scratch.server",
+                format!("`{other}` is not \"ephemeral\", \"source\" or a PostgreSQL URL"),
+            ))
+        }
+    };
+    let dir = match raw.dir {
+        Some(d) if d.trim().is_empty() => return Err(ctx.err("scratch.dir", "must not be empty")),
+        Some(d) => PathBuf::from(d),
+        None => state_dir.join("scratch"),
+    };
+    Ok(ScratchConfig { server, dir })
 }
 
 fn rehearse(ctx: &Ctx, raw: super::raw::RawRehearse) -> Result<super::RehearseConfig, ConfigError> {

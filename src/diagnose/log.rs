@@ -35,6 +35,14 @@ pub fn sqlstate(log: &str) -> Option<(String, String)> {
     })
 }
 
+/// Failures that may pass when the same statement runs again: lock and statement timeouts,
+/// serialization failures and deadlocks, a server shutting down, too many connections, a lost
+/// connection.
+pub fn transient(code: &str) -> bool {
+    matches!(code, "55P03" | "57014" | "40001" | "40P01" | "57P01" | "57P02" | "57P03" | "53300")
+        || code.starts_with("08")
+}
+
 fn squash(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }

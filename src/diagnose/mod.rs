@@ -1,12 +1,19 @@
-//! What a failed migration actually did. For one failed or crashed migration: its statements
-//! (parsed from `migrations.dir/<name>/migration.sql`) judged one by one against the live
-//! catalog, the rows of the tables it created, whether a backend of a crashed migrator still
-//! runs, and the newest snapshot from before it, whose schema is compared with today's. From
-//! that analysis come the two drafted repairs, `finish` and `undo`, which `diagnose` prints and
-//! the playbook steps of the same names compute again at run time.
+//! What a failed migration actually did, proven. For one failed or crashed migration: its
+//! statements (parsed from the tool's SQL file), each checked alone against the live catalog
+//! (the explanation), whether a backend of a crashed migrator still runs, and the newest
+//! snapshot from before it. Its schema, loaded on pgmedic's scratch server and replayed
+//! statement by statement, says where the migration stopped (`evidence`); the two drafted
+//! repairs, `finish` and `undo`, are run on copies there before anything may run them live.
+//! `diagnose` prints the analysis; the playbook steps of the same names compute it again at
+//! run time, after the pre-repair snapshot.
 
 mod baseline;
+mod evidence;
+mod lab;
 mod log;
+pub mod plan;
+mod proof;
+mod replay;
 mod report;
 
 use std::path::PathBuf;
@@ -19,8 +26,11 @@ use crate::sql::{self, rewrite, Judged, ObjName, Statement, Verdict};
 use crate::storage::Storage;
 use crate::watch::{Dialect, Migration, Status};
 
-pub use baseline::{find_baseline, scratch_description, BaselineSnapshot};
-pub use log::{running_backends, sqlstate};
+pub use baseline::{find_baseline, BaselineSnapshot};
+pub use evidence::{qualify, Evidence, Proof, UndoPlan};
+pub use lab::Env;
+pub use log::{running_backends, sqlstate, transient};
+pub use replay::Mode;
 pub use report::{report, Draft, Report};
 
 #[derive(Debug, thiserror::Error)]
@@ -35,21 +45,51 @@ pub struct Analysis {
     pub migration: Migration,
     /// The migration file, or why its statements cannot be judged.
     pub file: Result<PathBuf, String>,
+    pub file_text: Option<String>,
+    /// Each statement with the catalog check alone (the explanation; replay decides).
     pub statements: Vec<(Statement, Judged)>,
     /// Live backends still running the migration's statements (a crashed migrator's).
     pub running: Vec<String>,
     pub baseline: Result<BaselineSnapshot, String>,
+    pub evidence: Evidence,
 }
 
 impl Analysis {
-    /// The first statement whose effect is absent: a tool that runs statements in order stopped
-    /// there, so statements before it ran and those after it did not.
-    pub fn first_not_applied(&self) -> Option<usize> {
-        self.statements.iter().find(|(_, j)| j.verdict == Verdict::NotApplied).map(|(s, _)| s.index)
+    /// Statement `index`'s verdict and why: the replay's when it proves one, else the catalog's.
+    pub fn verdict(&self, index: usize) -> (Verdict, String) {
+        let Some((_, j)) = self.statements.iter().find(|(s, _)| s.index == index) else {
+            return (Verdict::Unknown, String::new());
+        };
+        let stop = &self.evidence.stop;
+        let (lo, hi) = match (stop.stopped_after, stop.range) {
+            (Some(k), _) => (k, k),
+            (None, Some(r)) => r,
+            (None, None) => return (j.verdict, j.reason.clone()),
+        };
+        let (v, mut why) = if index <= lo {
+            (
+                Verdict::Applied,
+                format!("ran: the live schema is the baseline replayed through statement {hi}"),
+            )
+        } else if index > hi {
+            (
+                Verdict::NotApplied,
+                format!("did not run: the live schema is the baseline replayed through statement {lo}"),
+            )
+        } else {
+            (
+                Verdict::Unknown,
+                format!("the replay cannot tell: statements {} to {hi} leave no visible trace", lo + 1),
+            )
+        };
+        if j.verdict != v && j.verdict != Verdict::Unknown {
+            why.push_str(&format!(" (the catalog check alone says {}: {})", j.verdict.words(), j.reason));
+        }
+        (v, why)
     }
 
-    pub fn ran(&self, index: usize) -> bool {
-        self.first_not_applied().is_none_or(|f| index < f)
+    pub fn first_not_applied(&self) -> Option<usize> {
+        self.statements.iter().map(|(s, _)| s.index).find(|i| self.verdict(*i).0 == Verdict::NotApplied)
     }
 
     /// Why no repair may run now, if one may not.
@@ -63,32 +103,20 @@ impl Analysis {
         self.file.as_ref().err().map(|why| format!("its statements cannot be judged: {why}"))
     }
 
-    /// The statements still to run, each idempotent (`finish`).
+    /// The proven finish's statements, in order.
     pub fn finish_sql(&self) -> Result<Vec<String>, String> {
-        if let Some(why) = self.blocked() {
-            return Err(why);
-        }
-        let mut out = Vec::new();
-        for (s, j) in &self.statements {
-            let todo = match j.verdict {
-                Verdict::Applied => false,
-                Verdict::NotApplied => true,
-                Verdict::Unknown => !self.ran(s.index),
-            };
-            if todo {
-                out.extend(rewrite::idempotent(s, j));
-            }
-        }
-        Ok(out)
+        self.evidence.finish.as_ref().map(|p| p.statements()).map_err(Clone::clone)
     }
 
-    /// The inverse of what it applied (`undo`), refused when something cannot be undone.
-    pub fn undo(&self) -> Result<rewrite::Undo, String> {
-        if let Some(why) = self.blocked() {
-            return Err(why);
-        }
+    /// The proven undo.
+    pub fn undo(&self) -> Result<&UndoPlan, String> {
+        self.evidence.undo.as_ref().map_err(Clone::clone)
+    }
+
+    /// The catalog checks' own undo draft (when the replay could not prove one).
+    pub fn catalog_undo(&self) -> Result<rewrite::Undo, String> {
         let baseline = self.baseline.as_ref().ok().map(|b| &b.schema);
-        rewrite::undo(&self.statements, baseline, |i| self.ran(i))
+        rewrite::undo(&self.statements, baseline, |i| self.verdict(i).0 != Verdict::NotApplied)
     }
 
     /// Tables the migration created (and the baseline did not have).
@@ -96,17 +124,45 @@ impl Analysis {
         let baseline = self.baseline.as_ref().ok().map(|b| &b.schema);
         self.statements
             .iter()
-            .flat_map(|(s, j)| s.effects.iter().zip(&j.effects))
-            .filter_map(|(e, v)| match e {
-                sql::Effect::CreateRelation { kind: sql::parse::RelKind::Table, name, .. }
-                    if *v == Verdict::Applied =>
-                {
+            .flat_map(|(s, j)| {
+                let ran = self.verdict(s.index).0 == Verdict::Applied;
+                s.effects.iter().zip(&j.effects).map(move |(e, v)| (e, ran || *v == Verdict::Applied))
+            })
+            .filter_map(|(e, applied)| match e {
+                sql::Effect::CreateRelation { kind: sql::parse::RelKind::Table, name, .. } if applied => {
                     Some(name.clone())
                 }
                 _ => None,
             })
             .filter(|n| !baseline.is_some_and(|b| b.has("TABLE", n)))
             .collect()
+    }
+
+    /// `from-diagnosis`: applied when the migration provably ran whole, rolled back when it
+    /// provably ran nothing; with the catalog alone, every statement must agree.
+    pub fn resolution(&self) -> Result<crate::config::ResolveAs, String> {
+        use crate::config::ResolveAs;
+        if let Some(why) = self.blocked() {
+            return Err(why);
+        }
+        let n = self.statements.len();
+        if n == 0 {
+            return Err("the migration has no statements to judge".into());
+        }
+        if self.evidence.proof == Proof::Replay {
+            return match self.evidence.stop.stopped_after {
+                Some(0) => Ok(ResolveAs::RolledBack),
+                Some(k) if k == n => Ok(ResolveAs::Applied),
+                Some(k) => Err(format!("the replay shows it stopped after statement {k} of {n}; finish or undo it first (see `pgmedic diagnose`)")),
+                None => Err(self.evidence.explanation.join("; ")),
+            };
+        }
+        let count = |v: Verdict| self.statements.iter().filter(|(_, j)| j.verdict == v).count();
+        match (count(Verdict::Applied), count(Verdict::NotApplied)) {
+            (a, _) if a == n => Ok(ResolveAs::Applied),
+            (_, x) if x == n => Ok(ResolveAs::RolledBack),
+            (a, x) => Err(format!("{a} of {n} statement(s) applied, {x} not applied, {} unknown (the catalog alone: {}); finish or undo it first (see `pgmedic diagnose`)", n - a - x, self.evidence.explanation.join("; "))),
+        }
     }
 }
 
@@ -118,13 +174,14 @@ pub async fn analyse(
     dialect: &dyn Dialect,
     storage: &Arc<dyn Storage>,
     migration: &Migration,
+    env: Env<'_>,
 ) -> Result<Analysis, DiagnoseError> {
     let fail = |e: tokio_postgres::Error| DiagnoseError::Catalog {
         database: db.name.clone(),
         migration: migration.name.clone(),
         message: crate::pg::error_text(&e),
     };
-    let (file, parsed) = read_file(dialect, mig, migration);
+    let (file, file_text, parsed) = read_file(dialect, mig, migration);
     let old = sql::catalog::set_search_path(client, &mig.schema).await.map_err(fail)?;
     let mut statements = Vec::new();
     for s in parsed {
@@ -139,14 +196,20 @@ pub async fn analyse(
         .map_err(fail)?;
     let running = still_running(client, dialect, mig, migration).await.map_err(fail)?;
     let baseline = find_baseline(storage, &db.name, migration, dialect).await;
-    Ok(Analysis {
+    let exclude =
+        sql::shape::Exclude { schema: dialect.schema().into(), table_prefix: dialect.table().into() };
+    let mut a = Analysis {
         database: db.name.clone(),
         migration: migration.clone(),
         file,
+        file_text,
         statements,
         running,
         baseline,
-    })
+        evidence: Evidence::pending(exclude),
+    };
+    a.evidence = evidence::gather(&a, client, db, mig, dialect, env).await;
+    Ok(a)
 }
 
 /// Live backends still running the statements of a crashed (or in-progress) migration: while
@@ -160,34 +223,32 @@ pub async fn still_running(
     if !matches!(migration.status, Status::Crashed | Status::InProgress | Status::Dirty) {
         return Ok(Vec::new());
     }
-    let (_, stmts) = read_file(dialect, mig, migration);
+    let (_, _, stmts) = read_file(dialect, mig, migration);
     let texts: Vec<&str> = stmts.iter().map(|s| s.sql.as_str()).collect();
     running_backends(client, &texts).await
 }
 
-/// The file's path and its statements, or why there are none.
+/// The file's path, text and statements, or why there are none.
 fn read_file(
     dialect: &dyn Dialect,
     mig: &MigrationsConfig,
     m: &Migration,
-) -> (Result<PathBuf, String>, Vec<Statement>) {
+) -> (Result<PathBuf, String>, Option<String>, Vec<Statement>) {
     if mig.dir.is_none() {
-        return (
-            Err("databases.migrations.dir is not configured, so the migration's SQL is unknown".into()),
-            vec![],
-        );
+        let why = "databases.migrations.dir is not configured, so the migration's SQL is unknown";
+        return (Err(why.into()), None, vec![]);
     }
     let Some(path) = dialect.file(m) else {
         let why =
             format!("{} keeps no SQL file for `{}` in databases.migrations.dir", dialect.tool(), m.name);
-        return (Err(why), vec![]);
+        return (Err(why), None, vec![]);
     };
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
-        Err(e) => return (Err(format!("cannot read {}: {e}", path.display())), vec![]),
+        Err(e) => return (Err(format!("cannot read {}: {e}", path.display())), None, vec![]),
     };
     match sql::parse::parse(&text) {
-        Ok(stmts) => (Ok(path), stmts),
-        Err(e) => (Err(format!("{}: {e}", path.display())), vec![]),
+        Ok(stmts) => (Ok(path), Some(text), stmts),
+        Err(e) => (Err(format!("{}: {e}", path.display())), Some(text), vec![]),
     }
 }

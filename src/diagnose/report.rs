@@ -26,6 +26,20 @@ pub struct Report {
     /// Why the statements could not be judged.
     pub file_error: Option<String>,
     pub statements: Vec<StatementReport>,
+    /// Statements that took effect, when the evidence proves it.
+    pub stopped_after: Option<usize>,
+    /// `replay`, `catalog` or `none`: what the verdicts stand on.
+    pub proof: super::Proof,
+    /// `[first, last]` when several stopping points give the live schema.
+    pub stopped_range: Option<[usize; 2]>,
+    /// 1-based index of the statement that failed, or null.
+    pub failed_statement: Option<usize>,
+    /// The server log's ERROR lines for it (not read yet: null).
+    pub server_log: Option<String>,
+    /// Where the replay ran (`ephemeral`, `source` or a URL without its password).
+    pub scratch_server: Option<String>,
+    /// What the replay showed, or why there was none.
+    pub replay: Vec<String>,
     pub created_tables: Vec<CreatedTable>,
     pub baseline_snapshot: Option<String>,
     pub baseline_why: Option<String>,
@@ -59,13 +73,15 @@ pub struct Playbooks {
 pub struct Draft {
     pub toml: Option<String>,
     pub sql: Option<String>,
+    /// The SQL as it runs: transactions and the statements outside them marked.
+    pub script: Option<String>,
     pub why: Option<String>,
     pub notes: Vec<String>,
 }
 
 impl Draft {
     fn refused(why: String) -> Draft {
-        Draft { toml: None, sql: None, why: Some(why), notes: Vec::new() }
+        Draft { toml: None, sql: None, script: None, why: Some(why), notes: Vec::new() }
     }
 }
 
@@ -124,14 +140,18 @@ pub async fn report(
         statements: a
             .statements
             .iter()
-            .map(|(s, j)| StatementReport {
-                index: s.index,
-                line: s.line,
-                sql: s.sql.clone(),
-                verdict: j.verdict,
-                reason: j.reason.clone(),
+            .map(|(s, _)| {
+                let (verdict, reason) = a.verdict(s.index);
+                StatementReport { index: s.index, line: s.line, sql: s.sql.clone(), verdict, reason }
             })
             .collect(),
+        stopped_after: a.evidence.stop.stopped_after,
+        proof: a.evidence.proof,
+        stopped_range: a.evidence.stop.range.map(|(lo, hi)| [lo, hi]),
+        failed_statement: a.evidence.stop.failed_statement,
+        server_log: None,
+        scratch_server: a.evidence.server.clone(),
+        replay: a.evidence.explanation.clone(),
         playbooks: Playbooks { finish: finish(a), undo: undo(a, &created) },
         created_tables: created,
         baseline_snapshot: a.baseline.as_ref().ok().map(|b| b.id.clone()),
@@ -140,34 +160,23 @@ pub async fn report(
     }
 }
 
-/// Failures that may pass when the same statement runs again.
-fn transient(code: &str) -> bool {
-    matches!(code, "55P03" | "57014" | "40001" | "40P01" | "57P01" | "57P02" | "57P03" | "53300")
-        || code.starts_with("08")
-}
-
 fn finish(a: &Analysis) -> Draft {
-    match a.finish_sql() {
-        Err(why) => Draft::refused(why),
-        Ok(stmts) => {
+    match &a.evidence.finish {
+        Err(why) => Draft::refused(why.clone()),
+        Ok(plan) => {
             let mut notes = Vec::new();
-            let code = a.migration.logs.as_deref().and_then(sqlstate).map(|c| c.0);
-            if let (Some(code), Some(first)) = (code, a.first_not_applied()) {
-                if !transient(&code) {
-                    notes.push(format!(
-                        "statement {first} failed with SQLSTATE {code}, which is not transient (a lock or statement timeout, a deadlock, a lost connection): finish would fail the same way unless the cause is fixed first; undo and a corrected migration is the usual way"
-                    ));
-                }
+            if plan.segments.iter().any(|s| matches!(s, super::plan::Segment::Alone { .. })) {
+                notes.push("some statements cannot run inside a transaction (CONCURRENTLY and the like): they run on their own, so a failure part way leaves the ones before it done".into());
             }
-            for (s, j) in &a.statements {
-                if j.verdict == Verdict::Unknown && a.ran(s.index) {
-                    notes.push(format!("statement {} (line {}) is taken as run: it comes before the first statement not applied ({})", s.index, s.line, j.reason));
-                }
-            }
+            notes.push(format!(
+                "proven: it ran on a copy of the baseline stopped after statement {} and left it as the whole migration does",
+                a.evidence.stop.stopped_after.unwrap_or(0)
+            ));
             let steps = "  { finish = true },\n  { resolve = \"applied\" },\n";
             Draft {
                 toml: Some(toml("finish", &a.database, &a.migration.name, steps)),
-                sql: Some(sql_text(&stmts)),
+                sql: Some(sql_text(&plan.statements())),
+                script: Some(plan.text()),
                 why: None,
                 notes,
             }
@@ -178,21 +187,21 @@ fn finish(a: &Analysis) -> Draft {
 fn undo(a: &Analysis, created: &[CreatedTable]) -> Draft {
     match a.undo() {
         Err(why) => Draft::refused(why),
-        Ok(plan) => {
+        Ok(u) => {
             let mut notes = Vec::new();
-            if let Err(why) = &a.baseline {
-                notes.push(format!(
-                    "the undo step needs a baseline to check its result against and will fail: {why}"
-                ));
-            }
             for t in created.iter().filter(|t| t.rows.unwrap_or(1) > 0) {
                 let rows = t.rows.map(|r| r.to_string()).unwrap_or_else(|| "an unknown number of".into());
                 notes.push(format!("{} holds {rows} rows: the undo refuses to drop it unless the step says allow_data_loss = true", t.table));
             }
+            notes.push(
+                "proven: it ran on a copy of the baseline at the stopping point and gave the baseline back"
+                    .into(),
+            );
             let steps = "  { undo = true, allow_data_loss = false },\n  { resolve = \"rolled-back\" },\n";
             Draft {
                 toml: Some(toml("undo", &a.database, &a.migration.name, steps)),
-                sql: Some(sql_text(&plan.sql)),
+                sql: Some(sql_text(&u.plan.statements())),
+                script: Some(u.plan.text()),
                 why: None,
                 notes,
             }
@@ -257,6 +266,21 @@ impl Report {
                 s.reason
             );
         }
+        let proof = match (self.proof, self.stopped_after, self.stopped_range) {
+            (super::Proof::Replay, Some(k), _) => format!("replay: it stopped after statement {k}"),
+            (super::Proof::Replay, None, Some([lo, hi])) => format!(
+                "replay: it stopped after statement {lo} to {hi}, which the evidence cannot tell apart"
+            ),
+            (super::Proof::Replay, None, None) => "replay: no stopping point gives the live schema".into(),
+            (super::Proof::Catalog, ..) => "the catalog checks alone".into(),
+            (super::Proof::None, ..) => "none".into(),
+        };
+        let on =
+            self.scratch_server.as_deref().map(|s| format!(" (scratch server: {s})")).unwrap_or_default();
+        let _ = writeln!(o, "\nproof: {proof}{on}");
+        for line in &self.replay {
+            let _ = writeln!(o, "  {line}");
+        }
         for t in &self.created_tables {
             let rows = t.rows.map(|r| r.to_string()).unwrap_or_else(|| "?".into());
             let _ = writeln!(o, "\ncreated by the migration: {} holds {rows} rows", t.table);
@@ -269,11 +293,7 @@ impl Report {
             let _ = writeln!(o, "\n── drafted playbook: {name} ──");
             match (&d.toml, &d.why) {
                 (Some(t), _) => {
-                    let _ = write!(
-                        o,
-                        "{t}\n-- SQL it runs now, in one transaction:\n{}",
-                        d.sql.as_deref().unwrap_or("")
-                    );
+                    let _ = write!(o, "{t}\n-- SQL it runs now:\n{}", d.script.as_deref().unwrap_or(""));
                 }
                 (None, Some(why)) => {
                     let _ = writeln!(o, "cannot be drafted: {why}");

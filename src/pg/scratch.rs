@@ -80,11 +80,16 @@ fn alive(pid: i32) -> bool {
 impl Scratch {
     /// Creates a new scratch database on the server of `server` (its own database is not touched).
     pub async fn create(server: &DbUrl, purpose: Purpose) -> Result<Scratch, DbError> {
+        Self::create_from(server, purpose, "template0").await
+    }
+
+    /// A scratch database copied from `template` (no session may be connected to it).
+    pub async fn create_from(server: &DbUrl, purpose: Purpose, template: &str) -> Result<Scratch, DbError> {
         let admin = pg::connect(server).await?;
         let name = format!("pgmedic_{}_{}", purpose.as_str(), hex::encode(rand::random::<[u8; 4]>()));
         let q = pg::quote_ident(&name);
         // Two statements: CREATE DATABASE cannot share a (implicit) transaction.
-        let create = format!("CREATE DATABASE {q} TEMPLATE template0");
+        let create = format!("CREATE DATABASE {q} TEMPLATE {}", pg::quote_ident(template));
         admin
             .client()
             .batch_execute(&create)

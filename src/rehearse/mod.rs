@@ -282,11 +282,26 @@ impl Rehearser {
             .await
             .map(|t| Baseline::parse(&t))
             .map_err(|e| e.to_string());
+        let tools = self.tools();
+        let env = diagnose::Env {
+            scratch: &self.config.scratch,
+            state_dir: &self.config.daemon.state_dir,
+            pg_bin_dir: &self.config.snapshot.pg_bin_dir,
+            tools: &tools,
+        };
         let mut diagnosis = Vec::new();
         for f in failed {
-            let a = diagnose::analyse(session.client(), on_scratch, &mig, dialect.as_ref(), &self.storage, f)
-                .await
-                .map_err(|e| e.to_string())?;
+            let a = diagnose::analyse(
+                session.client(),
+                on_scratch,
+                &mig,
+                dialect.as_ref(),
+                &self.storage,
+                f,
+                env,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
             diagnosis.push(
                 diagnose::report(&a, session.client(), &mig.schema, now.as_ref().map_err(Clone::clone)).await,
             );

@@ -1,22 +1,23 @@
-//! `finish` and `undo` steps: the SQL `diagnose` drafts, computed again when the step runs
-//! (after the pre-repair snapshot, under the locks), run in one transaction with the statement
-//! timeout, and returned as the step's output so the audit keeps exactly what ran. `undo`
-//! refuses to drop a table that holds rows unless allowed, and commits only when the objects the
-//! migration touched are described by the catalog exactly as in the baseline snapshot's schema.
+//! `finish`, `undo` and `resolve = "from-diagnosis"`: the analysis `diagnose` prints, computed
+//! again when the step runs (after the pre-repair snapshot, under the locks), whose repairs were
+//! proven on copies of the baseline on the scratch server; only a proven plan runs here, with
+//! `repair.lock_timeout` and its retries on every statement, and its result is checked against
+//! the replay's expected shape before the last commit. The audit keeps exactly what ran.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::StepFailure;
 use crate::audit::RunRecord;
-use crate::config::{DatabaseConfig, MigrationsConfig, Playbook, ResolveAs, Step};
+use crate::config::{Config, DatabaseConfig, MigrationsConfig, Playbook, ResolveAs, Step};
+use crate::diagnose::plan::{self, Check, Plan, RowGuard, RunOpts, Segment};
 use crate::diagnose::{self, Analysis};
-use crate::pg::{error_text, PgTools, Session};
-use crate::sql::{describe, Verdict};
+use crate::pg::{PgTools, Session};
 use crate::storage::Storage;
 use crate::watch::{self, TableState};
 
 pub struct Ctx<'a> {
+    pub config: &'a Config,
     pub db: &'a DatabaseConfig,
     pub mig: &'a MigrationsConfig,
     pub storage: &'a Arc<dyn Storage>,
@@ -35,34 +36,50 @@ async fn analysis(session: &Session, ctx: &Ctx<'_>) -> Result<Analysis, StepFail
         .rev()
         .find(|m| m.name == ctx.migration)
         .ok_or_else(|| StepFailure(format!("no migration `{}` in the table", ctx.migration)))?;
-    let a = diagnose::analyse(session.client(), ctx.db, ctx.mig, dialect.as_ref(), ctx.storage, m).await;
+    let env = diagnose::Env {
+        scratch: &ctx.config.scratch,
+        state_dir: &ctx.config.daemon.state_dir,
+        pg_bin_dir: &ctx.config.snapshot.pg_bin_dir,
+        tools: &ctx.tools,
+    };
+    let a = diagnose::analyse(session.client(), ctx.db, ctx.mig, dialect.as_ref(), ctx.storage, m, env).await;
     a.map_err(|e| StepFailure(e.to_string()))
 }
 
-/// `resolve = "from-diagnosis"`: applied when every statement's effect is in the catalog, rolled
-/// back when none is; anything else (partly applied, unknown statements) is for finish or undo.
-pub async fn decide(session: &Session, ctx: &Ctx<'_>) -> Result<ResolveAs, StepFailure> {
+fn live_opts(ctx: &Ctx<'_>, timeout: Duration) -> RunOpts {
+    RunOpts {
+        statement_timeout: timeout,
+        lock_timeout: Some(ctx.config.repair.lock_timeout),
+        lock_retries: ctx.config.repair.lock_retries,
+        search_path: ctx.mig.schema.clone(),
+    }
+}
+
+/// `resolve = "from-diagnosis"`: rolled back when the migration provably ran nothing (the
+/// invalid index its failed statement left is dropped first), applied when it provably ran
+/// whole; anything else is for finish or undo.
+pub async fn decide(session: &Session, ctx: &Ctx<'_>) -> Result<(ResolveAs, String), StepFailure> {
     let a = analysis(session, ctx).await?;
-    if let Some(why) = a.blocked() {
-        return Err(StepFailure(format!("resolve from diagnosis refused: {why}")));
+    let how = a.resolution().map_err(|why| StepFailure(format!("resolve from diagnosis refused: {why}")))?;
+    let mut done = String::new();
+    if let (ResolveAs::RolledBack, Some(ix)) = (how, &a.evidence.stop.leftover) {
+        let sql = format!("DROP INDEX CONCURRENTLY IF EXISTS {}", diagnose::qualify(ix, &ctx.mig.schema));
+        let plan = Plan { segments: vec![Segment::Alone { sql: sql.clone(), before_retry: None }] };
+        plan::run(session.client(), &plan, &live_opts(ctx, ctx.config.repair.statement_timeout), None, None)
+            .await
+            .map_err(|e| {
+                StepFailure(format!("cannot drop the invalid index the failed statement left: {e}"))
+            })?;
+        done = format!("dropped the invalid index the failed statement left: {sql}; ");
     }
-    let count = |v: Verdict| a.statements.iter().filter(|(_, j)| j.verdict == v).count();
-    let (all, applied, not) = (a.statements.len(), count(Verdict::Applied), count(Verdict::NotApplied));
-    match (applied, not) {
-        (a, _) if a == all && all > 0 => Ok(ResolveAs::Applied),
-        (_, n) if n == all && all > 0 => Ok(ResolveAs::RolledBack),
-        _ => Err(StepFailure(format!(
-            "resolve from diagnosis refused: {applied} of {all} statement(s) applied, {not} not applied, {} unknown; finish or undo it first (see `pgmedic diagnose`)",
-            all - applied - not
-        ))),
-    }
+    Ok((how, done))
 }
 
 /// The SQL the step would run now (for `--dry-run`), or why it would not run.
 pub async fn preview(session: &Session, ctx: &Ctx<'_>, undo: bool) -> Result<Vec<String>, String> {
     let a = analysis(session, ctx).await.map_err(|e| e.0)?;
     if undo {
-        a.undo().map(|u| u.sql)
+        a.undo().map(|u| u.plan.statements())
     } else {
         a.finish_sql()
     }
@@ -86,10 +103,21 @@ pub async fn preview_steps(session: &Session, ctx: &Ctx<'_>, playbook: &Playbook
 
 pub async fn finish(session: &Session, ctx: &Ctx<'_>, timeout: Duration) -> Result<String, StepFailure> {
     let a = analysis(session, ctx).await?;
-    let sql =
-        a.finish_sql().map_err(|why| StepFailure(format!("finish of `{}` refused: {why}", ctx.migration)))?;
-    in_transaction(session, &ctx.mig.schema, &sql, timeout, None).await?;
-    Ok(format!("ran {} statement(s) in one transaction:\n{}", sql.len(), listing(&sql)))
+    let refused =
+        |why: &String| StepFailure(format!("finish of `{}` refused, nothing changed: {why}", ctx.migration));
+    let plan = a.evidence.finish.as_ref().map_err(refused)?;
+    let expect = a.evidence.expect_all.as_ref().ok_or_else(|| refused(&"no expected result".to_string()))?;
+    let check =
+        Check { exclude: &a.evidence.exclude, expect, what: "the baseline with the whole migration applied" };
+    let log = plan::run(session.client(), plan, &live_opts(ctx, timeout), None, Some(check))
+        .await
+        .map_err(StepFailure)?;
+    Ok(format!(
+        "ran {} statement(s), proven first on a copy of the baseline; the schema now is the whole migration's:\n{}{}",
+        plan.statements().len(),
+        plan.text(),
+        retries(&log)
+    ))
 }
 
 pub async fn undo(
@@ -100,91 +128,23 @@ pub async fn undo(
 ) -> Result<String, StepFailure> {
     let a = analysis(session, ctx).await?;
     let refused =
-        |why: String| StepFailure(format!("undo of `{}` refused, nothing changed: {why}", ctx.migration));
-    let plan = a.undo().map_err(refused)?;
-    let baseline = a.baseline.as_ref().map_err(|why| {
-        refused(format!("it needs a snapshot from before the migration to check its result: {why}"))
-    })?;
-    for t in &plan.drops_tables {
-        let sql =
-            format!("SELECT CASE WHEN to_regclass($1) IS NULL THEN 0 ELSE (SELECT count(*) FROM {t}) END");
-        let rows: i64 = match session.client().query_one(&sql, &[&t.sql()]).await {
-            Ok(r) => r.get(0),
-            Err(e) => return Err(StepFailure(error_text(&e))),
-        };
-        if rows > 0 && !allow_data_loss {
-            return Err(refused(format!("table {t} holds {rows} row(s) that dropping it would lose; add allow_data_loss = true to the step to drop them anyway")));
-        }
-    }
-    let touched = describe::touched(&a.statements.iter().map(|(s, _)| s.clone()).collect::<Vec<_>>());
-    let expected =
-        diagnose::scratch_description(ctx.db, &ctx.tools, &baseline.text, &ctx.mig.schema, &touched)
-            .await
-            .map_err(|e| refused(format!("cannot describe the baseline snapshot {}: {e}", baseline.id)))?;
-    in_transaction(session, &ctx.mig.schema, &plan.sql, timeout, Some((&touched, &expected))).await?;
+        |why: &String| StepFailure(format!("undo of `{}` refused, nothing changed: {why}", ctx.migration));
+    let u = a.undo().map_err(|e| refused(&e))?;
+    let expect = a.evidence.expect_base.as_ref().ok_or_else(|| refused(&"no baseline shape".to_string()))?;
+    let baseline = a.baseline.as_ref().map(|b| b.id.clone()).unwrap_or_default();
+    let guard = RowGuard { allow_data_loss, ..u.guard.clone() };
+    let check = Check { exclude: &a.evidence.exclude, expect, what: "the baseline" };
+    let log = plan::run(session.client(), &u.plan, &live_opts(ctx, timeout), Some(&guard), Some(check))
+        .await
+        .map_err(|e| refused(&e))?;
     Ok(format!(
-        "ran {} statement(s) in one transaction; the objects the migration touched now match snapshot {}:\n{}",
-        plan.sql.len(),
-        baseline.id,
-        listing(&plan.sql)
+        "ran {} statement(s), proven first on a copy of the baseline; the schema now matches snapshot {baseline}:\n{}{}",
+        u.plan.statements().len(),
+        u.plan.text(),
+        retries(&log)
     ))
 }
 
-fn listing(sql: &[String]) -> String {
-    sql.iter().map(|s| format!("{s};\n")).collect()
-}
-
-/// The lines that differ, or nothing.
-fn compare(expected: &[String], actual: &[String]) -> Result<(), String> {
-    let missing: Vec<&String> = expected.iter().filter(|l| !actual.contains(l)).collect();
-    let extra: Vec<&String> = actual.iter().filter(|l| !expected.contains(l)).collect();
-    if missing.is_empty() && extra.is_empty() {
-        return Ok(());
-    }
-    let mut out = String::from("after the undo the schema differs from the baseline snapshot's:");
-    for l in missing {
-        out.push_str(&format!("\n  baseline has:  {l}"));
-    }
-    for l in extra {
-        out.push_str(&format!("\n  now there is:  {l}"));
-    }
-    Err(out)
-}
-
-/// BEGIN; the statements; the check of the touched objects against the expected description
-/// (still inside); COMMIT, or ROLLBACK at the first failure.
-async fn in_transaction(
-    session: &Session,
-    schema: &str,
-    sql: &[String],
-    timeout: Duration,
-    check: Option<(&describe::Touched, &[String])>,
-) -> Result<(), StepFailure> {
-    let c = session.client();
-    // The drafted SQL names objects as the migration did: resolve them on the same path.
-    let begin = format!(
-        "BEGIN; SET LOCAL statement_timeout = {}; SET LOCAL search_path = {}",
-        timeout.as_millis().max(1),
-        crate::sql::names::quote(schema)
-    );
-    c.batch_execute(&begin).await.map_err(|e| StepFailure(error_text(&e)))?;
-    let mut failed = None;
-    for (i, stmt) in sql.iter().enumerate() {
-        if let Err(e) = c.batch_execute(stmt).await {
-            failed = Some(format!("statement {} failed: {} (rolled back)\n{stmt}", i + 1, error_text(&e)));
-            break;
-        }
-    }
-    if let (None, Some((touched, expected))) = (&failed, check) {
-        let verdict = match describe::describe(c, touched).await {
-            Ok(actual) => compare(expected, &actual),
-            Err(e) => Err(error_text(&e)),
-        };
-        failed = verdict.err().map(|e| format!("{e}\n(rolled back)"));
-    }
-    if let Some(why) = failed {
-        let _ = c.batch_execute("ROLLBACK").await;
-        return Err(StepFailure(why));
-    }
-    c.batch_execute("COMMIT").await.map_err(|e| StepFailure(error_text(&e)))
+fn retries(log: &[String]) -> String {
+    log.iter().map(|l| format!("note: {l}\n")).collect()
 }

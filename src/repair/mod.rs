@@ -148,9 +148,16 @@ impl Repairer {
     ) -> Result<(), RepairError> {
         let session = pg::connect(&db.url).await?;
         let timeout_ms = self.config.repair.statement_timeout.as_millis().max(1);
-        (session.client().batch_execute(&format!("SET statement_timeout = {timeout_ms}")))
-            .await
-            .map_err(|e| session.err("set statement_timeout", e))?;
+        let lock_ms = self.config.repair.lock_timeout.as_millis().max(1);
+        // The session idles while its snapshot runs: no idle timeout of the role's or the
+        // database's may end it (and its locks) then; every statement waits for a lock at most
+        // lock_timeout, so a queued ALTER never holds up that table's readers for longer.
+        session.immune_to_timeouts().await?;
+        (session
+            .client()
+            .batch_execute(&format!("SET statement_timeout = {timeout_ms}; SET lock_timeout = {lock_ms}")))
+        .await
+        .map_err(|e| session.err("set statement_timeout and lock_timeout", e))?;
         let dialect = watch::dialect(mig);
         // `auto` finds its tool (and so its lock) at the first read.
         let _ = dialect.read(&session).await?;
@@ -186,7 +193,7 @@ impl Repairer {
             return Ok(());
         }
         rec.rows_before = dialect.raw_rows(&session).await?;
-        if !self.start(db, log, rec).await? {
+        if !self.start(&session, db, log, rec).await? {
             return Ok(());
         }
         let run = Target { session: &session, db, mig, dialect: dialect.as_ref(), migration: &target };
@@ -203,6 +210,7 @@ impl Repairer {
     /// the pre-repair snapshot; false (with the record filled) when it failed: no step runs.
     async fn start(
         &self,
+        session: &Session,
         db: &DatabaseConfig,
         log: &AuditLog,
         rec: &mut RunRecord,
@@ -211,7 +219,8 @@ impl Repairer {
         if let Err(source) = log.append(rec) {
             return Err(RepairError::AuditUnavailable { database: db.name.clone(), source });
         }
-        match self.snapshots.take(db, &format!("repair:{}", rec.run_id)).await {
+        let taken = keep_alive(session, self.snapshots.take(db, &format!("repair:{}", rec.run_id))).await;
+        match taken {
             Ok(m) => {
                 rec.snapshot_id = Some(m.id);
                 Ok(true)
@@ -315,7 +324,7 @@ impl Repairer {
         name: &'a str,
     ) -> drafted::Ctx<'a> {
         let tools = crate::pg::PgTools::new(self.config.snapshot.pg_bin_dir.clone());
-        drafted::Ctx { db, mig, storage: &self.storage, tools, migration: name }
+        drafted::Ctx { config: &self.config, db, mig, storage: &self.storage, tools, migration: name }
     }
 
     async fn step(&self, run: &Target<'_>, step: &Step) -> Result<String, StepFailure> {
@@ -333,9 +342,9 @@ impl Repairer {
             Step::Sql { sql, timeout } => sql::run(session, sql, timeout.unwrap_or(default)).await,
             Step::SqlFile { path, timeout } => sql::run_file(session, path, timeout.unwrap_or(default)).await,
             Step::Resolve(ResolveAs::FromDiagnosis) => {
-                let how = drafted::decide(session, &drafted()).await?;
+                let (how, cleared) = drafted::decide(session, &drafted()).await?;
                 let done = own(run.dialect.resolve(session, run.mig, run.migration, how).await)?;
-                Ok(format!("diagnosis: {how:?}; {done}"))
+                Ok(format!("diagnosis: {how:?}; {cleared}{done}"))
             }
             Step::Resolve(how) => own(run.dialect.resolve(session, run.mig, run.migration, *how).await),
             Step::ReleaseLock => own(run.dialect.release_lock(session).await),
@@ -371,6 +380,24 @@ impl Repairer {
             )));
         }
         result
+    }
+}
+
+/// Runs `work` while the session, idle meanwhile, says something every 30 s: a proxy or
+/// firewall that drops idle connections never takes the repair's locks with it.
+async fn keep_alive<T>(session: &Session, work: impl std::future::Future<Output = T>) -> T {
+    tokio::pin!(work);
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = tick.tick() => {
+                if let Err(e) = session.client().batch_execute("SELECT 1").await {
+                    tracing::warn!(error = %crate::pg::error_text(&e), "the repair session did not answer while its snapshot ran");
+                }
+            }
+        }
     }
 }
 

@@ -10,6 +10,7 @@ pub mod parse;
 pub mod refs;
 pub mod rewrite;
 pub mod schema;
+pub mod shape;
 
 pub use catalog::{Judged, Verdict};
 pub use names::ObjName;

@@ -11,20 +11,18 @@ use super::names::{deparse, literal, quote, ObjName};
 use super::parse::{Effect, RelKind, Statement};
 use super::schema::Baseline;
 
-/// A statement's idempotent form: one or more statements, each safe to run twice.
-pub fn idempotent(stmt: &Statement, judged: &Judged) -> Vec<String> {
-    let mut out: Vec<String> = judged.clear_first.iter().cloned().collect();
+/// A statement's idempotent form: one or more statements, each safe to run twice, after
+/// `clear_first` (an invalid index a failed build left). CONCURRENTLY is kept: the runner puts
+/// such a statement outside any transaction.
+pub fn idempotent(stmt: &Statement, clear_first: Option<&str>) -> Vec<String> {
+    let mut out: Vec<String> = clear_first.map(String::from).into_iter().collect();
     let mut node = stmt.node.clone();
     let guard = |cond: String, sql: String| {
         format!("DO $pgmedic$\nBEGIN\n  IF {cond} THEN\n    {sql};\n  END IF;\nEND\n$pgmedic$")
     };
     match &mut node {
         NodeEnum::CreateStmt(s) => s.if_not_exists = true,
-        NodeEnum::IndexStmt(s) => {
-            // CONCURRENTLY cannot run inside the step's transaction.
-            s.concurrent = false;
-            s.if_not_exists = !s.idxname.is_empty();
-        }
+        NodeEnum::IndexStmt(s) => s.if_not_exists = !s.idxname.is_empty(),
         NodeEnum::CreateSeqStmt(s) => s.if_not_exists = true,
         NodeEnum::CreateExtensionStmt(s) => s.if_not_exists = true,
         NodeEnum::CreateSchemaStmt(s) => s.if_not_exists = true,

@@ -23,6 +23,8 @@ struct Key {
 #[derive(Debug, Clone, Default)]
 pub struct Baseline {
     objects: BTreeMap<Key, String>,
+    /// Where an unqualified name resolves (the migrations' schema); any schema when None.
+    default_schema: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -64,7 +66,13 @@ impl Baseline {
         if let Some((k, text)) = current {
             objects.insert(k, text.trim().to_string());
         }
-        Baseline { objects }
+        Baseline { objects, default_schema: None }
+    }
+
+    /// Unqualified names then resolve in `schema`, as the migration's did.
+    pub fn resolving_in(mut self, schema: &str) -> Baseline {
+        self.default_schema = Some(schema.to_string());
+        self
     }
 
     /// Objects added, dropped or changed from `self` (before) to `now`.
@@ -94,6 +102,10 @@ impl Baseline {
     }
 
     fn find(&self, kind: &str, schema: Option<&str>, name: &str) -> Option<&String> {
+        // Extensions and schemas have no schema of their own ("-" in pg_dump's header).
+        let fallback =
+            if matches!(kind, "EXTENSION" | "SCHEMA") { None } else { self.default_schema.as_deref() };
+        let schema = schema.or(fallback);
         self.objects
             .iter()
             .find(|(k, _)| k.kind == kind && k.name == name && schema.is_none_or(|s| s == k.schema))

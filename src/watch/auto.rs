@@ -126,6 +126,14 @@ impl Dialect for Auto {
         self.found.get().and_then(|d| d.file(m))
     }
 
+    fn atomic(&self) -> bool {
+        self.found.get().is_some_and(|d| d.atomic())
+    }
+
+    fn file_changed(&self, m: &Migration, text: &str) -> Option<bool> {
+        self.found.get().and_then(|d| d.file_changed(m, text))
+    }
+
     async fn resolve(
         &self,
         s: &Session,

@@ -100,6 +100,11 @@ impl Dialect for GolangMigrate {
         self.files().into_iter().find(|(x, _)| *x == v).map(|(_, p)| p)
     }
 
+    /// Its default mode sends a file as one multi-statement query: one implicit transaction.
+    fn atomic(&self) -> bool {
+        true
+    }
+
     /// `force V` or `force <previous version>`, under the advisory lock the repair holds.
     async fn resolve(
         &self,
@@ -109,6 +114,14 @@ impl Dialect for GolangMigrate {
         how: ResolveAs,
     ) -> StepResult {
         let v = Self::version(m).ok_or_else(|| format!("`{}` has no version", m.name))?;
+        // The version before V is only known from the files: without V's own file among them,
+        // `force -1` would empty the table and the next `up` would replay every migration.
+        if how != ResolveAs::Applied && self.file(m).is_none() {
+            return Err(format!(
+                "cannot resolve version {v} as rolled back: its file {v}_*.up.sql is not in databases.migrations.dir ({}), so the version before it is unknown; without it `migrate force -1` would empty the table and the next `migrate up` would run every migration again",
+                self.0.dir.as_ref().map(|d| d.display().to_string()).unwrap_or_else(|| "not configured".into())
+            ));
+        }
         let target = match how {
             ResolveAs::Applied => Some(v),
             _ => self.files().into_iter().map(|(x, _)| x).rfind(|x| *x < v),

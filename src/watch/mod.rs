@@ -148,6 +148,14 @@ pub trait Dialect: Send + Sync {
     fn file(&self, _m: &Migration) -> Option<PathBuf> {
         None
     }
+    /// Whether the tool runs a file in one transaction (so a failure applied none or all of it).
+    fn atomic(&self) -> bool {
+        false
+    }
+    /// Whether the file (`text`) changed since the tool recorded `m`; None when it cannot tell.
+    fn file_changed(&self, _m: &Migration, _text: &str) -> Option<bool> {
+        None
+    }
     /// `resolve = "applied" | "rolled-back"`, exactly as the tool's own command.
     async fn resolve(
         &self,

@@ -67,6 +67,11 @@ impl Dialect for Prisma {
         "prisma"
     }
 
+    /// The row's checksum is the SHA-256 of migration.sql as it was deployed.
+    fn file_changed(&self, m: &Migration, text: &str) -> Option<bool> {
+        (!m.checksum.is_empty()).then(|| hex::encode(Sha256::digest(text.as_bytes())) != m.checksum)
+    }
+
     fn place(&self) -> &Place {
         &self.0
     }

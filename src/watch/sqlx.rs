@@ -56,6 +56,12 @@ impl Dialect for Sqlx {
         Some(advisory_key(database))
     }
 
+    /// A file runs in one transaction, or (`-- no-transaction`) as one multi-statement query,
+    /// which PostgreSQL runs as one implicit transaction: none or all of it.
+    fn atomic(&self) -> bool {
+        true
+    }
+
     async fn read(&self, session: &Session) -> Result<TableState, DbError> {
         if !session.relation_exists(&self.qualified()).await? {
             return Ok(TableState::Missing);

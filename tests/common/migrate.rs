@@ -105,3 +105,31 @@ pub fn config(db: &TestDb, dir: &Path, tail: &str) -> Pgmedic {
     );
     Pgmedic::custom(Backend::Local, "", "", "", &tail)
 }
+
+/// A psql session holding a lock in an open transaction until dropped.
+pub struct Holder(std::process::Child);
+
+impl Holder {
+    /// `table` as SQL (qualified as needed), `relname` its bare name.
+    pub fn lock(db: &TestDb, table: &str, relname: &str) -> Holder {
+        let mut child = Command::new("psql")
+            .args(["-h", PG_HOST, "-U", "postgres", "-d", &db.name, "-Xq"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        writeln!(child.stdin.as_mut().unwrap(), "BEGIN; LOCK TABLE {table} IN ACCESS SHARE MODE;").unwrap();
+        wait_for("the lock", std::time::Duration::from_secs(10), || {
+            db.sql(&format!("SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation WHERE c.relname = '{relname}' AND l.mode = 'AccessShareLock' AND l.pid <> pg_backend_pid()")) != "0"
+        });
+        Holder(child)
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -152,6 +152,9 @@ impl Pgmedic {
         tail: &str,
     ) -> Pgmedic {
         let dir = tempfile::tempdir().unwrap();
+        // As root the scratch server runs as `postgres`, which must be able to walk down to
+        // scratch.dir: the folder may be traversed (not listed) by others.
+        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o711)).unwrap();
         let config = dir.path().join("pgmedic.toml");
         let pgm = Pgmedic { dir, config };
         pgm.write_config(&pgm.render(backend, daemon_extra, storage_extra, snapshot_extra, tail));
@@ -174,14 +177,20 @@ impl Pgmedic {
             ),
         };
         format!(
-            "[daemon]\nstate_dir = \"{}\"\nsocket = \"{}\"\n{daemon_extra}\n[storage]\n{storage}{storage_extra}\n\n[snapshot]\ncompression_level = 3\n{snapshot_extra}\n{tail}",
+            "[daemon]\nstate_dir = \"{}\"\nsocket = \"{}\"\n{daemon_extra}\n[storage]\n{storage}{storage_extra}\n\n[snapshot]\ncompression_level = 3\n{snapshot_extra}\n[scratch]\ndir = \"{}\"\n{tail}",
             self.dir.path().join("state").display(),
             self.dir.path().join("pgmedic.sock").display(),
+            self.scratch_dir().display(),
         )
     }
 
     pub fn write_config(&self, text: &str) {
         std::fs::write(&self.config, text).unwrap();
+    }
+
+    /// Where the ephemeral scratch clusters of this configuration live.
+    pub fn scratch_dir(&self) -> PathBuf {
+        self.dir.path().join("scratch")
     }
 
     pub fn snapshots_dir(&self) -> PathBuf {
