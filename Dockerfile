@@ -16,10 +16,12 @@ RUN cargo build --release --locked && strip target/release/pgmedic \
  && /src/target/release/pgmedic man > pgmedic.1
 
 FROM debian:bookworm-slim
-# The client tools must be as new as the servers they dump: bookworm ships 15. psql loads a
-# baseline schema into a scratch database when an undo step checks its result.
+# The client tools must be as new as the servers they dump: bookworm ships 15. The server
+# binaries (postgresql-15: initdb, postgres) run pgmedic's ephemeral scratch cluster, where
+# diagnose replays a failed migration on its baseline and proves finish and undo; for other
+# majors install theirs, or set scratch.server.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends postgresql-client ca-certificates \
+ && apt-get install -y --no-install-recommends postgresql-client postgresql-15 ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home-dir /var/lib/pgmedic --create-home pgmedic \
  && install -d -o pgmedic -g pgmedic -m 0750 /run/pgmedic /etc/pgmedic

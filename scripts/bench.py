@@ -2,7 +2,7 @@
 this one run on this machine, so the ratios hold where absolute times do not. Run it through
 scripts/bench, which builds the release binary and the Python environment first:
 
-    scripts/bench                    # snapshot, restore and many (the default)
+    scripts/bench                    # snapshot, restore, many and diagnose (the default)
     scripts/bench many               # one part alone (also PGMEDIC_BENCH_ONLY=many); parts combine
 
 What it measures
@@ -17,6 +17,10 @@ What it measures
   many      pgmedic daemon with 100 tiny databases on a nightly schedule: at start it catches up on
             every one of them. Sampled every 20 ms from /proc: the pg_dump processes under the
             daemon and its VmRSS; at the end its VmHWM and how many snapshots each database got.
+  diagnose  initdb + pg_ctl start + stop of a throw-away cluster   the baseline: a cluster's start alone
+            pgmedic diagnose --json of a failed 40-statement migration on a 300-table schema: its
+            ephemeral cluster started, the baseline loaded, the replay, finish and undo proven;
+            pgmedic's own cluster start read from its debug log (median of every round)
 
 How
   Every command runs PGMEDIC_BENCH_ROUNDS times (default 3), interleaved (round 1: A B C D, round
@@ -47,6 +51,7 @@ import tempfile
 from datetime import datetime, timezone
 
 from benchlib.database import build_database
+from benchlib.diagnose import diagnose_commands
 from benchlib.many import many
 from benchlib.measure import Meter, become_subreaper, run_rounds, summary
 from benchlib.report import report
@@ -113,6 +118,11 @@ def main():
             bench_snapshot_restore(parts, meter, tmp, results)
         if "many" in parts:
             results["many"] = many(tmp)
+        if "diagnose" in parts:
+            cmds, starts = diagnose_commands(tmp)
+            run_rounds(meter, cmds, "diagnose")
+            results["diagnose"] = {c.key: summary(c) for c in cmds}
+            results["diagnose_cluster_start_ms"] = starts.ms
     report(results)
 
 

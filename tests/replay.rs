@@ -340,3 +340,22 @@ fn a_killed_default_mode_file_that_committed_is_resolved_applied() {
     );
     assert_eq!(db.sql("SELECT version || ',' || dirty FROM schema_migrations"), "2,false");
 }
+
+/// Case 8, the session: the repair's session idles while its pre-repair snapshot runs (a slow
+/// pg_dump here), and a database's idle_session_timeout must not end it, and its locks, then.
+#[test]
+fn the_repair_session_outlives_idle_session_timeout_while_its_snapshot_runs() {
+    let case =
+        failed_behind_a_lock("idle", "public", "", "ALTER TABLE \"User\" ADD COLUMN \"bio\" TEXT;\n", "");
+    let r = diagnosis(&case.pgm);
+    let toml = r["playbooks"]["finish"]["toml"].as_str().unwrap().to_string();
+    case.pgm.write_config(&(std::fs::read_to_string(&case.pgm.config).unwrap() + "\n" + &toml));
+    psql("postgres", &format!("ALTER DATABASE {} SET idle_session_timeout = '1s'", case.db.name));
+    let slow = slow_tools(3.0);
+    let bin = slow.path().display().to_string();
+    let run =
+        case.pgm.run_env(&["repair", "--db", "app", "--json"], &[("PGMEDIC_SNAPSHOT__PG_BIN_DIR", &bin)]);
+    let rec = run.json();
+    assert_eq!(rec["outcome"], "succeeded", "{rec:#}\n{}", run.stderr);
+    assert_eq!(case.db.sql("SELECT count(*) FROM information_schema.columns WHERE table_name = 'User' AND column_name = 'bio'"), "1");
+}

@@ -93,10 +93,21 @@ def print_many(m):
     print("\n" + "\n  ".join(lines))
 
 
+def diagnose_targets(results):
+    d = results["diagnose"]
+    starts = sorted(results.get("diagnose_cluster_start_ms") or [])
+    start = starts[len(starts) // 2] / 1000 if starts else None
+    return [
+        target("diagnose (300 tables, 40 statements, cluster start included): wall ≤ 5 s",
+               d["pgmedic_diagnose"]["wall_s"], 5.0, " s"),
+        target("diagnose: pgmedic's scratch cluster start ≤ 2 s", start, 2.0, " s"),
+    ]
+
+
 def print_targets(targets):
     print("\ntargets")
     for t in targets:
-        digits = 2 if t["unit"] == "x" else 0
+        digits = 2 if t["unit"] in ("x", " s") else 0
         value = "n/a" if t["value"] is None else f"{t['value']:.{digits}f}{t['unit']}"
         print(f"  {'PASS' if t['pass'] else 'FAIL'}  {t['target']:62} {value}")
 
@@ -131,7 +142,12 @@ def report(results):
     if "many" in results:
         print_many(results["many"])
         targets += many_targets(results["many"])
-    if "snapshot" in results or "restore" in results:
+    if "diagnose" in results:
+        print_table(f"diagnose ({ROUNDS} rounds interleaved, medians)", results["diagnose"], {"shell_cluster": "×base"})
+        starts = results.get("diagnose_cluster_start_ms") or []
+        print(f"pgmedic's scratch cluster start, each round: {', '.join(f'{m / 1000:.2f} s' for m in starts)}")
+        targets += diagnose_targets(results)
+    if "snapshot" in results or "restore" in results or "diagnose" in results:
         print_method()
         orphans = sum(r["orphans_reaped"] for part in ("snapshot", "restore") for r in results.get(part, {}).values())
         print(f"orphaned descendants reaped by the bench (their CPU added): {orphans}")

@@ -121,11 +121,12 @@ pub async fn report(
     if let Some(old) = old {
         let _ = crate::sql::catalog::restore_search_path(client, &old).await;
     }
-    let (schema_diff, baseline_why) = match (&a.baseline, now) {
+    let (mut schema_diff, baseline_why) = match (&a.baseline, now) {
         (Ok(b), Ok(now)) => (b.schema.diff(now), None),
         (Err(why), _) => (Vec::new(), Some(why.clone())),
         (Ok(_), Err(why)) => (Vec::new(), Some(format!("cannot dump today's schema to compare: {why}"))),
     };
+    schema_diff.extend(invalid_indexes(client).await);
     Report {
         database: a.database.clone(),
         migration: m.name.clone(),
@@ -158,6 +159,30 @@ pub async fn report(
         baseline_why,
         schema_diff,
     }
+}
+
+/// Invalid indexes no running `CREATE INDEX` is building: pg_dump leaves them out, so a
+/// schema diff would never show what a failed CONCURRENTLY build left; the catalog does.
+async fn invalid_indexes(client: &Client) -> Vec<Change> {
+    let q = "SELECT n.nspname::text, t.relname || ' ' || c.relname, pg_get_indexdef(i.indexrelid) \
+             FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_class t ON t.oid = i.indrelid \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE NOT i.indisvalid AND NOT EXISTS (SELECT FROM pg_stat_progress_create_index p WHERE p.index_relid = i.indexrelid) \
+             ORDER BY 1, 2";
+    let rows = client.query(q, &[]).await.unwrap_or_default();
+    rows.iter()
+        .map(|r| Change {
+            change: "invalid",
+            kind: "INDEX".into(),
+            schema: r.get(0),
+            name: r.get(1),
+            before: None,
+            after: Some(format!(
+                "{} (indisvalid = false: a failed build left it; pg_dump leaves it out)",
+                r.get::<_, String>(2)
+            )),
+        })
+        .collect()
 }
 
 fn finish(a: &Analysis) -> Draft {

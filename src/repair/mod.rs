@@ -10,6 +10,7 @@ mod locks;
 mod preflight;
 mod record;
 mod sql;
+mod steps;
 
 use std::sync::Arc;
 
@@ -20,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use record::{cap, planned};
 
 use crate::audit::{self, redact, AuditError, AuditLog, RunRecord};
-use crate::config::{Config, DatabaseConfig, MigrationsConfig, Playbook, ResolveAs, Step};
+use crate::config::{Config, DatabaseConfig, MigrationsConfig, Playbook, Step};
 use crate::pg::{self, DbError, Session};
 use crate::snapshot::{Manifest, Request, Snapshotter};
 use crate::storage::Storage;
@@ -315,71 +316,6 @@ impl Repairer {
             }
         }
         false
-    }
-
-    fn drafted<'a>(
-        &'a self,
-        db: &'a DatabaseConfig,
-        mig: &'a MigrationsConfig,
-        name: &'a str,
-    ) -> drafted::Ctx<'a> {
-        let tools = crate::pg::PgTools::new(self.config.snapshot.pg_bin_dir.clone());
-        drafted::Ctx { config: &self.config, db, mig, storage: &self.storage, tools, migration: name }
-    }
-
-    async fn step(&self, run: &Target<'_>, step: &Step) -> Result<String, StepFailure> {
-        let default = self.config.repair.statement_timeout;
-        let (session, name) = (run.session, run.migration.name.as_str());
-        let drafted = || self.drafted(run.db, run.mig, name);
-        let own = |r: Result<String, String>| r.map_err(StepFailure);
-        match step {
-            Step::Finish { timeout } => {
-                drafted::finish(session, &drafted(), timeout.unwrap_or(default)).await
-            }
-            Step::Undo { allow_data_loss, timeout } => {
-                drafted::undo(session, &drafted(), *allow_data_loss, timeout.unwrap_or(default)).await
-            }
-            Step::Sql { sql, timeout } => sql::run(session, sql, timeout.unwrap_or(default)).await,
-            Step::SqlFile { path, timeout } => sql::run_file(session, path, timeout.unwrap_or(default)).await,
-            Step::Resolve(ResolveAs::FromDiagnosis) => {
-                let (how, cleared) = drafted::decide(session, &drafted()).await?;
-                let done = own(run.dialect.resolve(session, run.mig, run.migration, how).await)?;
-                Ok(format!("diagnosis: {how:?}; {cleared}{done}"))
-            }
-            Step::Resolve(how) => own(run.dialect.resolve(session, run.mig, run.migration, *how).await),
-            Step::ReleaseLock => own(run.dialect.release_lock(session).await),
-            Step::AcceptChecksums => own(run.dialect.accept_checksums(session, run.mig).await),
-            Step::AssertSql { sql } => assert::run(session, sql).await,
-            Step::Command { argv, cwd, env, timeout } => {
-                self.command(run, argv, cwd.as_ref(), env, *timeout).await
-            }
-        }
-    }
-
-    /// The command may be the tool itself (`prisma migrate deploy`), which needs its own lock.
-    async fn command(
-        &self,
-        run: &Target<'_>,
-        argv: &[String],
-        cwd: Option<&std::path::PathBuf>,
-        env: &std::collections::BTreeMap<String, String>,
-        timeout: std::time::Duration,
-    ) -> Result<String, StepFailure> {
-        let Some(key) = run.dialect.advisory_key(run.db.url.dbname()) else {
-            return command::run(argv, cwd, env, timeout).await;
-        };
-        let lost = |e: DbError| StepFailure(e.to_string());
-        locks::release_tool_lock(run.session, key).await.map_err(lost)?;
-        let result = command::run(argv, cwd, env, timeout).await;
-        let retaken =
-            locks::take_tool_lock(run.session, key, self.config.repair.lock_wait).await.map_err(lost)?;
-        if let Err(holder) = retaken {
-            return Err(StepFailure(format!(
-                "could not take {}'s lock back after the command ({holder})",
-                run.dialect.tool()
-            )));
-        }
-        result
     }
 }
 

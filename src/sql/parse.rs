@@ -25,6 +25,7 @@ pub struct Statement {
 pub enum RelKind {
     Table,
     View,
+    MatView,
     Sequence,
     Index,
 }
@@ -34,6 +35,7 @@ impl RelKind {
         match self {
             RelKind::Table => "TABLE",
             RelKind::View => "VIEW",
+            RelKind::MatView => "MATERIALIZED VIEW",
             RelKind::Sequence => "SEQUENCE",
             RelKind::Index => "INDEX",
         }
@@ -42,7 +44,8 @@ impl RelKind {
     pub fn relkinds(self) -> &'static str {
         match self {
             RelKind::Table => "rp",
-            RelKind::View => "vm",
+            RelKind::View => "v",
+            RelKind::MatView => "m",
             RelKind::Sequence => "S",
             RelKind::Index => "iI",
         }
@@ -212,7 +215,7 @@ fn effects(node: &NodeEnum) -> Vec<Effect> {
         N::CreateStmt(s) => rel(s.relation.as_ref(), RelKind::Table, false),
         N::CreateTableAsStmt(s) => {
             let kind =
-                if s.objtype == ObjectType::ObjectMatview as i32 { RelKind::View } else { RelKind::Table };
+                if s.objtype == ObjectType::ObjectMatview as i32 { RelKind::MatView } else { RelKind::Table };
             let name = s.into.as_ref().and_then(|i| i.rel.as_ref());
             rel(name, kind, false)
         }
@@ -335,7 +338,8 @@ fn constraint(table: ObjName, c: &protobuf::Constraint) -> Effect {
 fn drop(s: &protobuf::DropStmt) -> Vec<Effect> {
     let kind = match ObjectType::try_from(s.remove_type).unwrap_or(ObjectType::Undefined) {
         ObjectType::ObjectTable => Some(RelKind::Table),
-        ObjectType::ObjectView | ObjectType::ObjectMatview => Some(RelKind::View),
+        ObjectType::ObjectView => Some(RelKind::View),
+        ObjectType::ObjectMatview => Some(RelKind::MatView),
         ObjectType::ObjectSequence => Some(RelKind::Sequence),
         ObjectType::ObjectIndex => Some(RelKind::Index),
         ObjectType::ObjectType | ObjectType::ObjectDomain => None,
@@ -362,7 +366,8 @@ fn drop(s: &protobuf::DropStmt) -> Vec<Effect> {
 fn rename(s: &protobuf::RenameStmt) -> Vec<Effect> {
     let kind = |t: ObjectType| match t {
         ObjectType::ObjectTable => Some(RelKind::Table),
-        ObjectType::ObjectView | ObjectType::ObjectMatview => Some(RelKind::View),
+        ObjectType::ObjectView => Some(RelKind::View),
+        ObjectType::ObjectMatview => Some(RelKind::MatView),
         ObjectType::ObjectSequence => Some(RelKind::Sequence),
         ObjectType::ObjectIndex => Some(RelKind::Index),
         _ => None,

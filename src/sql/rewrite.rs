@@ -163,8 +163,8 @@ fn inverse(e: &Effect, baseline: Option<&Baseline>, created: &[ObjName]) -> Resu
     let alter = |t: &ObjName, what: String| Ok(vec![format!("ALTER TABLE IF EXISTS {t} {what}")]);
     match e {
         E::CreateRelation { kind, name, .. } if existed(kind.word(), name) => match kind {
-            RelKind::View => Ok(vec![
-                format!("DROP VIEW IF EXISTS {name}"),
+            RelKind::View | RelKind::MatView => Ok(vec![
+                format!("DROP {} IF EXISTS {name}", kind.word()),
                 need(baseline)?.definition(kind.word(), name)?,
             ]),
             _ => Ok(vec![]),
@@ -173,6 +173,11 @@ fn inverse(e: &Effect, baseline: Option<&Baseline>, created: &[ObjName]) -> Resu
         E::DropRelation { kind: RelKind::Table | RelKind::Sequence, name } => {
             Err(format!("it dropped {name} and its data; only a restore brings them back"))
         }
+        // pg_dump's schema writes a materialised view WITH NO DATA: refreshed, it holds its rows again.
+        E::DropRelation { kind: RelKind::MatView, name } => Ok(vec![
+            need(baseline)?.definition(RelKind::MatView.word(), name)?,
+            format!("REFRESH MATERIALIZED VIEW {name}"),
+        ]),
         E::DropRelation { kind, name } => Ok(vec![need(baseline)?.definition(kind.word(), name)?]),
         E::CreateIndex { name: Some(name), .. } => Ok(vec![format!("DROP INDEX IF EXISTS {name}")]),
         E::CreateIndex { name: None, .. } => Err("the index has no name to drop it by".into()),
