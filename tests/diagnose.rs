@@ -287,3 +287,34 @@ fn a_crashed_migration_whose_backend_still_runs_says_wait_and_is_not_repaired() 
     assert!(rec["snapshot_id"].is_null(), "refused before anything, the snapshot too: {rec:#}");
     assert_eq!(db.sql(&format!("SELECT count(*) FROM _prisma_migrations WHERE migration_name = '{name}' AND finished_at IS NULL AND rolled_back_at IS NULL")), "1");
 }
+
+/// After a failure that is not transient (42P01 here) no finish is drafted while the file is
+/// the one that failed; once the file is fixed (its checksum differs from the row's), the
+/// finish is drafted from the edited file, proven on a copy, and completes the migration, and
+/// the row is resolved with the new file's checksum, as `prisma migrate resolve --applied`.
+#[test]
+fn a_fixed_file_gets_a_finish_after_a_failure_that_is_not_transient() {
+    let f = fixture_with_baseline();
+    let r = diagnose(&f.pgm);
+    assert!(r["playbooks"]["finish"]["why"].as_str().unwrap().contains("not transient"), "{r:#}");
+    let file = f.dir.path().join(FAILED).join("migration.sql");
+    let fixed =
+        std::fs::read_to_string(&file).unwrap().replace("REFERENCES \"Users\"", "REFERENCES \"User\"");
+    std::fs::write(&file, &fixed).unwrap();
+    let r = diagnose(&f.pgm);
+    assert_eq!(r["stopped_after"], 1, "{r:#}");
+    let finish = r["playbooks"]["finish"]["sql"].as_str().unwrap_or_else(|| panic!("{r:#}"));
+    assert!(finish.contains("REFERENCES \"User\""), "{finish}");
+    add_playbook(&f, r["playbooks"]["finish"]["toml"].as_str().unwrap());
+    let rec = f.pgm.run(&["repair", "--db", "app", "--json"]).json();
+    assert_eq!(rec["outcome"], "succeeded", "{rec:#}");
+    assert_eq!(
+        f.db.sql("SELECT count(*) FROM pg_constraint WHERE conname = 'PluginCredential_userId_fkey'"),
+        "1"
+    );
+    let sum = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(fixed.as_bytes()));
+    assert_eq!(
+        f.db.sql(&format!("SELECT checksum FROM _prisma_migrations WHERE migration_name = '{FAILED}' AND finished_at IS NOT NULL AND rolled_back_at IS NULL")),
+        sum
+    );
+}

@@ -91,16 +91,17 @@ class ClusterStarts:
 
 def shell_cluster(tmp):
     """initdb + pg_ctl start + pg_ctl stop, as the server user (root may not run it)."""
-    data = Path(tmp) / "shell-cluster"
-    sock = Path(tmp) / "shell-sock"
+    base = Path(tmp) / "shell"
+    data, sock = base / "data", base / "sock"
+    sock.mkdir(parents=True, exist_ok=True)
     as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
     script = (f"rm -rf {data} && mkdir -p {sock} && {PG_BIN}/initdb -D {data} -U postgres -A trust --no-sync "
               f"-E UTF8 --locale=C --no-instructions >/dev/null && {PG_BIN}/pg_ctl -D {data} -w -s "
               f"-o \"-c listen_addresses= -k {sock} -c fsync=off\" start >/dev/null && "
               f"{PG_BIN}/pg_ctl -D {data} -s -m immediate stop && rm -rf {data}")
     if as_user:
-        os.makedirs(sock, exist_ok=True)
-        shutil.chown(sock, "postgres")
+        for d in (base, sock):
+            shutil.chown(d, "postgres")
         return " ".join(as_user) + f" sh -c '{script}'"
     return script
 

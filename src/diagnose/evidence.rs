@@ -165,8 +165,16 @@ async fn with_lab(
         ev.undo = Err(why);
         return Ok(ev);
     };
-    ev.finish = finish(a, lab, &r, &ev.stop, stmts, mode, k, code.as_deref(), dialect).await;
-    ev.undo = undo(a, lab, &r, stmts, mode, k, ev.stop.leftover.as_ref()).await;
+    let at_k = match proof::at_prefix(lab, stmts, mode, k).await {
+        Ok(s) => s,
+        Err(e) => {
+            (ev.finish, ev.undo) = (Err(e.clone()), Err(e));
+            return Ok(ev);
+        }
+    };
+    let proof = |want, roll_back| proof::Proof { lab, replay: &r, k, want, roll_back };
+    ev.undo = undo(a, proof(0, true), &at_k, stmts, k, ev.stop.leftover.as_ref()).await;
+    ev.finish = finish(a, proof(stmts.len(), false), &at_k, &ev.stop, stmts, code.as_deref(), dialect).await;
     Ok(ev)
 }
 
@@ -194,15 +202,12 @@ fn explain(r: &Replay, stop: &Stop, n: usize, mode: Mode) -> Vec<String> {
     out
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn finish(
     a: &Analysis,
-    lab: &mut Lab,
-    r: &Replay,
+    p: proof::Proof<'_>,
+    at_k: &crate::pg::Session,
     stop: &Stop,
     stmts: &[Statement],
-    mode: Mode,
-    k: usize,
     code: Option<&str>,
     dialect: &dyn Dialect,
 ) -> Result<Plan, String> {
@@ -212,18 +217,16 @@ async fn finish(
             return Err(format!("statement {f} failed with SQLSTATE {code}, which is not transient (a lock or statement timeout, a deadlock, a lost connection): run again it fails the same way; fix the migration file (a finish is then drafted from the edited file) or undo it"));
         }
     }
-    let plan = proof::finish_plan(stmts, k, stop.leftover.as_ref());
-    proof::prove(lab, r, stmts, mode, k, &plan, None, stmts.len()).await?;
+    let plan = proof::finish_plan(stmts, p.k, stop.leftover.as_ref());
+    proof::prove(p, at_k, &plan, None).await?;
     Ok(plan)
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn undo(
     a: &Analysis,
-    lab: &mut Lab,
-    r: &Replay,
+    p: proof::Proof<'_>,
+    at_k: &crate::pg::Session,
     stmts: &[Statement],
-    mode: Mode,
     k: usize,
     leftover: Option<&ObjName>,
 ) -> Result<UndoPlan, String> {
@@ -244,16 +247,18 @@ async fn undo(
         })
         .collect();
     let u = rewrite::undo(&judged, Some(&baseline.schema), |i| i <= k)?;
-    let mut plan = Plan { segments: vec![Segment::Tx(u.sql)] };
+    // Proven in one transaction rolled back: the copy stays at k for the finish's proof.
+    let tx = Plan { segments: vec![Segment::Tx(u.sql)] };
+    let tables: Vec<ObjName> = u.drops_tables.iter().map(|t| qualify(t, &p.lab.search_path)).collect();
+    let guard = RowGuard { tables, allow_data_loss: true };
+    proof::prove(p, at_k, &tx, Some(&guard)).await?;
+    let mut plan = tx;
     if let Some(ix) = leftover {
         plan.segments.insert(
             0,
             Segment::Alone { sql: format!("DROP INDEX CONCURRENTLY IF EXISTS {ix}"), before_retry: None },
         );
     }
-    let tables: Vec<ObjName> = u.drops_tables.iter().map(|t| qualify(t, &lab.search_path)).collect();
-    let guard = RowGuard { tables, allow_data_loss: true };
-    proof::prove(lab, r, stmts, mode, k, &plan, Some(&guard), 0).await?;
     Ok(UndoPlan { plan, guard: RowGuard { allow_data_loss: false, ..guard } })
 }
 

@@ -27,6 +27,8 @@ pub struct Lab {
     server: Server,
     base: Scratch,
     copies: Vec<Scratch>,
+    /// The template was handed out by `last`.
+    spent: bool,
     pub search_path: String,
     pub exclude: Exclude,
 }
@@ -50,9 +52,14 @@ impl Lab {
             }
         }
         match Self::load(env, server, source, schema_text).await {
-            Ok((server, base)) => {
-                Ok(Lab { server, base, copies: Vec::new(), search_path: search_path.to_string(), exclude })
-            }
+            Ok((server, base)) => Ok(Lab {
+                server,
+                base,
+                copies: Vec::new(),
+                spent: false,
+                search_path: search_path.to_string(),
+                exclude,
+            }),
             Err(e) => Err(e),
         }
     }
@@ -87,8 +94,22 @@ impl Lab {
         self.server.label()
     }
 
+    /// The template itself, for the last use (one copy fewer: each is a copy of every file of
+    /// the schema); no copy can be made after this.
+    pub async fn last(&mut self) -> Result<Session, String> {
+        self.spent = true;
+        let session = pg::connect(&self.base.url).await.map_err(|e| e.to_string())?;
+        crate::sql::catalog::set_search_path(session.client(), &self.search_path)
+            .await
+            .map_err(|e| pg::error_text(&e))?;
+        Ok(session)
+    }
+
     /// A fresh copy of the baseline, with a session on it.
     pub async fn copy(&mut self) -> Result<Session, String> {
+        if self.spent {
+            return Err("the baseline's template was used up".into());
+        }
         let made = Scratch::create_from(self.server.admin(), Purpose::Baseline, self.base.name())
             .await
             .map_err(|e| format!("cannot copy the baseline on the scratch server: {e}"))?;

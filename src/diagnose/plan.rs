@@ -71,6 +71,8 @@ pub struct RunOpts {
     pub lock_timeout: Option<Duration>,
     pub lock_retries: u32,
     pub search_path: String,
+    /// A proof that must leave its copy as it was: the transaction is rolled back once checked.
+    pub roll_back: bool,
 }
 
 /// Undo's refusal to lose rows: the tables it drops, each counted after `LOCK TABLE`.
@@ -127,6 +129,9 @@ pub async fn run(
                 Segment::Tx(stmts) => {
                     tx(c, stmts, o, guard.filter(|_| Some(i) == first_tx), check_here).await
                 }
+                Segment::Alone { .. } if o.roll_back => {
+                    Err((None, "a statement outside a transaction cannot be rolled back".into()))
+                }
                 Segment::Alone { sql, .. } => alone(c, sql, o).await,
             };
             match result {
@@ -177,8 +182,9 @@ async fn tx(
         .await
         .map_err(|e| failure(&e, "cannot begin".into()))?;
     let r = tx_body(c, stmts, guard, check).await;
+    let end = if o.roll_back { "ROLLBACK" } else { "COMMIT" };
     match r {
-        Ok(()) => c.batch_execute("COMMIT").await.map_err(|e| failure(&e, "COMMIT failed".into())),
+        Ok(()) => c.batch_execute(end).await.map_err(|e| failure(&e, format!("{end} failed"))),
         Err(f) => {
             let _ = c.batch_execute("ROLLBACK").await;
             Err((f.0, format!("{} (rolled back)", f.1)))

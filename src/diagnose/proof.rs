@@ -8,6 +8,7 @@ use pg_query::NodeEnum;
 use super::lab::Lab;
 use super::plan::{self, Check, Plan, RowGuard, RunOpts, Segment};
 use super::replay::{apply, Mode, Replay};
+use crate::pg::Session;
 use crate::sql::names::ObjName;
 use crate::sql::parse::Effect;
 use crate::sql::{rewrite, Statement};
@@ -124,42 +125,53 @@ pub fn finish_plan(stmts: &[Statement], k: usize, leftover: Option<&ObjName>) ->
     plan
 }
 
-fn copy_opts(search_path: &str) -> RunOpts {
+fn copy_opts(search_path: &str, roll_back: bool) -> RunOpts {
     RunOpts {
         statement_timeout: std::time::Duration::from_secs(600),
         lock_timeout: None,
         lock_retries: 0,
         search_path: search_path.to_string(),
+        roll_back,
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-/// Runs `plan` on a fresh copy at prefix `k` and checks the result against the replay's shape
-/// after `want` statements.
-pub async fn prove(
-    lab: &mut Lab,
-    r: &Replay,
-    stmts: &[Statement],
-    mode: Mode,
-    k: usize,
-    plan: &Plan,
-    guard: Option<&RowGuard>,
-    want: usize,
-) -> Result<(), String> {
-    let expect = r.shape(want).ok_or_else(|| match &r.copy_error {
-        Some(e) => format!("statement {} fails on a copy of the baseline too ({}), so there is no expected result to prove it against", e.statement, e.message),
-        None => "the replay did not reach the expected state".to_string(),
-    })?;
-    let copy = lab.copy().await?;
+/// The baseline's template brought to prefix `k`, where both proofs run: the undo first, in a
+/// transaction rolled back once checked, then the finish.
+pub async fn at_prefix(lab: &mut Lab, stmts: &[Statement], mode: Mode, k: usize) -> Result<Session, String> {
+    let session = lab.last().await?;
     if k > 0 {
-        apply(copy.client(), &stmts[..k], mode)
+        apply(session.client(), &stmts[..k], mode)
             .await
             .map_err(|e| format!("statement {} fails on the copy: {}", e.statement, e.message))?;
     }
-    let what = if want == 0 { "the baseline" } else { "the baseline with the whole migration applied" };
-    let check = Check { exclude: &lab.exclude, expect, what };
-    plan::run(copy.client(), plan, &copy_opts(&lab.search_path), guard, Some(check))
+    Ok(session)
+}
+
+/// Runs `plan` on `copy` (at prefix `k`) and checks the result against the replay's shape
+/// after `want` statements; `roll_back` leaves the copy as it was (one transaction only).
+pub struct Proof<'a> {
+    pub lab: &'a Lab,
+    pub replay: &'a Replay,
+    pub k: usize,
+    pub want: usize,
+    pub roll_back: bool,
+}
+
+pub async fn prove(
+    p: Proof<'_>,
+    copy: &Session,
+    plan: &Plan,
+    guard: Option<&RowGuard>,
+) -> Result<(), String> {
+    let r = p.replay;
+    let expect = r.shape(p.want).ok_or_else(|| match &r.copy_error {
+        Some(e) => format!("statement {} fails on a copy of the baseline too ({}), so there is no expected result to prove it against", e.statement, e.message),
+        None => "the replay did not reach the expected state".to_string(),
+    })?;
+    let what = if p.want == 0 { "the baseline" } else { "the baseline with the whole migration applied" };
+    let check = Check { exclude: &p.lab.exclude, expect, what };
+    plan::run(copy.client(), plan, &copy_opts(&p.lab.search_path, p.roll_back), guard, Some(check))
         .await
         .map(|_| ())
-        .map_err(|e| format!("on a copy of the baseline stopped after statement {k}: {e}"))
+        .map_err(|e| format!("on a copy of the baseline stopped after statement {}: {e}", p.k))
 }

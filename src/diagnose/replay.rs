@@ -95,8 +95,8 @@ pub async fn apply(c: &Client, stmts: &[Statement], mode: Mode) -> Result<(), Co
     Ok(())
 }
 
-async fn read(c: &Client, lab: &Lab) -> Result<Shape, String> {
-    Shape::read(c, &lab.exclude).await.map_err(|e| pg::error_text(&e))
+async fn read(c: &Client, lab: &Lab, scope: Option<&[String]>) -> Result<Shape, String> {
+    Shape::read_in(c, &lab.exclude, scope).await.map_err(|e| pg::error_text(&e))
 }
 
 impl Replay {
@@ -106,37 +106,62 @@ impl Replay {
     }
 }
 
+/// Raw keys (`schema \x1f name`) of what the statements name, unqualified names in `schema`.
+fn touched_keys(stmts: &[Statement], schema: &str) -> Vec<String> {
+    let t = crate::sql::describe::touched(stmts);
+    let key = |n: &crate::sql::ObjName| format!("{}\u{1f}{}", n.schema.as_deref().unwrap_or(schema), n.name);
+    let mut out: Vec<String> = t.relations.iter().chain(&t.types).map(key).collect();
+    out.extend(t.extensions.iter().map(|e| format!("\u{1f}{e}")));
+    out.extend(t.schemas.iter().map(|s| format!("{s}\u{1f}")));
+    out
+}
+
 /// Replays `stmts` on a copy of the baseline and compares each reachable prefix with `live`.
+/// After each statement only the objects in which the baseline and live differ, or that the
+/// migration names, are read (a difference there is a difference in the whole shape); the whole
+/// shape is read where those agree, and at both ends, and only whole shapes decide.
 pub async fn run(lab: &mut Lab, stmts: &[Statement], mode: Mode, live: &Shape) -> Result<Replay, String> {
     let copy = lab.copy().await?;
     let c = copy.client();
-    let mut r = Replay {
-        shapes: vec![(0, read(c, lab).await?)],
-        matches: Vec::new(),
-        copy_error: None,
-        closest: None,
-    };
+    let base = read(c, lab, None).await?;
+    let mut scope = base.differing_keys(live);
+    scope.extend(touched_keys(stmts, &lab.search_path));
+    scope.sort();
+    scope.dedup();
+    let live_in_scope = live.restricted(&scope);
+    let mut r = Replay { shapes: vec![(0, base)], matches: Vec::new(), copy_error: None, closest: None };
     let steps: Vec<(usize, usize)> = match mode {
         Mode::PerStatement => (0..stmts.len()).map(|i| (i, i + 1)).collect(),
         Mode::Atomic => vec![(0, stmts.len())],
     };
+    let mut nearest: Option<(usize, usize, Shape)> = None;
     for (from, to) in steps {
         if let Err(e) = apply(c, &stmts[from..to], mode).await {
             r.copy_error = Some(e);
             break;
         }
-        r.shapes.push((to, read(c, lab).await?));
+        let scoped = read(c, lab, Some(&scope)).await?;
+        match compare(to, &scoped, &live_in_scope, stmts) {
+            Err(d) if to < stmts.len() => {
+                if nearest.as_ref().is_none_or(|(_, b, _)| d < *b) {
+                    nearest = Some((to, d, scoped));
+                }
+            }
+            _ => r.shapes.push((to, read(c, lab, None).await?)),
+        }
     }
-    let mut best: Option<(usize, usize)> = None;
     for (k, shape) in &r.shapes {
         match compare(*k, shape, live, stmts) {
             Ok(leftover) => r.matches.push((*k, leftover)),
-            Err(d) if best.is_none_or(|(_, b)| d < b) => best = Some((*k, d)),
+            Err(d) if nearest.as_ref().is_none_or(|(_, b, _)| d < *b) => {
+                nearest = Some((*k, d, shape.clone()))
+            }
             Err(_) => {}
         }
     }
-    if let (true, Some((k, _))) = (r.matches.is_empty(), best) {
-        let diff = r.shape(k).map(|s| s.differences(live)).unwrap_or_default();
+    if let (true, Some((k, _, shape))) = (r.matches.is_empty(), nearest) {
+        let diff = shape.restricted(&scope).differences(&live_in_scope);
+        let diff = if diff.is_empty() { shape.differences(live) } else { diff };
         r.closest = Some((k, describe_differences(&diff, "the copy", "live")));
     }
     Ok(r)

@@ -52,6 +52,7 @@ fn live_opts(ctx: &Ctx<'_>, timeout: Duration) -> RunOpts {
         lock_timeout: Some(ctx.config.repair.lock_timeout),
         lock_retries: ctx.config.repair.lock_retries,
         search_path: ctx.mig.schema.clone(),
+        roll_back: false,
     }
 }
 

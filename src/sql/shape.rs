@@ -14,6 +14,8 @@ use tokio_postgres::Client;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Shape {
     objects: BTreeMap<String, BTreeSet<String>>,
+    /// Each object's raw key, `schema \x1f name` (unquoted), the key a scope is made of.
+    raw: BTreeMap<String, String>,
 }
 
 /// The migration tool's own tables (`<table>` and anything named `<table>…` in its schema,
@@ -30,19 +32,20 @@ fn query() -> String {
     format!(
         "WITH rels AS (\
            SELECT c.oid, c.relkind, format('%s %I.%I', CASE c.relkind WHEN 'v' THEN 'view' WHEN 'm' THEN 'materialized view' \
-                  WHEN 'S' THEN 'sequence' WHEN 'f' THEN 'foreign table' WHEN 'c' THEN 'type' ELSE 'table' END, n.nspname, c.relname) AS obj \
+                  WHEN 'S' THEN 'sequence' WHEN 'f' THEN 'foreign table' WHEN 'c' THEN 'type' ELSE 'table' END, n.nspname, c.relname) AS obj, \
+                  n.nspname || chr(31) || c.relname AS raw \
            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-           WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f', 'c') AND {NS} \
+           WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f', 'c') AND {NS} AND ($3::text[] IS NULL OR (n.nspname || chr(31) || c.relname) = ANY ($3::text[])) \
              AND NOT (n.nspname = $1 AND left(c.relname, length($2)) = $2) \
              AND NOT EXISTS (SELECT FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e') \
              AND NOT (c.relkind = 'c' AND EXISTS (SELECT FROM pg_type t JOIN pg_depend d ON d.classid = 'pg_type'::regclass AND d.objid = t.oid AND d.deptype = 'e' WHERE t.typrelid = c.oid))) \
-         SELECT r.obj, concat_ws(' ', 'kind', c.relkind::text, CASE WHEN c.relrowsecurity THEN 'row-level-security' END, \
+         SELECT r.obj, r.raw, concat_ws(' ', 'kind', c.relkind::text, CASE WHEN c.relrowsecurity THEN 'row-level-security' END, \
                 CASE WHEN c.relforcerowsecurity THEN 'forced' END, CASE WHEN c.relpersistence = 'u' THEN 'unlogged' END, \
                 CASE WHEN c.relispartition THEN 'partition ' || pg_get_expr(c.relpartbound, c.oid) END, \
                 CASE WHEN c.relkind = 'p' THEN 'partitioned by ' || pg_get_partkeydef(c.oid) END) \
            FROM rels r JOIN pg_class c ON c.oid = r.oid \
          UNION ALL \
-         SELECT r.obj, format('column %s %I %s%s%s%s%s', row_number() OVER (PARTITION BY a.attrelid ORDER BY a.attnum), a.attname, \
+         SELECT r.obj, r.raw, format('column %s %I %s%s%s%s%s', row_number() OVER (PARTITION BY a.attrelid ORDER BY a.attnum), a.attname, \
                 format_type(a.atttypid, a.atttypmod), CASE WHEN a.attnotnull THEN ' not null' ELSE '' END, \
                 coalesce(' default ' || pg_get_expr(d.adbin, d.adrelid), ''), \
                 CASE a.attidentity WHEN 'a' THEN ' identity always' WHEN 'd' THEN ' identity by default' ELSE '' END, \
@@ -50,44 +53,46 @@ fn query() -> String {
            FROM rels r JOIN pg_attribute a ON a.attrelid = r.oid AND a.attnum > 0 AND NOT a.attisdropped \
            LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
          UNION ALL \
-         SELECT r.obj, format('constraint %I %s%s', k.conname, pg_get_constraintdef(k.oid), CASE WHEN k.convalidated THEN '' ELSE ' (not validated)' END) \
+         SELECT r.obj, r.raw, format('constraint %I %s%s', k.conname, pg_get_constraintdef(k.oid), CASE WHEN k.convalidated THEN '' ELSE ' (not validated)' END) \
            FROM rels r JOIN pg_constraint k ON k.conrelid = r.oid \
          UNION ALL \
-         SELECT r.obj, format('index %s%s: %s', i.relname, CASE WHEN x.indisvalid THEN '' ELSE ' INVALID' END, pg_get_indexdef(x.indexrelid)) \
+         SELECT r.obj, r.raw, format('index %s%s: %s', i.relname, CASE WHEN x.indisvalid THEN '' ELSE ' INVALID' END, pg_get_indexdef(x.indexrelid)) \
            FROM rels r JOIN pg_index x ON x.indrelid = r.oid JOIN pg_class i ON i.oid = x.indexrelid \
          UNION ALL \
-         SELECT r.obj, format('policy %I for %s %s to %s using (%s) with check (%s)', p.polname, p.polcmd, \
+         SELECT r.obj, r.raw, format('policy %I for %s %s to %s using (%s) with check (%s)', p.polname, p.polcmd, \
                 CASE WHEN p.polpermissive THEN 'permissive' ELSE 'restrictive' END, \
                 CASE WHEN p.polroles = '{{0}}' THEN 'public' ELSE array_to_string(ARRAY(SELECT quote_ident(rolname) FROM pg_roles WHERE oid = ANY (p.polroles) ORDER BY 1), ',') END, \
                 coalesce(pg_get_expr(p.polqual, p.polrelid), ''), coalesce(pg_get_expr(p.polwithcheck, p.polrelid), '')) \
            FROM rels r JOIN pg_policy p ON p.polrelid = r.oid \
          UNION ALL \
-         SELECT r.obj, 'trigger ' || pg_get_triggerdef(t.oid) FROM rels r JOIN pg_trigger t ON t.tgrelid = r.oid AND NOT t.tgisinternal \
+         SELECT r.obj, r.raw, 'trigger ' || pg_get_triggerdef(t.oid) FROM rels r JOIN pg_trigger t ON t.tgrelid = r.oid AND NOT t.tgisinternal \
          UNION ALL \
-         SELECT r.obj, 'definition ' || pg_get_viewdef(r.oid) FROM rels r WHERE r.relkind IN ('v', 'm') \
+         SELECT r.obj, r.raw, 'definition ' || pg_get_viewdef(r.oid) FROM rels r WHERE r.relkind IN ('v', 'm') \
          UNION ALL \
-         SELECT r.obj, format('sequence %s start %s increment %s min %s max %s cycle %s', format_type(s.seqtypid, NULL), \
+         SELECT r.obj, r.raw, format('sequence %s start %s increment %s min %s max %s cycle %s', format_type(s.seqtypid, NULL), \
                 s.seqstart, s.seqincrement, s.seqmin, s.seqmax, s.seqcycle) \
            FROM rels r JOIN pg_sequence s ON s.seqrelid = r.oid \
          UNION ALL \
-         SELECT format('type %I.%I', n.nspname, t.typname), CASE t.typtype \
+         SELECT format('type %I.%I', n.nspname, t.typname), n.nspname || chr(31) || t.typname, CASE t.typtype \
                 WHEN 'e' THEN 'enum ' || array_to_string(ARRAY(SELECT quote_literal(e.enumlabel) FROM pg_enum e WHERE e.enumtypid = t.oid ORDER BY e.enumsortorder), ', ') \
                 ELSE format('domain %s%s%s', format_type(t.typbasetype, t.typtypmod), CASE WHEN t.typnotnull THEN ' not null' ELSE '' END, coalesce(' default ' || t.typdefault, '')) END \
            FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace \
-          WHERE t.typtype IN ('e', 'd') AND {NS} \
+          WHERE t.typtype IN ('e', 'd') AND {NS} AND ($3::text[] IS NULL OR (n.nspname || chr(31) || t.typname) = ANY ($3::text[])) \
             AND NOT EXISTS (SELECT FROM pg_depend d WHERE d.classid = 'pg_type'::regclass AND d.objid = t.oid AND d.deptype = 'e') \
          UNION ALL \
-         SELECT format('type %I.%I', n.nspname, t.typname), format('constraint %I %s', k.conname, pg_get_constraintdef(k.oid)) \
-           FROM pg_constraint k JOIN pg_type t ON t.oid = k.contypid JOIN pg_namespace n ON n.oid = t.typnamespace WHERE {NS} \
+         SELECT format('type %I.%I', n.nspname, t.typname), n.nspname || chr(31) || t.typname, format('constraint %I %s', k.conname, pg_get_constraintdef(k.oid)) \
+           FROM pg_constraint k JOIN pg_type t ON t.oid = k.contypid JOIN pg_namespace n ON n.oid = t.typnamespace \
+          WHERE {NS} AND ($3::text[] IS NULL OR (n.nspname || chr(31) || t.typname) = ANY ($3::text[])) \
          UNION ALL \
-         SELECT format('function %I.%I(%s)', n.nspname, p.proname, pg_get_function_identity_arguments(p.oid)), 'definition ' || md5(pg_get_functiondef(p.oid)) \
+         SELECT format('function %I.%I(%s)', n.nspname, p.proname, pg_get_function_identity_arguments(p.oid)), n.nspname || chr(31) || p.proname, \
+                'definition ' || md5(pg_get_functiondef(p.oid)) \
            FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
-          WHERE p.prokind IN ('f', 'p') AND {NS} \
+          WHERE p.prokind IN ('f', 'p') AND {NS} AND ($3::text[] IS NULL OR (n.nspname || chr(31) || p.proname) = ANY ($3::text[])) \
             AND NOT EXISTS (SELECT FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e') \
          UNION ALL \
-         SELECT format('extension %I', e.extname), 'installed' FROM pg_extension e \
+         SELECT format('extension %I', e.extname), chr(31) || e.extname, 'installed' FROM pg_extension e WHERE ($3::text[] IS NULL OR (chr(31) || e.extname) = ANY ($3::text[])) \
          UNION ALL \
-         SELECT format('schema %I', n.nspname), 'exists' FROM pg_namespace n WHERE {NS}"
+         SELECT format('schema %I', n.nspname), n.nspname || chr(31), 'exists' FROM pg_namespace n WHERE {NS} AND ($3::text[] IS NULL OR (n.nspname || chr(31)) = ANY ($3::text[]))"
     )
 }
 
@@ -95,13 +100,49 @@ impl Shape {
     /// Reads the shape of the session's database; names in definitions are spelled as the
     /// session's search path resolves them, so both sides must share one.
     pub async fn read(c: &Client, exclude: &Exclude) -> Result<Shape, tokio_postgres::Error> {
-        let rows = c.query(&query(), &[&exclude.schema, &exclude.table_prefix]).await?;
-        let mut objects: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        Self::read_in(c, exclude, None).await
+    }
+
+    /// Only the objects whose raw keys are in `scope` (cheap; a subset of the whole shape's
+    /// facts, so a difference here is a difference there).
+    pub async fn read_in(
+        c: &Client,
+        exclude: &Exclude,
+        scope: Option<&[String]>,
+    ) -> Result<Shape, tokio_postgres::Error> {
+        let scope: Option<Vec<String>> = scope.map(<[String]>::to_vec);
+        let rows = c.query(&query(), &[&exclude.schema, &exclude.table_prefix, &scope]).await?;
+        let mut shape = Shape::default();
         for r in rows {
-            let (obj, fact): (String, String) = (r.get(0), r.get(1));
-            objects.entry(obj).or_default().insert(fact);
+            let (obj, raw, fact): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+            shape.raw.insert(obj.clone(), raw);
+            shape.objects.entry(obj).or_default().insert(fact);
         }
-        Ok(Shape { objects })
+        Ok(shape)
+    }
+
+    /// The raw keys of the objects in which `self` and `other` differ.
+    pub fn differing_keys(&self, other: &Shape) -> Vec<String> {
+        let names: BTreeSet<&String> = self.objects.keys().chain(other.objects.keys()).collect();
+        names
+            .into_iter()
+            .filter(|n| self.objects.get(*n) != other.objects.get(*n))
+            .filter_map(|n| self.raw.get(n).or_else(|| other.raw.get(n)).cloned())
+            .collect()
+    }
+
+    /// The part of this shape inside `scope` (what `read_in` with that scope would read).
+    pub fn restricted(&self, scope: &[String]) -> Shape {
+        let keep = |obj: &String| self.raw.get(obj).is_some_and(|r| scope.contains(r));
+        Shape {
+            objects: self
+                .objects
+                .iter()
+                .filter(|(o, _)| keep(o))
+                .map(|(o, f)| (o.clone(), f.clone()))
+                .collect(),
+            raw: self.raw.iter().filter(|(o, _)| keep(o)).map(|(o, r)| (o.clone(), r.clone())).collect(),
+        }
     }
 
     /// The objects whose facts differ, with what each side has: `(object, only here, only there)`.
