@@ -93,6 +93,11 @@ impl Drop for Group {
     }
 }
 
+/// Whether process `pid` exists (signal 0 checks existence only; EPERM still means it does).
+pub fn alive(pid: i32) -> bool {
+    unsafe { libc::kill(pid, 0) == 0 || *libc::__errno_location() == libc::EPERM }
+}
+
 /// The first `cap` bytes of a child's output; the rest is read and dropped so the child never
 /// blocks on a full pipe.
 pub async fn read_head(mut r: impl tokio::io::AsyncRead + Unpin, cap: u64) -> Vec<u8> {

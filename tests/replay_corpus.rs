@@ -87,24 +87,7 @@ fn fail_after(m: &Migration, db: &TestDb, k: usize) {
     db.sql(&format!("INSERT INTO {s}._prisma_migrations (id, checksum, migration_name, started_at) VALUES ('{k}', 'c', '{NEXT}', clock_timestamp())"));
     for stmt in &statements(m)[..k] {
         // One statement per query, as Prisma sends them (CONCURRENTLY refuses a multi-statement one).
-        let out = std::process::Command::new("psql")
-            .args([
-                "-h",
-                PG_HOST,
-                "-U",
-                "postgres",
-                "-d",
-                &db.name,
-                "-XAtq",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-c",
-                stmt,
-            ])
-            .env("PGOPTIONS", opts(m))
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{stmt}: {}", String::from_utf8_lossy(&out.stderr));
+        migrate::sql_with(db, stmt, &opts(m));
     }
     let log = "Migration name: x\n\nDatabase error code: 55P03\n\nDatabase error:\nERROR: canceling statement due to lock timeout\n";
     db.sql(&format!("UPDATE {s}._prisma_migrations SET logs = $l${log}$l$ WHERE id = '{k}'"));

@@ -147,3 +147,27 @@ fn as_an_ordinary_user_too() {
     std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).unwrap();
     killed_child_leaves_nothing(dir.path(), Some((uid, gid)));
 }
+
+/// A start that fails before the server runs (initdb refuses here) leaves no cluster folder
+/// behind: the running pgmedic would never sweep its own.
+#[tokio::test]
+async fn a_failed_initdb_leaves_no_folder() {
+    let bin = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(bin.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let script = |body: &str| format!("#!/bin/sh\n{body}\n");
+    std::fs::write(bin.path().join("postgres"), script("echo 'postgres (PostgreSQL) 15.99'")).unwrap();
+    std::fs::write(bin.path().join("initdb"), script("echo 'initdb: error: the disk is full' >&2; exit 1"))
+        .unwrap();
+    for tool in ["postgres", "initdb"] {
+        std::fs::set_permissions(bin.path().join(tool), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let dir = traversable_tempdir();
+    let scratch = dir.path().join("scratch");
+    let err = Server::ephemeral(&scratch, dir.path(), &[bin.path().to_path_buf()], 15)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("the disk is full"), "{err}");
+    assert_eq!(entries(&scratch), Vec::<String>::new(), "nothing left in scratch.dir");
+}

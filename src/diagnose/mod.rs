@@ -22,7 +22,7 @@ use std::sync::Arc;
 use tokio_postgres::Client;
 
 use crate::config::{DatabaseConfig, MigrationsConfig};
-use crate::sql::{self, rewrite, Judged, ObjName, Statement, Verdict};
+use crate::sql::{self, Judged, ObjName, Statement, Verdict};
 use crate::storage::Storage;
 use crate::watch::{Dialect, Migration, Status};
 
@@ -111,12 +111,6 @@ impl Analysis {
     /// The proven undo.
     pub fn undo(&self) -> Result<&UndoPlan, String> {
         self.evidence.undo.as_ref().map_err(Clone::clone)
-    }
-
-    /// The catalog checks' own undo draft (when the replay could not prove one).
-    pub fn catalog_undo(&self) -> Result<rewrite::Undo, String> {
-        let baseline = self.baseline.as_ref().ok().map(|b| &b.schema);
-        rewrite::undo(&self.statements, baseline, |i| self.verdict(i).0 != Verdict::NotApplied)
     }
 
     /// Tables the migration created (and the baseline did not have).

@@ -38,10 +38,6 @@ impl Plan {
             .collect()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.statements().is_empty()
-    }
-
     /// The SQL as a script, transactions marked.
     pub fn text(&self) -> String {
         let mut out = String::new();
@@ -91,7 +87,8 @@ pub struct Check<'a> {
 
 const LOCK_NOT_AVAILABLE: &str = "55P03";
 
-fn backoff(attempt: u32) -> Duration {
+/// The wait before retry `attempt` of a statement that gave up on a lock: 0.5 s, 1 s, … 5 s.
+pub fn backoff(attempt: u32) -> Duration {
     Duration::from_millis((250u64 << attempt.min(5)).min(5_000))
 }
 

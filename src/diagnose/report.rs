@@ -1,6 +1,8 @@
 //! The diagnosis as a document (`diagnose --json`) and as text: when and why it failed, each
 //! statement's verdict, the rows of what it created, the schema change since the baseline, and
-//! the two drafted playbooks as TOML ready to paste, with the SQL they would run now.
+//! the two drafted playbooks as TOML ready to paste, with the SQL they would run now. SQL and
+//! reasons are shown redacted (a `PASSWORD '…'` in a migration): the steps compute their SQL
+//! again when they run, so nothing here is pasted back.
 
 use std::fmt::Write as _;
 
@@ -9,6 +11,7 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use super::{sqlstate, Analysis};
+use crate::redact::redact;
 use crate::sql::{Change, Verdict};
 
 #[derive(Debug, Serialize)]
@@ -81,7 +84,7 @@ pub struct Draft {
 
 impl Draft {
     fn refused(why: String) -> Draft {
-        Draft { toml: None, sql: None, script: None, why: Some(why), notes: Vec::new() }
+        Draft { toml: None, sql: None, script: None, why: Some(redact(&why)), notes: Vec::new() }
     }
 }
 
@@ -143,7 +146,7 @@ pub async fn report(
             .iter()
             .map(|(s, _)| {
                 let (verdict, reason) = a.verdict(s.index);
-                StatementReport { index: s.index, line: s.line, sql: s.sql.clone(), verdict, reason }
+                StatementReport { index: s.index, line: s.line, sql: redact(&s.sql), verdict, reason }
             })
             .collect(),
         stopped_after: a.evidence.stop.stopped_after,
@@ -152,7 +155,7 @@ pub async fn report(
         failed_statement: a.evidence.stop.failed_statement,
         server_log: None,
         scratch_server: a.evidence.server.clone(),
-        replay: a.evidence.explanation.clone(),
+        replay: a.evidence.explanation.iter().map(|l| redact(l)).collect(),
         playbooks: Playbooks { finish: finish(a), undo: undo(a, &created) },
         created_tables: created,
         baseline_snapshot: a.baseline.as_ref().ok().map(|b| b.id.clone()),
@@ -200,8 +203,8 @@ fn finish(a: &Analysis) -> Draft {
             let steps = "  { finish = true },\n  { resolve = \"applied\" },\n";
             Draft {
                 toml: Some(toml("finish", &a.database, &a.migration.name, steps)),
-                sql: Some(sql_text(&plan.statements())),
-                script: Some(plan.text()),
+                sql: Some(redact(&sql_text(&plan.statements()))),
+                script: Some(redact(&plan.text())),
                 why: None,
                 notes,
             }
@@ -225,8 +228,8 @@ fn undo(a: &Analysis, created: &[CreatedTable]) -> Draft {
             let steps = "  { undo = true, allow_data_loss = false },\n  { resolve = \"rolled-back\" },\n";
             Draft {
                 toml: Some(toml("undo", &a.database, &a.migration.name, steps)),
-                sql: Some(sql_text(&u.plan.statements())),
-                script: Some(u.plan.text()),
+                sql: Some(redact(&sql_text(&u.plan.statements()))),
+                script: Some(redact(&u.plan.text())),
                 why: None,
                 notes,
             }

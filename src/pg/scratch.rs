@@ -72,11 +72,6 @@ fn parse_label(text: &str) -> Option<Label> {
     })
 }
 
-fn alive(pid: i32) -> bool {
-    // Signal 0 checks existence only; EPERM still means the process exists.
-    unsafe { libc::kill(pid, 0) == 0 || *libc::__errno_location() == libc::EPERM }
-}
-
 impl Scratch {
     /// Creates a new scratch database on the server of `server` (its own database is not touched).
     pub async fn create(server: &DbUrl, purpose: Purpose) -> Result<Scratch, DbError> {
@@ -142,7 +137,7 @@ pub async fn sweep(server: &DbUrl, stale: std::time::Duration) -> Result<Vec<Str
         let (name, comment): (String, String) = (r.get(0), r.get(1));
         let over = match parse_label(&comment) {
             Some(l) => {
-                (l.host == me && !alive(l.pid))
+                (l.host == me && !crate::process::alive(l.pid))
                     || (l.purpose == Purpose::Rehearse && Utc::now() - l.started > stale)
             }
             None => false,

@@ -66,11 +66,21 @@ pub async fn decide(session: &Session, ctx: &Ctx<'_>) -> Result<(ResolveAs, Stri
     if let (ResolveAs::RolledBack, Some(ix)) = (how, &a.evidence.stop.leftover) {
         let sql = format!("DROP INDEX CONCURRENTLY IF EXISTS {}", diagnose::qualify(ix, &ctx.mig.schema));
         let plan = Plan { segments: vec![Segment::Alone { sql: sql.clone(), before_retry: None }] };
-        plan::run(session.client(), &plan, &live_opts(ctx, ctx.config.repair.statement_timeout), None, None)
-            .await
-            .map_err(|e| {
-                StepFailure(format!("cannot drop the invalid index the failed statement left: {e}"))
-            })?;
+        // The replay allowed for this index only: without it live must be the baseline exactly,
+        // or the migration is not resolved (the drop itself loses no data: the index was invalid).
+        let expect = a.evidence.expect_base.as_ref().ok_or_else(|| {
+            StepFailure("resolve from diagnosis refused: no baseline shape to check against".into())
+        })?;
+        let check = Check { exclude: &a.evidence.exclude, expect, what: "the baseline" };
+        plan::run(
+            session.client(),
+            &plan,
+            &live_opts(ctx, ctx.config.repair.statement_timeout),
+            None,
+            Some(check),
+        )
+        .await
+        .map_err(|e| StepFailure(format!("cannot drop the invalid index the failed statement left: {e}")))?;
         done = format!("dropped the invalid index the failed statement left: {sql}; ");
     }
     Ok((how, done))
@@ -96,8 +106,11 @@ pub async fn preview_steps(session: &Session, ctx: &Ctx<'_>, playbook: &Playbook
         };
         let params = &mut rec.steps[i].params;
         match preview(session, ctx, undo).await {
-            Ok(sql) => params["sql"] = serde_json::json!(sql),
-            Err(why) => params["refused"] = serde_json::json!(why),
+            Ok(sql) => {
+                params["sql"] =
+                    serde_json::json!(sql.iter().map(|s| crate::redact::redact(s)).collect::<Vec<_>>())
+            }
+            Err(why) => params["refused"] = serde_json::json!(crate::redact::redact(&why)),
         }
     }
 }

@@ -154,6 +154,8 @@ impl Cluster {
             ])
             .arg(&data)
             .stdin(Stdio::null())
+            // A cancelled start must not leave initdb writing into a folder being removed.
+            .kill_on_drop(true)
             .output()
             .await
             .map_err(|e| ScratchError::Initdb(format!("cannot run {}: {e}", bin.join("initdb").display())))?;
@@ -245,11 +247,9 @@ pub(super) fn remove(root: &Path) {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        // Not stopped in order (a panic, a cancelled task): kill the group, remove what we can;
-        // the next start sweeps anything left.
-        if let Some(g) = self.server.take() {
-            drop(g);
-            remove(&self.root);
-        }
+        // Not stopped in order (a failed start, a panic, a cancelled task): kill the group,
+        // remove what we can; the next start of a pgmedic sweeps anything left.
+        drop(self.server.take());
+        remove(&self.root);
     }
 }

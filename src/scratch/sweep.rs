@@ -4,11 +4,6 @@
 
 use std::path::Path;
 
-fn alive(pid: i32) -> bool {
-    // Signal 0 checks existence only; EPERM still means the process exists.
-    unsafe { libc::kill(pid, 0) == 0 || *libc::__errno_location() == libc::EPERM }
-}
-
 /// The pid of the pgmedic that made `name` (`cluster-<pid>-<hex>`).
 fn maker(name: &str) -> Option<i32> {
     name.strip_prefix("cluster-")?.split('-').next()?.parse().ok()
@@ -21,7 +16,7 @@ pub fn leftovers(dir: &Path) -> usize {
     for e in entries.filter_map(Result::ok) {
         let name = e.file_name().to_string_lossy().into_owned();
         let Some(pid) = maker(&name) else { continue };
-        if alive(pid) && pid != 0 {
+        if crate::process::alive(pid) && pid != 0 {
             continue;
         }
         let root = e.path();
@@ -40,7 +35,7 @@ fn stop_postmaster(data: &Path) {
     if let Some(pid) = lines.first().and_then(|l| l.trim().parse::<i32>().ok()) {
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         let ours = String::from_utf8_lossy(&cmdline).contains(&*data.to_string_lossy());
-        if alive(pid) && ours {
+        if crate::process::alive(pid) && ours {
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
     }

@@ -1,7 +1,8 @@
 //! SQL understanding, shared by `diagnose`, the `finish` and `undo` steps (and later `lint`):
 //! migration files parsed with PostgreSQL's own parser into statements and their catalog
 //! effects, each effect judged against the live catalog, idempotent and inverse rewrites, schema
-//! dumps compared object by object, and the catalog's description of what a migration touched.
+//! dumps compared object by object, what a migration names (`describe`), and a whole schema as
+//! the catalog describes it (`shape`), which the replay and the repairs' proofs compare.
 
 pub mod catalog;
 pub mod describe;

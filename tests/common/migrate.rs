@@ -15,8 +15,8 @@ pub const PRISMA_TABLE: &str = r#"CREATE TABLE IF NOT EXISTS "_prisma_migrations
     "migration_name" VARCHAR(255) NOT NULL, "logs" TEXT, "rolled_back_at" TIMESTAMPTZ,
     "started_at" TIMESTAMPTZ NOT NULL DEFAULT now(), "applied_steps_count" INTEGER NOT NULL DEFAULT 0)"#;
 
-/// SQL through psql with `PGOPTIONS` (Prisma's `?schema=` is `-c search_path=…`).
-fn sql_with(db: &TestDb, sql: &str, pgoptions: &str) {
+/// SQL through psql with `PGOPTIONS` (Prisma's `?schema=` is `-c search_path=…`), one query.
+pub fn sql_with(db: &TestDb, sql: &str, pgoptions: &str) {
     let out = Command::new("psql")
         .args([
             "-h",
