@@ -26,6 +26,7 @@ pub mod scratch;
 pub mod snapshot;
 pub mod sql;
 pub mod storage;
+pub mod units;
 pub mod watch;
 
 pub use config::Config;

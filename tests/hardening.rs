@@ -299,6 +299,11 @@ fn an_interrupted_restore_drops_what_it_created_and_its_temporary_file() {
     }
 }
 
+/// Now, as the heartbeat in a label writes it.
+fn chrono_now() -> String {
+    psql("postgres", "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"+00:00\"')")
+}
+
 #[test]
 fn verify_deep_drops_its_scratch_database_and_reports_no_failure() {
     let db = TestDb::new("deep");
@@ -308,6 +313,8 @@ fn verify_deep_drops_its_scratch_database_and_reports_no_failure() {
     let run = pgm.run(&["verify", &id, "--deep", "--json"]);
     assert_eq!(run.code, 0, "{run:?}");
     assert!(!run.stderr.contains("failed"), "a successful verify logs no failure: {run:?}");
+    assert_eq!(run.json()["deep"]["scratch_server"], "ephemeral", "not on the production server by default");
+    assert_eq!(run.json()["deep"]["tables"], 1, "{run:?}");
     let scratch = run.json()["deep"]["scratch_database"].as_str().unwrap().to_string();
     assert_eq!(
         psql("postgres", &format!("SELECT count(*) FROM pg_database WHERE datname = '{scratch}'")),
@@ -316,13 +323,15 @@ fn verify_deep_drops_its_scratch_database_and_reports_no_failure() {
 }
 
 /// Scratch databases that a killed `verify --deep` or `diagnose` left (labelled, made on this
-/// host by a process that is gone) are dropped by the next run that makes one; a live run's,
-/// another host's and any database pgmedic did not label are kept.
+/// host by a process that is gone, or on another host with a heartbeat silent for ten minutes)
+/// are dropped by the next run that makes one on that server; a live run's, another host's
+/// beating one and any database pgmedic did not label are kept.
 #[test]
 fn scratch_databases_of_killed_runs_are_swept_and_no_others() {
     let db = TestDb::new("sweep");
     db.sql("CREATE TABLE t(x int)");
-    let pgm = Pgmedic::new(Backend::Local, &[("app", &db.url())], "", "");
+    let tail = format!("server = \"source\"\n[[databases]]\nname = \"app\"\nurl = \"{}\"\n", db.url());
+    let pgm = Pgmedic::custom(Backend::Local, "", "", "", &tail);
     let id = pgm.snapshot("app")["id"].as_str().unwrap().to_string();
     let mut gone = std::process::Command::new("true").spawn().unwrap();
     let dead = gone.id();
@@ -339,7 +348,11 @@ fn scratch_databases_of_killed_runs_are_swept_and_no_others() {
             "pgmedic_verify_0live003",
             format!("pgmedic verify host={} pid={} started={now}", host.trim(), std::process::id()),
         ),
-        ("pgmedic_verify_0else004", format!("pgmedic verify host=elsewhere pid={dead} started={now}")),
+        (
+            "pgmedic_verify_0else004",
+            format!("pgmedic verify host=elsewhere pid={dead} started={now} beat={}", chrono_now()),
+        ),
+        ("pgmedic_verify_0else006", format!("pgmedic verify host=elsewhere pid={dead} started={now}")),
         ("pgmedic_keep_0mine005", String::new()),
     ];
     let exists = |name: &str| {

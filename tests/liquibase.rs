@@ -96,3 +96,53 @@ fn a_killed_update_is_locked_and_the_playbook_releases_it_and_updates() {
     );
     assert_eq!(lock_status(&pgm), "free");
 }
+
+/// Liquibase cannot use a unix socket: the rehearsal opens a loopback port on its ephemeral
+/// server with a generated password, in Liquibase's own variables, which win over a
+/// `liquibase.properties` in the deploy's folder that points at the source.
+#[test]
+fn liquibase_rehearses_over_a_loopback_port_and_not_on_the_properties_files_source() {
+    let db = TestDb::new("lbrehearse");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("changelog.sql"),
+        "--liquibase formatted sql\n\n--changeset dev:1\nCREATE TABLE lb_rehearsed (id int);\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("liquibase.properties"),
+        format!("url: jdbc:postgresql://{PG_HOST}:{PG_PORT}/{}\nusername: postgres\npassword:\n", db.name),
+    )
+    .unwrap();
+    let cwd = dir.path().display().to_string();
+    let pgm = migrate::config(&db, dir.path(), &format!("tool = \"liquibase\"\nrehearse_cwd = \"{cwd}\"\n"));
+    pgm.snapshot("app");
+    let launcher = launcher().display().to_string();
+    let run = pgm.run(&[
+        "rehearse",
+        "--db",
+        "app",
+        "--json",
+        "--",
+        &launcher,
+        "--changelog-file=changelog.sql",
+        "--show-banner=false",
+        "update",
+    ]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let r = run.json();
+    assert_eq!(
+        (r["scratch_server"].as_str(), r["source_changed"].as_bool()),
+        (Some("ephemeral"), Some(false)),
+        "{r:#}"
+    );
+    assert!(
+        r["migrations_after"].to_string().contains("changelog.sql"),
+        "the changeset is recorded on the copy: {r:#}"
+    );
+    assert!(!r["output"].as_str().unwrap().contains(&db.name), "Liquibase did not go to the source: {r:#}");
+    assert_eq!(
+        db.sql("SELECT to_regclass('lb_rehearsed') IS NULL AND to_regclass('databasechangelog') IS NULL"),
+        "t"
+    );
+}

@@ -1,7 +1,9 @@
 //! `pgmedic rehearse` with the real Prisma CLI: the fixture's failing migration rehearsed on a
-//! scratch copy (exit 1, diagnosed, the source untouched, nothing left behind), then fixed and
-//! rehearsed again (exit 0, its duration); a rehearsal killed mid-deploy cleaned up by the next
-//! one; snapshot freshness; and the daemon's socket command.
+//! scratch copy on pgmedic's own ephemeral server (exit 1, diagnosed, the source untouched,
+//! nothing left behind), then fixed and rehearsed again (exit 0, its duration); a rehearsal
+//! killed mid-deploy cleaned up by the next one; snapshot freshness; the daemon's socket
+//! command; a deploy that reaches the source caught; `{url}` and the config's folder; the room
+//! check; the sweep; Prisma against a password-authenticated scratch server.
 
 mod common;
 
@@ -38,6 +40,11 @@ fn the_fixtures_failing_deploy_is_rehearsed_and_diagnosed_then_the_fixed_one_pas
     assert_eq!(run.code, 1, "{}", run.stderr);
     let r = run.json();
     assert_eq!((r["ok"].as_bool(), r["exit_code"].as_i64()), (Some(false), Some(1)), "{r:#}");
+    assert_eq!(
+        (r["scratch_server"].as_str(), r["source_changed"].as_bool()),
+        (Some("ephemeral"), Some(false)),
+        "{r:#}"
+    );
     assert_eq!(r["snapshot_id"], snap["id"]);
     assert_eq!(r["pending"], serde_json::json!([FAILED]));
     assert_eq!(r["failed"], serde_json::json!([FAILED]));
@@ -75,7 +82,7 @@ fn a_rehearsal_killed_mid_deploy_leaves_no_scratch_database_after_the_next_run()
     let db = TestDb::new("rkill");
     db.sql("CREATE TABLE t (id int); INSERT INTO t VALUES (1)");
     let dir = tempfile::tempdir().unwrap();
-    let pgm = migrate::config(&db, dir.path(), "");
+    let pgm = migrate::config_scratch(&db, dir.path(), "server = \"source\"\n", "");
     pgm.snapshot("app");
     let started = dir.path().join("started");
     let script = format!("touch '{}'; exec sleep 60", started.display());
@@ -142,4 +149,247 @@ fn the_daemon_rehearses_the_configured_command_over_its_socket() {
     let last = &daemon.status()["databases"]["app"]["last_snapshot"];
     assert_eq!(last["reason"], "rehearse", "{last:#}");
     assert_eq!(last["id"], reply["rehearsal"]["snapshot_id"], "the rehearsal used the worker's snapshot");
+}
+
+/// A leftover scratch database on the source server labelled as pgmedic labels them.
+fn leftover(label: &str) -> String {
+    let name = unique("pgmedic_rehearse");
+    psql("postgres", &format!("CREATE DATABASE {name}"));
+    psql("postgres", &format!("COMMENT ON DATABASE {name} IS '{label}'"));
+    name
+}
+
+fn hostname() -> String {
+    String::from_utf8(std::process::Command::new("hostname").output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn a_deploy_that_changes_the_source_fails_the_rehearsal_naming_the_change() {
+    let db = TestDb::new("rtouch");
+    db.sql("CREATE TABLE _prisma_migrations (id varchar(36) PRIMARY KEY, checksum varchar(64) NOT NULL, finished_at timestamptz, migration_name varchar(255) NOT NULL, logs text, rolled_back_at timestamptz, started_at timestamptz NOT NULL DEFAULT now(), applied_steps_count int NOT NULL DEFAULT 0)");
+    let dir = tempfile::tempdir().unwrap();
+    let (hook, received) = webhook("/hook");
+    let pgm = migrate::config(&db, dir.path(), &format!("\n[[notify]]\nwebhook = \"{hook}\"\n"));
+    pgm.snapshot("app");
+    // The operator's shell expanded the source's URL into the command: the deploy goes there.
+    let url = db.url();
+    let run = pgm.run(&[
+        "rehearse", "--db", "app", "--json", "--", "psql", &url, "-Xq", "-v", "ON_ERROR_STOP=1",
+        "-c", "CREATE TABLE touched (id int)",
+        "-c", "INSERT INTO _prisma_migrations (id, checksum, migration_name, finished_at, applied_steps_count) VALUES ('x', 'c', '20260101_touch', now(), 1)",
+    ]);
+    assert_eq!(run.code, 1, "the psql deploy exited 0, yet the rehearsal must fail: {}", run.stderr);
+    let r = run.json();
+    assert_eq!(
+        (r["exit_code"].as_i64(), r["ok"].as_bool(), r["source_changed"].as_bool()),
+        (Some(0), Some(false), Some(true)),
+        "{r:#}"
+    );
+    let changes = r["source_changes"].to_string();
+    assert!(
+        changes.contains("relation public.touched (table)") && changes.contains("20260101_touch"),
+        "{changes}"
+    );
+    assert!(run.stderr.contains("the deploy changed the source database app"), "{}", run.stderr);
+    assert!(run.stderr.contains("public.touched"), "the change named: {}", run.stderr);
+    let event = received.join().unwrap();
+    assert!(
+        event.contains("\"event\":\"rehearse_touched_source\"") && event.contains("public.touched"),
+        "{event}"
+    );
+}
+
+#[test]
+fn a_deploy_that_applies_nothing_while_migrations_are_pending_fails() {
+    let db = TestDb::new("rnothing");
+    let dir = tempfile::tempdir().unwrap();
+    migrate::write_migration(dir.path(), "20260101000000_init", "CREATE TABLE a (id int);");
+    let pgm = migrate::config(&db, dir.path(), "");
+    pgm.snapshot("app");
+    let run = pgm.run(&["rehearse", "--db", "app", "--json", "--", "true"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let r = run.json();
+    assert_eq!(r["pending"], serde_json::json!(["20260101000000_init"]), "{r:#}");
+    assert!(
+        run.stderr.contains("the deploy applied nothing on the copy")
+            && run.stderr.contains("did it connect elsewhere?"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn the_url_placeholder_and_the_config_folder_reach_the_deploy() {
+    let db = TestDb::new("rurl");
+    let dir = tempfile::tempdir().unwrap();
+    let pgm = migrate::config(&db, dir.path(), "");
+    std::fs::write(
+        pgm.config.parent().unwrap().join("deploy.sql"),
+        "CREATE TABLE from_the_config_folder (id int);\n",
+    )
+    .unwrap();
+    pgm.snapshot("app");
+    // Run from `/`, as the daemon is under systemd: the deploy still finds deploy.sql beside the config.
+    let out = pgm
+        .command(&[
+            "rehearse",
+            "--db",
+            "app",
+            "--json",
+            "--",
+            "psql",
+            "{url}",
+            "-Xq",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-f",
+            "deploy.sql",
+            "-c",
+            "SELECT 'on ' || current_database()",
+        ])
+        .current_dir("/")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let r: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let scratch = r["scratch_database"].as_str().unwrap();
+    assert!(
+        r["output"].as_str().unwrap().contains(&format!("on {scratch}")),
+        "{{url}} named the copy: {r:#}"
+    );
+    assert_eq!(r["command"][1], "{url}", "argv is reported as given: {r:#}");
+    assert_eq!(db.sql("SELECT to_regclass('from_the_config_folder') IS NULL"), "t");
+
+    // rehearse_cwd, relative to the config's folder, wins.
+    std::fs::create_dir(pgm.config.parent().unwrap().join("app")).unwrap();
+    std::fs::write(pgm.config.parent().unwrap().join("app/marker"), "in the app folder\n").unwrap();
+    let text = std::fs::read_to_string(&pgm.config).unwrap() + "rehearse_cwd = \"app\"\n";
+    pgm.write_config(&text);
+    let run = pgm.run(&["rehearse", "--db", "app", "--json", "--", "cat", "marker"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.json()["output"].as_str().unwrap().contains("in the app folder"));
+}
+
+#[test]
+fn a_snapshot_too_large_for_scratch_dir_is_refused_with_both_figures() {
+    let db = TestDb::new("rroom");
+    let dir = tempfile::tempdir().unwrap();
+    let pgm = migrate::config(&db, dir.path(), "");
+    let snap = pgm.snapshot("app");
+    let id = snap["id"].as_str().unwrap();
+    // The manifest as a 4 PiB database's would read.
+    let manifest = walkdir(&pgm.snapshots_dir()).into_iter().find(|p| p.ends_with("manifest.json")).unwrap();
+    let mut m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
+    m["raw_bytes"] = serde_json::json!(4u64 << 50);
+    std::fs::write(&manifest, serde_json::to_string(&m).unwrap()).unwrap();
+    let run = pgm.run(&["rehearse", "--db", "app", "--snapshot", id, "--", "true"]);
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("4.0 PiB") || run.stderr.contains("4096.0 TiB"),
+        "the snapshot's size: {}",
+        run.stderr
+    );
+    assert!(run.stderr.contains(" free") && run.stderr.contains("scratch.dir"), "{}", run.stderr);
+    assert!(
+        !pgm.scratch_dir().exists() || std::fs::read_dir(pgm.scratch_dir()).unwrap().next().is_none(),
+        "no cluster was started"
+    );
+}
+
+fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().map(Result::unwrap) {
+        if e.path().is_dir() {
+            out.extend(walkdir(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
+}
+
+#[test]
+fn the_sweep_spares_a_live_makers_scratch_and_passes_over_one_it_cannot_drop() {
+    let db = TestDb::new("rsweep");
+    // A subscription (never connected): pg_dump dumps it, and a database holding one cannot be dropped.
+    db.sql("CREATE SUBSCRIPTION rsweep_sub CONNECTION 'host=127.0.0.1 port=1 dbname=none' PUBLICATION p WITH (connect = false, enabled = false, create_slot = false, slot_name = NONE)");
+    let dir = tempfile::tempdir().unwrap();
+    let pgm = migrate::config_scratch(&db, dir.path(), "server = \"source\"\n", "");
+    pgm.snapshot("app");
+    let host = hostname();
+    // A long rehearsal of a maker alive on this host (this test), started a year ago.
+    let live = leftover(&format!(
+        "pgmedic rehearse host={host} pid={} started=2025-01-01T00:00:00+00:00",
+        std::process::id()
+    ));
+    // A killed one's, which cannot be dropped: it holds a subscription.
+    let mut dead = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = dead.id();
+    dead.wait().unwrap();
+    let stuck =
+        leftover(&format!("pgmedic rehearse host={host} pid={dead_pid} started=2025-01-01T00:00:00+00:00"));
+    psql(&stuck, "CREATE SUBSCRIPTION stuck_sub CONNECTION 'host=127.0.0.1 port=1 dbname=none' PUBLICATION p WITH (connect = false, enabled = false, create_slot = false, slot_name = NONE)");
+
+    let run = pgm.run(&["rehearse", "--db", "app", "--json", "--", "true"]);
+    let cleanup = || {
+        psql(&stuck, "DROP SUBSCRIPTION stuck_sub");
+        psql("postgres", &format!("DROP DATABASE {stuck}"));
+        psql("postgres", &format!("DROP DATABASE IF EXISTS {live}"));
+        db.sql("DROP SUBSCRIPTION rsweep_sub");
+    };
+    let r = if run.code == 0 { Some(run.json()) } else { None };
+    let (live_kept, stuck_kept) = (scratch_exists(&live), scratch_exists(&stuck));
+    cleanup();
+    assert_eq!(
+        run.code, 0,
+        "one leftover that cannot be dropped must not stop the rehearsal: {}",
+        run.stderr
+    );
+    assert!(live_kept, "the scratch of a live maker is never dropped, however old");
+    assert!(stuck_kept && run.stderr.contains(&stuck), "passed over, and said so: {}", run.stderr);
+    let r = r.unwrap();
+    assert_eq!(r["dropped"], true, "the copy held no subscription, so it was dropped: {r:#}");
+    assert!(!scratch_exists(r["scratch_database"].as_str().unwrap()));
+}
+
+#[test]
+fn prisma_rehearses_against_a_password_authenticated_scratch_server() {
+    let password = "s3cret-Rehearsal-pw";
+    let server = common::cluster::Cluster::pg15_with_password(password);
+    let db = TestDb::new("rpass");
+    let migrations = tempfile::tempdir().unwrap();
+    migrate::write_migration(
+        migrations.path(),
+        "20260101000000_init",
+        "CREATE TABLE \"Thing\" (id int PRIMARY KEY);",
+    );
+    let project = Project::new(migrations.path());
+    let url = format!("postgresql://postgres:{password}@127.0.0.1:{}/postgres", server.port);
+    let pgm = migrate::config_scratch(&db, &project.migrations(), &format!("server = \"{url}\"\n"), "");
+    pgm.snapshot("app");
+    let run = rehearse(&pgm, &project);
+    assert!(!run.stdout.contains(password) && !run.stderr.contains(password), "the password never printed");
+    let r = run.json();
+    assert_eq!(
+        r["scratch_server"].as_str(),
+        Some(format!("postgresql://postgres:***@127.0.0.1:{}/postgres", server.port).as_str()),
+        "{r:#}"
+    );
+    assert_eq!(run.code, 0, "Prisma authenticated (no P1000) and deployed: {r:#}");
+    assert_eq!(r["applied"][0]["name"], "20260101000000_init", "{r:#}");
+    assert_eq!(
+        server.sql("postgres", "SELECT count(*) FROM pg_database WHERE datname LIKE 'pgmedic\\_%'"),
+        "0",
+        "dropped"
+    );
+    assert_eq!(
+        db.sql("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"),
+        "0",
+        "the source untouched"
+    );
 }

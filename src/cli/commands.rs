@@ -68,7 +68,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Restore { snapshot_id, target, create, clean, jobs, no_owner, yes, json } => {
-            let opts = RestoreOptions { target, create, clean, jobs: jobs.max(1), no_owner };
+            let opts = RestoreOptions {
+                target,
+                create,
+                clean,
+                jobs: jobs.max(1),
+                no_owner,
+                no_subscriptions: false,
+            };
             cmd_restore(&cfg, &snapshot_id, opts, yes, json).await
         }
         Command::Verify { snapshot_id, deep, json } => cmd_verify(&cfg, &snapshot_id, deep, json).await,
@@ -354,10 +361,21 @@ async fn cmd_rehearse(
     let cancel = CancellationToken::new();
     crate::daemon::signals::cancel_on_terminate(cancel.clone());
     let report = rehearser.rehearse(d, opts, &cancel).await?;
+    if report.source_changed {
+        // Sent from here as the daemon would; waited for (bounded by the notifier's retries).
+        let tasks = tokio_util::task::TaskTracker::new();
+        let notifier = crate::daemon::webhook::Notifier::new(cfg.notify.clone(), tasks.clone());
+        notifier.send("rehearse_touched_source", &d.name, crate::rehearse::touched_detail(&report));
+        tasks.close();
+        tasks.wait().await;
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", report.text());
+    }
+    if let Some(p) = &report.problem {
+        anyhow::bail!("rehearsal of {} failed: {p}", d.name);
     }
     if !report.ok {
         anyhow::bail!("the rehearsed deploy of {} failed (see above)", d.name);

@@ -2,20 +2,7 @@
 
 use crate::snapshot::Manifest;
 
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
-}
+pub use crate::units::human_bytes;
 
 pub fn snapshot_line(m: &Manifest) -> String {
     let secs = (m.finished_at - m.taken_at).num_milliseconds() as f64 / 1000.0;

@@ -19,6 +19,10 @@ const DEFAULT_SOCKET_DIR: &str = "/var/run/postgresql";
 pub struct Secret(String);
 
 impl Secret {
+    pub fn new(value: String) -> Secret {
+        Secret(value)
+    }
+
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -119,6 +123,75 @@ impl DbUrl {
     pub fn with_dbname(&self, dbname: &str) -> DbUrl {
         let mut config = self.config.clone();
         config.dbname(dbname);
+        DbUrl { config, tls: self.tls.clone() }
+    }
+
+    /// How many servers the URL names (a `host` list, or `hostaddr`s without names).
+    pub fn host_count(&self) -> usize {
+        self.config.get_hosts().len().max(self.config.get_hostaddrs().len())
+    }
+
+    /// The `i`-th of several servers alone (its `hostaddr` and port with it) and every other
+    /// setting kept: for a client that must reach exactly the server pgmedic reached.
+    pub fn only_host(&self, i: usize) -> Option<DbUrl> {
+        let c = &self.config;
+        if i >= self.host_count() {
+            return None;
+        }
+        let mut n = tokio_postgres::Config::new();
+        match c.get_hosts().get(i) {
+            Some(Host::Tcp(h)) => {
+                n.host(h);
+            }
+            Some(Host::Unix(p)) => {
+                n.host_path(p);
+            }
+            None => {}
+        }
+        if let Some(a) = c.get_hostaddrs().get(i) {
+            n.hostaddr(*a);
+        }
+        let ports = c.get_ports();
+        if let Some(p) = ports.get(i).or(ports.first()) {
+            n.port(*p);
+        }
+        n.user(self.user()).dbname(self.dbname());
+        if let Some(p) = c.get_password() {
+            n.password(p);
+        }
+        if let Some(o) = c.get_options() {
+            n.options(o);
+        }
+        if let Some(a) = c.get_application_name() {
+            n.application_name(a);
+        }
+        if let Some(t) = c.get_connect_timeout() {
+            n.connect_timeout(*t);
+        }
+        if let Some(t) = c.get_tcp_user_timeout() {
+            n.tcp_user_timeout(*t);
+        }
+        n.keepalives(c.get_keepalives()).keepalives_idle(c.get_keepalives_idle());
+        if let Some(v) = c.get_keepalives_interval() {
+            n.keepalives_interval(v);
+        }
+        if let Some(v) = c.get_keepalives_retries() {
+            n.keepalives_retries(v);
+        }
+        n.ssl_mode(c.get_ssl_mode()).ssl_negotiation(c.get_ssl_negotiation());
+        n.channel_binding(c.get_channel_binding());
+        Some(DbUrl { config: n, tls: self.tls.clone() })
+    }
+
+    /// Whether a session must land on a primary (`target_session_attrs=read-write`).
+    pub fn wants_read_write(&self) -> bool {
+        self.config.get_target_session_attrs() == TargetSessionAttrs::ReadWrite
+    }
+
+    /// The same server and database, another role (no password: the socket trusts it).
+    pub fn with_user(&self, user: &str) -> DbUrl {
+        let mut config = self.config.clone();
+        config.user(user);
         DbUrl { config, tls: self.tls.clone() }
     }
 

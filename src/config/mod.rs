@@ -169,6 +169,8 @@ pub struct MigrationsConfig {
     pub on_failure: OnFailure,
     /// The deploy `rehearse` runs against a scratch copy (argv, no shell).
     pub rehearse_command: Vec<String>,
+    /// Where the deploy runs (its schema, its config files); the config file's folder when None.
+    pub rehearse_cwd: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,6 +210,18 @@ impl DatabaseConfig {
             watch_interval: Duration::from_secs(30),
             on_failure: OnFailure::Notify,
             rehearse_command: Vec::new(),
+            rehearse_cwd: None,
+        })
+    }
+}
+
+impl Config {
+    /// The folder a rehearsal's deploy runs in: `rehearse_cwd`, or the config file's folder
+    /// (never the daemon's own working directory, `/` under systemd).
+    pub fn rehearse_cwd(&self, m: &MigrationsConfig) -> PathBuf {
+        m.rehearse_cwd.clone().unwrap_or_else(|| {
+            let dir = self.source.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf())
         })
     }
 }

@@ -151,6 +151,7 @@ pub struct RawMigrations {
     pub watch_interval: Option<String>,
     pub on_failure: Option<String>,
     pub rehearse_command: Option<Vec<String>>,
+    pub rehearse_cwd: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -89,6 +89,9 @@ pub fn render(cfg: &Config) -> String {
                 let argv: Vec<String> = m.rehearse_command.iter().map(|a| crate::redact::redact(a)).collect();
                 out += &format!("rehearse_command = {argv:?}\n");
             }
+            if let Some(d) = &m.rehearse_cwd {
+                out += &format!("rehearse_cwd = {:?}\n", d.display().to_string());
+            }
         }
     }
     out += &format!(

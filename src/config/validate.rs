@@ -340,6 +340,12 @@ fn migrations(ctx: &Ctx, i: usize, raw: RawMigrations) -> Result<MigrationsConfi
             }
             argv => argv.unwrap_or_default(),
         },
+        // Relative to the config file's folder, as the operator reads the file.
+        rehearse_cwd: raw.rehearse_cwd.map(|d| {
+            let base = ctx.path.parent().unwrap_or(Path::new("."));
+            let p = base.join(d);
+            std::path::absolute(&p).unwrap_or(p)
+        }),
     })
 }
 

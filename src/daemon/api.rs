@@ -83,9 +83,16 @@ impl Api {
         let rehearser = crate::rehearse::Rehearser { config: cfg, storage: rt.snapshotter.storage.clone() };
         let opts = crate::rehearse::Options { snapshot, fresh: false, keep: false, command: Vec::new() };
         let cancel = self.shared.draining.clone();
+        let name = d.name.clone();
         let run = self.shared.tasks.spawn(async move { rehearser.rehearse(&d, &opts, &cancel).await });
         match run.await {
-            Ok(Ok(report)) => ok(json!({ "rehearsal": report })),
+            Ok(Ok(report)) => {
+                if report.source_changed {
+                    let detail = crate::rehearse::touched_detail(&report);
+                    self.shared.notifier().send("rehearse_touched_source", &name, detail);
+                }
+                ok(json!({ "rehearsal": report }))
+            }
             Ok(Err(e)) => err(code::FAILED, e.to_string()),
             Err(e) => err(code::FAILED, format!("the rehearsal task failed: {e}")),
         }

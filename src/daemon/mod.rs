@@ -16,7 +16,7 @@ mod shutdown;
 pub mod signals;
 mod systemd;
 mod watcher;
-mod webhook;
+pub mod webhook;
 mod worker;
 
 use std::collections::BTreeMap;

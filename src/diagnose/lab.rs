@@ -47,7 +47,7 @@ impl Lab {
             Server::open(env.scratch, env.state_dir, db, env.pg_bin_dir).await.map_err(|e| e.to_string())?;
         if !server.is_ephemeral() {
             // What an earlier run left when it was killed; never a live one.
-            if let Err(e) = pg::scratch::sweep(server.admin(), std::time::Duration::MAX).await {
+            if let Err(e) = pg::scratch::sweep(server.admin()).await {
                 tracing::warn!(error = %e, "could not clear scratch databases left by killed runs");
             }
         }

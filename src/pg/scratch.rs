@@ -1,12 +1,17 @@
 //! Scratch databases pgmedic makes for itself: a rehearsal's copy (`pgmedic_rehearse_<hex>`),
 //! `verify --deep`'s restore (`pgmedic_verify_<hex>`) and diagnose's baseline schema
 //! (`pgmedic_baseline_<hex>`). Each is labelled with its purpose and the host and pid that made
-//! it (a database comment) and dropped by its maker when done; one whose maker died (kill -9,
-//! the OOM killer) is swept by the next run that makes one on that server. A rehearsal's is
-//! also swept when older than its bounded lifetime, whoever made it; a verify's or a baseline's
-//! only when its maker is known dead, since a deep verify may rightly run for hours.
+//! it (a database comment, its heartbeat renewed every 30 s while it lives) and dropped by its
+//! maker when done; one whose maker died (kill -9, the OOM killer) is swept by the next run
+//! that makes one on that server. The scratch of a maker alive on this host is never dropped,
+//! however long it runs; one made on another host only when its heartbeat stopped ten minutes
+//! ago. One that cannot be dropped (another role's) is logged and passed over.
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::config::DbUrl;
 use crate::pg::{self, DbError};
@@ -33,28 +38,60 @@ impl Purpose {
     }
 }
 
+/// How often a live scratch's label is renewed, and how long a silent one made on another host
+/// is left alone.
+const BEAT: Duration = Duration::from_secs(30);
+const SILENT: Duration = Duration::from_secs(600);
+
 pub struct Scratch {
     /// A session on the server's maintenance database, to create and drop the scratch one.
-    admin: pg::Session,
+    admin: Arc<pg::Session>,
     pub url: DbUrl,
+    /// Stops the heartbeat when the scratch is dropped, kept, or this value goes away.
+    beat: std::sync::Mutex<Option<DropGuard>>,
 }
 
-fn label(purpose: Purpose) -> String {
+fn label(purpose: Purpose, started: DateTime<Utc>) -> String {
     format!(
-        "pgmedic {} host={} pid={} started={}",
+        "pgmedic {} host={} pid={} started={} beat={}",
         purpose.as_str(),
         crate::snapshot::hostname(),
         std::process::id(),
+        started.to_rfc3339(),
         Utc::now().to_rfc3339()
     )
 }
 
+async fn set_label(admin: &pg::Session, name: &str, text: &str) -> Result<(), DbError> {
+    let comment =
+        format!("COMMENT ON DATABASE {} IS {}", pg::quote_ident(name), crate::sql::names::literal(text));
+    admin.client().batch_execute(&comment).await.map_err(|e| admin.err("label the scratch database", e))
+}
+
+/// Renews the label every `BEAT` until cancelled; a failed renewal is retried at the next one.
+fn heartbeat(admin: Arc<pg::Session>, name: String, purpose: Purpose, started: DateTime<Utc>) -> DropGuard {
+    let stop = CancellationToken::new();
+    let guard = stop.clone().drop_guard();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(BEAT) => {}
+            }
+            if let Err(e) = set_label(&admin, &name, &label(purpose, started)).await {
+                tracing::debug!(database = %name, error = %e, "scratch heartbeat not renewed");
+            }
+        }
+    });
+    guard
+}
+
 /// A label's parts; `None` for any comment pgmedic did not write.
 struct Label {
-    purpose: Purpose,
     host: String,
     pid: i32,
-    started: DateTime<Utc>,
+    /// The last heartbeat (the start, for labels written before heartbeats).
+    beat: DateTime<Utc>,
 }
 
 fn parse_label(text: &str) -> Option<Label> {
@@ -62,13 +99,13 @@ fn parse_label(text: &str) -> Option<Label> {
     if words.next()? != "pgmedic" {
         return None;
     }
-    let purpose = Purpose::parse(words.next()?)?;
+    let _purpose = Purpose::parse(words.next()?)?;
     let field = |k: &str| text.split_whitespace().find_map(|w| w.strip_prefix(k)).map(str::to_string);
+    let started: DateTime<Utc> = field("started=")?.parse().ok()?;
     Some(Label {
-        purpose,
         host: field("host=")?,
         pid: field("pid=")?.parse().ok()?,
-        started: field("started=")?.parse().ok()?,
+        beat: field("beat=").and_then(|b| b.parse().ok()).unwrap_or(started),
     })
 }
 
@@ -90,13 +127,11 @@ impl Scratch {
             .batch_execute(&create)
             .await
             .map_err(|e| admin.err("create the scratch database", e))?;
-        let comment = format!("COMMENT ON DATABASE {q} IS {}", crate::sql::names::literal(&label(purpose)));
-        admin
-            .client()
-            .batch_execute(&comment)
-            .await
-            .map_err(|e| admin.err("label the scratch database", e))?;
-        Ok(Scratch { url: server.with_dbname(&name), admin })
+        let started = Utc::now();
+        set_label(&admin, &name, &label(purpose, started)).await?;
+        let admin = Arc::new(admin);
+        let beat = heartbeat(Arc::clone(&admin), name.clone(), purpose, started);
+        Ok(Scratch { url: server.with_dbname(&name), admin, beat: std::sync::Mutex::new(Some(beat)) })
     }
 
     pub fn name(&self) -> &str {
@@ -106,46 +141,57 @@ impl Scratch {
     /// Marks it kept (`--keep`): its label no longer parses, so no sweep ever drops it; the
     /// operator drops it by name.
     pub async fn keep(&self) -> Result<(), DbError> {
-        let q = pg::quote_ident(self.name());
-        let label =
-            format!("pgmedic kept by the operator's --keep; drop it by hand ({})", label(Purpose::Rehearse));
-        let comment = format!("COMMENT ON DATABASE {q} IS {}", crate::sql::names::literal(&label));
-        self.admin
-            .client()
-            .batch_execute(&comment)
-            .await
-            .map_err(|e| self.admin.err("mark the scratch database kept", e))
+        self.stop_beat();
+        let label = format!(
+            "pgmedic kept by the operator's --keep; drop it by hand (host={} pid={})",
+            crate::snapshot::hostname(),
+            std::process::id()
+        );
+        set_label(&self.admin, self.name(), &label).await
+    }
+
+    fn stop_beat(&self) {
+        if let Ok(mut b) = self.beat.lock() {
+            b.take();
+        }
     }
 
     pub async fn drop(&self) -> Result<(), DbError> {
+        self.stop_beat();
         self.admin.drop_database(self.name()).await
     }
 }
 
 /// Drops the scratch databases on `server` whose run is over: made on this host by a process that
-/// is gone, or a rehearsal's older than `stale` whoever made it. Returns their names.
-pub async fn sweep(server: &DbUrl, stale: std::time::Duration) -> Result<Vec<String>, DbError> {
+/// is gone, or on another host and silent for ten minutes. One that cannot be dropped is logged
+/// and left. Returns the names of those dropped.
+pub async fn sweep(server: &DbUrl) -> Result<Vec<String>, DbError> {
     let admin = pg::connect(server).await?;
     let q = "SELECT datname::text, coalesce(shobj_description(oid, 'pg_database'), '') FROM pg_database WHERE datname LIKE $1";
     let pattern = "pgmedic\\_%".to_string();
     let rows =
         admin.client().query(q, &[&pattern]).await.map_err(|e| admin.err("list scratch databases", e))?;
     let me = crate::snapshot::hostname();
-    let stale = chrono::Duration::from_std(stale).unwrap_or(chrono::Duration::MAX);
+    let silent = chrono::Duration::from_std(SILENT).unwrap_or(chrono::Duration::MAX);
     let mut dropped = Vec::new();
     for r in rows {
         let (name, comment): (String, String) = (r.get(0), r.get(1));
         let over = match parse_label(&comment) {
-            Some(l) => {
-                (l.host == me && !crate::process::alive(l.pid))
-                    || (l.purpose == Purpose::Rehearse && Utc::now() - l.started > stale)
-            }
+            Some(l) if l.host == me => !crate::process::alive(l.pid),
+            Some(l) => Utc::now() - l.beat > silent,
             None => false,
         };
-        if over {
-            admin.drop_database(&name).await?;
-            tracing::info!(database = %name, "dropped a scratch database whose run ended without cleaning up");
-            dropped.push(name);
+        if !over {
+            continue;
+        }
+        match admin.drop_database(&name).await {
+            Ok(()) => {
+                tracing::info!(database = %name, "dropped a scratch database whose run ended without cleaning up");
+                dropped.push(name);
+            }
+            Err(e) => {
+                tracing::warn!(database = %name, error = %e, "could not drop a scratch database left by an ended run; passing over it (drop it by hand)");
+            }
         }
     }
     Ok(dropped)

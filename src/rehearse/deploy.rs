@@ -1,10 +1,12 @@
 //! The deploy under rehearsal: any migration tool's command, argv without a shell, in its own
-//! process group from a cleared environment plus `DATABASE_URL` and `PG*` pointing at the
-//! scratch database (a password goes through a 0600 `PGPASSFILE`, never the environment), killed
-//! with its group at the timeout or on cancel. While it runs, a second session samples the
+//! process group from a cleared environment plus every variable tools read for a connection
+//! (`DATABASE_URL`, `DIRECT_URL`, `PG*`, Flyway's, Liquibase's, goose's) pointing at the scratch
+//! database, in `rehearse_cwd`; a password only in that environment, never argv; killed with
+//! its group at the timeout or on cancel. While it runs, a second session samples the
 //! locks it holds on tables, so the report can say which tables a deploy locked and how.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -12,7 +14,7 @@ use serde::Serialize;
 use tokio_postgres::config::Host;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{passfile_line, DbUrl};
+use crate::config::DbUrl;
 use crate::pg;
 use crate::process::{self, Group, TERM_GRACE};
 
@@ -39,56 +41,145 @@ fn enc(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
-/// The variables a migration tool reads: `DATABASE_URL` and libpq's `PG*`, no password.
-fn env_for(url: &DbUrl) -> BTreeMap<String, String> {
-    let cfg = url.pg_config();
-    let port = cfg.get_ports().first().copied().unwrap_or(5432).to_string();
-    let (user, db) = (url.user().to_string(), url.dbname().to_string());
-    let (host, database_url) = match cfg.get_hosts().first() {
-        Some(Host::Unix(dir)) => {
-            let dir = dir.display().to_string();
-            (dir.clone(), format!("postgresql://{}@/{}?host={}&port={port}", enc(&user), enc(&db), enc(&dir)))
-        }
-        Some(Host::Tcp(h)) => {
-            let bracketed = if h.contains(':') { format!("[{h}]") } else { h.clone() };
-            (h.clone(), format!("postgresql://{}@{bracketed}:{port}/{}", enc(&user), enc(&db)))
-        }
-        None => ("localhost".into(), format!("postgresql://{}@localhost:{port}/{}", enc(&user), enc(&db))),
-    };
-    BTreeMap::from([
-        ("DATABASE_URL".into(), database_url),
-        ("PGHOST".into(), host),
-        ("PGPORT".into(), port),
-        ("PGUSER".into(), user),
-        ("PGDATABASE".into(), db),
-    ])
+/// What the deploy connects with: the scratch database's address and the folder it runs in.
+pub struct Target<'a> {
+    pub url: &'a DbUrl,
+    /// The ephemeral cluster's loopback port, when it opened one (JDBC tools).
+    pub loopback: Option<u16>,
+    pub cwd: &'a Path,
 }
 
-/// Runs `argv` against `url` until it exits, `timeout` passes or `cancel` fires.
+/// A libpq URI for `url` (one host), with its TLS settings; the password only when `secret`.
+fn uri(url: &DbUrl, secret: bool) -> String {
+    let cfg = url.pg_config();
+    let port = cfg.get_ports().first().copied().unwrap_or(5432);
+    let (user, db) = (enc(url.user()), enc(url.dbname()));
+    let pw = match (secret, url.password()) {
+        (true, Some(p)) => format!(":{}", enc(p.expose())),
+        _ => String::new(),
+    };
+    match cfg.get_hosts().first() {
+        Some(Host::Unix(dir)) => {
+            format!(
+                "postgresql://{user}{pw}@localhost/{db}?host={}&port={port}",
+                enc(&dir.display().to_string())
+            )
+        }
+        other => {
+            let h = match other {
+                Some(Host::Tcp(h)) => h.clone(),
+                _ => "localhost".into(),
+            };
+            let host = if h.contains(':') { format!("[{h}]") } else { h };
+            let mut q: Vec<String> =
+                tls_pairs(url).into_iter().map(|(k, v)| format!("{k}={}", enc(&v))).collect();
+            if let Some(a) = cfg.get_hostaddrs().first() {
+                q.push(format!("hostaddr={a}"));
+            }
+            let query = if q.is_empty() { String::new() } else { format!("?{}", q.join("&")) };
+            format!("postgresql://{user}{pw}@{host}:{port}/{db}{query}")
+        }
+    }
+}
+
+/// libpq's TLS keys as pgmedic's own session applied them (defaults resolved). `prefer`, libpq's
+/// default, is left unsaid: tools that cannot fall back (node-postgres reads it as "require")
+/// would refuse a server without TLS that pgmedic and libpq reach.
+fn tls_pairs(url: &DbUrl) -> Vec<(&'static str, String)> {
+    let tls = url.tls().effective().unwrap_or_else(|_| url.tls().clone());
+    tls.conninfo_pairs().into_iter().filter(|(k, v)| !(*k == "sslmode" && v == "prefer")).collect()
+}
+
+/// Every variable a migration tool reads for its connection, pointing at the scratch copy:
+/// `DATABASE_URL` (and `DIRECT_URL`, `GOOSE_DBSTRING`), libpq's `PG*`, and with a loopback port
+/// the JDBC tools' own. The password (a loopback's generated one, another server's) only here.
+pub fn env_for(t: &Target<'_>) -> BTreeMap<String, String> {
+    let (url, cfg) = (t.url, t.url.pg_config());
+    let port = cfg.get_ports().first().copied().unwrap_or(5432).to_string();
+    let database_url = uri(url, true);
+    let mut env = BTreeMap::from([
+        ("DATABASE_URL".to_string(), database_url.clone()),
+        ("DIRECT_URL".into(), database_url.clone()),
+        ("GOOSE_DRIVER".into(), "postgres".into()),
+        ("GOOSE_DBSTRING".into(), database_url),
+        ("PGPORT".into(), port.clone()),
+        ("PGUSER".into(), url.user().to_string()),
+        ("PGDATABASE".into(), url.dbname().to_string()),
+    ]);
+    let host = match cfg.get_hosts().first() {
+        Some(Host::Unix(dir)) => dir.display().to_string(),
+        Some(Host::Tcp(h)) => h.clone(),
+        None => "localhost".into(),
+    };
+    env.insert("PGHOST".into(), host.clone());
+    if let Some(a) = cfg.get_hostaddrs().first() {
+        env.insert("PGHOSTADDR".into(), a.to_string());
+    }
+    for (k, v) in tls_pairs(url) {
+        env.insert(format!("PG{}", k.to_uppercase()), v);
+    }
+    if let Some(pw) = url.password() {
+        env.insert("PGPASSWORD".into(), pw.expose().to_string());
+    }
+    let jdbc_host = match (t.loopback, cfg.get_hosts().first()) {
+        (Some(_), _) => Some(("127.0.0.1".to_string(), port)),
+        (None, Some(Host::Tcp(h))) => Some((h.clone(), port)),
+        _ => None,
+    };
+    if let Some((h, p)) = jdbc_host {
+        let ssl = tls_pairs(url).into_iter().find(|(k, _)| *k == "sslmode").map(|(_, v)| v);
+        let query = ssl.map(|m| format!("?sslmode={m}")).unwrap_or_default();
+        let jdbc = format!("jdbc:postgresql://{h}:{p}/{}{query}", url.dbname());
+        let pw = url.password().map(|p| p.expose().to_string()).unwrap_or_default();
+        for (k, v) in [
+            ("FLYWAY_URL", jdbc.clone()),
+            ("FLYWAY_USER", url.user().to_string()),
+            ("FLYWAY_PASSWORD", pw.clone()),
+            ("LIQUIBASE_COMMAND_URL", jdbc),
+            ("LIQUIBASE_COMMAND_USERNAME", url.user().to_string()),
+            ("LIQUIBASE_COMMAND_PASSWORD", pw),
+        ] {
+            env.insert(k.into(), v);
+        }
+    }
+    env
+}
+
+/// `{url}` in any argument becomes the scratch database's URI, without its password (argv is
+/// world-readable in /proc; the tool finds the password in `PGPASSWORD`).
+pub fn argv_for(argv: &[String], url: &DbUrl) -> Vec<String> {
+    let public = uri(url, false);
+    argv.iter().map(|a| a.replace("{url}", &public)).collect()
+}
+
+/// Whether the deploy is a JDBC tool (Liquibase, Flyway), which cannot use a unix socket.
+pub fn needs_tcp(tool: &str, argv: &[String]) -> bool {
+    let named = |s: &str| {
+        let s = s.to_ascii_lowercase();
+        s.contains("liquibase") || s.contains("flyway")
+    };
+    matches!(tool, "liquibase" | "flyway") || argv.iter().any(|a| named(a))
+}
+
+/// Runs `argv` against the target until it exits, `timeout` passes or `cancel` fires.
 pub async fn run(
     argv: &[String],
-    url: &DbUrl,
+    target: &Target<'_>,
     timeout: Duration,
     cancel: &CancellationToken,
 ) -> Result<Outcome, String> {
+    let argv = argv_for(argv, target.url);
     let mut cmd = process::command(&argv[0]);
     cmd.args(&argv[1..])
-        .envs(env_for(url))
+        .envs(env_for(target))
+        .current_dir(target.cwd)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let passfile = match url.password() {
-        Some(pw) => {
-            let mut f =
-                tempfile::Builder::new().prefix(".pgmedic-pgpass-").tempfile().map_err(|e| e.to_string())?;
-            std::io::Write::write_all(&mut f, passfile_line(&pw).as_bytes()).map_err(|e| e.to_string())?;
-            cmd.env("PGPASSFILE", f.path());
-            Some(f)
-        }
-        None => None,
-    };
+    let url = target.url;
     let started = Instant::now();
-    let mut group = Group::spawn(&mut cmd).map_err(|e| format!("cannot start {}: {e}", argv[0]))?;
+    let mut group = Group::spawn(&mut cmd)
+        .map_err(|e| format!("cannot start {} in {}: {e}", argv[0], target.cwd.display()))?;
     let child = group.child();
     let out = tokio::spawn(process::read_head(child.stdout.take().expect("piped"), OUTPUT_CAP));
     let err = tokio::spawn(process::read_head(child.stderr.take().expect("piped"), OUTPUT_CAP));
@@ -101,7 +192,6 @@ pub async fn run(
     };
     group.kill().await;
     sampler.cancel();
-    drop(passfile);
     let (stdout, stderr) = (out.await.unwrap_or_default(), err.await.unwrap_or_default());
     Ok(Outcome {
         exit_code: status.and_then(|s| s.code()),

@@ -1,10 +1,14 @@
 //! A deploy rehearsed on a fresh copy: the newest snapshot (or the one named, or a new one)
-//! restored into a scratch database on the same server (or `rehearse.target`), the deploy
-//! command run against it, the migrations table read before and after, the failed migration
-//! diagnosed there, and the scratch database dropped — also on timeout and cancel, and at the
-//! next rehearsal when a killed one left it. The source database is only ever read.
+//! restored into a scratch database on the scratch server (pgmedic's own ephemeral cluster by
+//! default; the source's server or another only when configured, `rehearse.target` first), the
+//! deploy command run against it, the migrations table read before and after, the failed
+//! migration diagnosed there, and the scratch dropped — also on timeout and cancel, and at the
+//! next rehearsal when a killed one left it. The source database is only ever read, and
+//! proven untouched: a deploy that changed it fails the rehearsal.
 
 mod deploy;
+mod report;
+mod source;
 
 use std::sync::Arc;
 
@@ -12,16 +16,18 @@ use chrono::Utc;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, DatabaseConfig};
+use crate::config::{Config, DatabaseConfig, ScratchServer};
 use crate::diagnose::{self, Report as Diagnosis};
 use crate::pg::{self, scratch, PgTools};
 use crate::restore::{Progress, RestoreOptions, Restorer};
+use crate::scratch::{Access, Server};
 use crate::snapshot::{self, Manifest, Request, Snapshotter};
 use crate::sql::Baseline;
 use crate::storage::Storage;
-use crate::watch::{self, Migration, Status, TableState};
+use crate::watch::{self, Migration, TableState};
 
 pub use deploy::LockSeen;
+pub use report::touched_detail;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RehearseError {
@@ -68,6 +74,14 @@ pub struct Report {
     pub migrations_after: Vec<Migration>,
     /// Migration folders not applied before the deploy (with `migrations.dir`).
     pub pending: Vec<String>,
+    /// `ephemeral`, `source`, or the scratch server's URL without its password.
+    pub scratch_server: String,
+    /// The deploy changed the source database (its migration rows or its catalog).
+    pub source_changed: bool,
+    /// Each change to the source, named.
+    pub source_changes: Vec<String>,
+    /// Why the rehearsal failed although the deploy may have exited 0.
+    pub problem: Option<String>,
     pub applied: Vec<Applied>,
     pub failed: Vec<String>,
     pub duration_s: f64,
@@ -110,16 +124,62 @@ impl Rehearser {
                     .into(),
             });
         }
-        let server = self.config.rehearse.target.clone().unwrap_or_else(|| db.url.clone());
-        let stale = self.config.rehearse.timeout * 2;
-        scratch::sweep(&server, stale)
-            .await
-            .map_err(|e| fail(format!("cannot clear old scratch databases: {e}")))?;
+        let choice = match &self.config.rehearse.target {
+            Some(t) => ScratchServer::Url(t.clone()),
+            None => self.config.scratch.server.clone(),
+        };
+        if opts.keep && matches!(choice, ScratchServer::Ephemeral) {
+            return Err(RehearseError::Refused {
+                database: db.name.clone(),
+                why: "--keep needs a scratch server that outlives the rehearsal: pgmedic's ephemeral one is removed when it ends (set scratch.server = \"source\" or a URL, or rehearse.target)".into(),
+            });
+        }
         let m = self.snapshot(db, opts, cancel).await?;
-        let scratch = scratch::Scratch::create(&server, scratch::Purpose::Rehearse)
+        Server::check_room(&choice, &self.config.scratch, &m.id, m.raw_bytes)
+            .map_err(|e| RehearseError::Refused { database: db.name.clone(), why: e.to_string() })?;
+        let access = if deploy::needs_tcp(&mig.tool, &command) { Access::Loopback } else { Access::Socket };
+        let major = pg::locate::major_of_version(&m.server_version);
+        let (scratch_cfg, state_dir) = (&self.config.scratch, &self.config.daemon.state_dir);
+        let server = Server::open_with(
+            &choice,
+            scratch_cfg,
+            state_dir,
+            db,
+            &self.config.snapshot.pg_bin_dir,
+            access,
+            major,
+        )
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+        let result = self.on_server(db, &m, &server, &command, opts, cancel).await;
+        server.close().await;
+        result
+    }
+
+    /// On the opened scratch server: its leftovers swept, the source's roles adopted, a scratch
+    /// database made, rehearsed on, and dropped (or kept).
+    async fn on_server(
+        &self,
+        db: &DatabaseConfig,
+        m: &Manifest,
+        server: &Server,
+        command: &[String],
+        opts: &Options,
+        cancel: &CancellationToken,
+    ) -> Result<Report, RehearseError> {
+        let fail = |why: String| RehearseError::Failed { database: db.name.clone(), why };
+        if !server.is_ephemeral() {
+            scratch::sweep(server.admin())
+                .await
+                .map_err(|e| fail(format!("cannot clear old scratch databases: {e}")))?;
+        }
+        let source = pg::connect(&db.url).await.map_err(|e| fail(e.to_string()))?;
+        server.adopt_roles(source.client()).await.map_err(|e| fail(e.to_string()))?;
+        drop(source);
+        let scratch = scratch::Scratch::create(server.admin(), scratch::Purpose::Rehearse)
             .await
             .map_err(|e| fail(e.to_string()))?;
-        let result = self.on_scratch(db, &m, &scratch, &command, cancel).await;
+        let result = self.on_scratch(db, m, server, &scratch, command, cancel).await;
         let dropped = if opts.keep && !cancel.is_cancelled() {
             // Kept for inspection: relabelled so that no sweep takes it from under the operator.
             if let Err(e) = scratch.keep().await {
@@ -196,6 +256,7 @@ impl Rehearser {
         &self,
         db: &DatabaseConfig,
         m: &Manifest,
+        server: &Server,
         scratch: &scratch::Scratch,
         command: &[String],
         cancel: &CancellationToken,
@@ -205,7 +266,20 @@ impl Rehearser {
         let dialect = watch::dialect(&mig);
         let session = pg::connect(&scratch.url).await.map_err(|e| e.to_string())?;
         let before = rows(watch::read(&session, dialect.as_ref()).await.map_err(|e| e.to_string())?);
-        let ran = deploy::run(command, &scratch.url, self.config.rehearse.timeout, cancel).await?;
+        // On pgmedic's own cluster the deploy connects as the source's role (made to log in
+        // there); elsewhere with the credentials pgmedic uses on that server.
+        let user = if server.is_ephemeral() { db.url.user() } else { server.admin().user() };
+        let login = server.login(scratch.name(), user).await.map_err(|e| e.to_string())?;
+        let cwd = self.config.rehearse_cwd(&mig);
+        let target = deploy::Target { url: &login.url, loopback: login.loopback, cwd: &cwd };
+        let source_before = source::read(db, dialect.as_ref())
+            .await
+            .map_err(|e| format!("cannot read the source before the deploy: {e}"))?;
+        let ran = deploy::run(command, &target, self.config.rehearse.timeout, cancel).await?;
+        let source_after = source::read(db, dialect.as_ref())
+            .await
+            .map_err(|e| format!("cannot read the source after the deploy: {e}"))?;
+        let source_changes = source_before.changes(&source_after);
         let after = rows(watch::read(&session, dialect.as_ref()).await.map_err(|e| e.to_string())?);
         let failed: Vec<&Migration> = after.iter().filter(|m| m.status.needs_repair()).collect();
         let on_scratch = DatabaseConfig { url: scratch.url.clone(), schedule: None, ..db.clone() };
@@ -214,18 +288,25 @@ impl Rehearser {
         } else {
             self.diagnose(&session, &on_scratch, &failed, cancel).await?
         };
+        let pending = report::pending(&mig, &before);
+        let applied = report::applied_now(&before, &after);
+        let problem = report::problem(&db.name, &ran, &pending, &applied, &source_changes);
         Ok(Report {
-            ok: ran.exit_code == Some(0) && failed.is_empty(),
+            ok: ran.exit_code == Some(0) && failed.is_empty() && problem.is_none(),
             database: db.name.clone(),
+            scratch_server: server.label().to_string(),
+            source_changed: !source_changes.is_empty(),
+            source_changes,
+            problem,
             exit_code: ran.exit_code,
             timed_out: ran.timed_out,
             snapshot_id: m.id.clone(),
             scratch_database: scratch.name().to_string(),
             dropped: false,
             command: command.iter().map(|a| crate::redact::redact(a)).collect(),
-            pending: pending(&mig, &before),
+            pending,
             failed: failed.iter().map(|m| m.name.clone()).collect(),
-            applied: applied_now(&before, &after),
+            applied,
             migrations_before: before,
             migrations_after: after,
             duration_s: ran.seconds,
@@ -253,6 +334,7 @@ impl Rehearser {
             clean: false,
             jobs: 1,
             no_owner: false,
+            no_subscriptions: true,
         };
         let progress = Progress::hidden();
         restorer
@@ -307,79 +389,5 @@ impl Rehearser {
             );
         }
         Ok(diagnosis)
-    }
-}
-
-/// Rows applied by this deploy, with how long each took.
-fn applied_now(before: &[Migration], after: &[Migration]) -> Vec<Applied> {
-    after
-        .iter()
-        .filter(|m| {
-            m.status == Status::Applied && !before.iter().any(|b| b.id == m.id && b.status == Status::Applied)
-        })
-        .map(|m| Applied {
-            name: m.name.clone(),
-            duration_s: m
-                .started_at
-                .zip(m.finished_at)
-                .map(|(s, f)| (f - s).num_milliseconds() as f64 / 1000.0),
-        })
-        .collect()
-}
-
-/// Folders of `migrations.dir` that the table did not show applied before the deploy.
-fn pending(mig: &crate::config::MigrationsConfig, before: &[Migration]) -> Vec<String> {
-    let Some(dir) = &mig.dir else { return Vec::new() };
-    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
-    let mut names: Vec<String> = entries
-        .filter_map(Result::ok)
-        .filter(|e| e.path().join("migration.sql").is_file())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| !before.iter().any(|m| &m.name == n && m.status == Status::Applied))
-        .collect();
-    names.sort();
-    names
-}
-
-impl Report {
-    pub fn text(&self) -> String {
-        let mut o = format!(
-            "rehearsal of {} on snapshot {} in {}{}: {}\n",
-            self.database,
-            self.snapshot_id,
-            self.scratch_database,
-            if self.dropped { " (dropped)" } else { " (kept)" },
-            if self.ok { "the deploy succeeded" } else { "the deploy FAILED" }
-        );
-        let code = self.exit_code.map(|c| c.to_string()).unwrap_or_else(|| {
-            if self.timed_out {
-                "killed at the timeout".into()
-            } else {
-                "killed".into()
-            }
-        });
-        o += &format!("command: {} → exit {code} after {:.1}s\n", self.command.join(" "), self.duration_s);
-        o += &format!(
-            "pending before: {}\n",
-            if self.pending.is_empty() { "-".into() } else { self.pending.join(", ") }
-        );
-        for a in &self.applied {
-            o += &format!(
-                "applied: {} in {}\n",
-                a.name,
-                a.duration_s.map(|d| format!("{d:.3}s")).unwrap_or_else(|| "?".into())
-            );
-        }
-        for f in &self.failed {
-            o += &format!("failed: {f}\n");
-        }
-        for l in &self.locks {
-            o += &format!("lock: {} {} ({} bytes) held ~{:.1}s\n", l.table, l.mode, l.table_bytes, l.held_s);
-        }
-        o += &format!("output:\n{}\n", self.output.trim_end());
-        for d in &self.diagnosis {
-            o += &format!("\n{}", d.text());
-        }
-        o
     }
 }

@@ -67,6 +67,8 @@ pub enum RestoreError {
     Cancelled { id: String, dropped: String },
     #[error("snapshot {id} decompressed to {actual} bytes, the manifest says {expected}")]
     RawSize { id: String, expected: u64, actual: u64 },
+    #[error(transparent)]
+    Scratch(#[from] crate::scratch::ScratchError),
 }
 
 impl RestoreError {
@@ -84,7 +86,11 @@ impl RestoreError {
 
 impl RestoreError {
     pub fn is_refusal(&self) -> bool {
-        matches!(self, RestoreError::NotEmpty { .. })
+        match self {
+            RestoreError::NotEmpty { .. } => true,
+            RestoreError::Scratch(e) => e.is_refusal(),
+            _ => false,
+        }
     }
 }
 
@@ -96,6 +102,8 @@ pub struct RestoreOptions {
     pub jobs: u32,
     /// Objects owned by the restoring user, not the snapshot's roles (for a cluster without them).
     pub no_owner: bool,
+    /// Leaves out subscriptions: a scratch copy must not start replicating from a publisher.
+    pub no_subscriptions: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -211,7 +219,7 @@ impl Restorer {
     }
 
     /// A URL stays a URL; a bare name is a database on the snapshot's own server.
-    fn resolve_target(&self, m: &Manifest, target: &str) -> Result<DbUrl, RestoreError> {
+    pub(crate) fn resolve_target(&self, m: &Manifest, target: &str) -> Result<DbUrl, RestoreError> {
         if target.contains("://") || target.contains('=') {
             return target.parse().map_err(|e: crate::config::DbUrlError| RestoreError::BadTarget {
                 target: "(connection string)".into(),
@@ -372,6 +380,9 @@ fn option_args(opts: &RestoreOptions) -> Vec<OsString> {
     }
     if opts.no_owner {
         args.extend(["--no-owner".into(), "--no-privileges".into()]);
+    }
+    if opts.no_subscriptions {
+        args.push("--no-subscriptions".into());
     }
     args
 }

@@ -1,6 +1,7 @@
 //! `verify`: re-hash the stored object, decompress it whole, and have pg_restore read the
 //! archive's table of contents, all without a database; `--deep` also restores it into a
-//! scratch database on the source server and drops that again.
+//! scratch database on the scratch server (pgmedic's own ephemeral cluster unless configured
+//! otherwise, never the production server by default) and drops that again.
 
 use std::ffi::OsString;
 
@@ -11,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::stream::{stream_object, SinkMode};
 use super::{Progress, RestoreError, RestoreOptions, Restorer};
 use crate::pg::{self, scratch, Pipes};
+use crate::scratch::{Access, Server};
 use crate::snapshot::Manifest;
 
 #[derive(Debug, Clone, Serialize)]
@@ -28,6 +30,8 @@ pub struct VerifyReport {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct DeepReport {
+    /// `ephemeral`, `source`, or the scratch server's URL without its password.
+    pub scratch_server: String,
     pub scratch_database: String,
     pub tables: i64,
     pub seconds: f64,
@@ -129,30 +133,85 @@ impl Restorer {
     }
 
     /// Restores into a scratch database this verify creates itself (never one that already
-    /// exists), and drops exactly that one, whatever happens.
+    /// exists) on the scratch server, and drops exactly that one, whatever happens.
     async fn verify_deep(
         &self,
         m: &Manifest,
         cancel: &CancellationToken,
     ) -> Result<DeepReport, RestoreError> {
-        let server = self.resolve_target(m, "postgres")?;
-        // What an earlier verify, rehearsal or diagnose left when it was killed; never a live one.
-        if let Err(e) = scratch::sweep(&server, std::time::Duration::MAX).await {
-            tracing::warn!(error = %e, "could not clear scratch databases left by killed runs");
+        let db = self
+            .config
+            .database(&m.database)
+            .ok_or_else(|| RestoreError::UnknownSource { id: m.id.clone(), database: m.database.clone() })?;
+        let scratch_cfg = &self.config.scratch;
+        Server::check_room(&scratch_cfg.server, scratch_cfg, &m.id, m.raw_bytes)?;
+        let major = pg::locate::major_of_version(&m.server_version);
+        let server = Server::open_with(
+            &scratch_cfg.server,
+            scratch_cfg,
+            &self.config.daemon.state_dir,
+            db,
+            &self.config.snapshot.pg_bin_dir,
+            Access::Socket,
+            major,
+        )
+        .await?;
+        let result = self.deep_on(m, db, &server, cancel).await;
+        server.close().await;
+        result
+    }
+
+    async fn deep_on(
+        &self,
+        m: &Manifest,
+        db: &crate::config::DatabaseConfig,
+        server: &Server,
+        cancel: &CancellationToken,
+    ) -> Result<DeepReport, RestoreError> {
+        if !server.is_ephemeral() {
+            // What an earlier verify, rehearsal or diagnose left when it was killed; never a live one.
+            if let Err(e) = scratch::sweep(server.admin()).await {
+                tracing::warn!(error = %e, "could not clear scratch databases left by killed runs");
+            }
         }
-        let made = scratch::Scratch::create(&server, scratch::Purpose::Verify).await?;
+        // The snapshot's roles, where the source can say which; else owners and grants are left out.
+        let mut no_owner = false;
+        if server.is_ephemeral() {
+            let adopted = match pg::connect(&db.url).await {
+                Ok(source) => server.adopt_roles(source.client()).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = adopted {
+                tracing::warn!(database = %db.name, error = %e, "the source's roles could not be copied: verify --deep restores without owners and grants");
+                no_owner = true;
+            }
+        }
+        let made = scratch::Scratch::create(server.admin(), scratch::Purpose::Verify).await?;
         let (url, scratch) = (made.url.clone(), made.name().to_string());
-        let opts =
-            RestoreOptions { target: scratch.clone(), create: false, clean: false, jobs: 1, no_owner: false };
-        let restored = self.restore(m, &opts, &Progress::hidden(), cancel).await;
+        let opts = RestoreOptions {
+            target: scratch.clone(),
+            create: false,
+            clean: false,
+            jobs: 1,
+            no_owner,
+            no_subscriptions: true,
+        };
+        let restored = self.restore_into(m, &url, &opts, &Progress::hidden(), cancel).await;
         let tables: Result<i64, RestoreError> = match &restored {
             Ok(_) => async { pg::connect(&url).await?.user_tables().await.map(|(n, _)| n) }
                 .await
                 .map_err(RestoreError::from),
             Err(_) => Ok(0),
         };
-        self.drop_created(&url, "verify --deep restored into (scratch)").await;
+        if let Err(e) = made.drop().await {
+            tracing::error!(database = %scratch, error = %e, "could not drop verify --deep's scratch database");
+        }
         let report = restored?;
-        Ok(DeepReport { scratch_database: scratch, tables: tables?, seconds: report.seconds })
+        Ok(DeepReport {
+            scratch_server: server.label().to_string(),
+            scratch_database: scratch,
+            tables: tables?,
+            seconds: report.seconds,
+        })
     }
 }

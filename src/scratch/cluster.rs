@@ -1,6 +1,7 @@
 //! One ephemeral PostgreSQL cluster: `initdb` into `scratch.dir/cluster-<pid>-<hex>/data`, then
-//! `postgres` with a unix socket in a 0700 folder beside it and no TCP listener at all, fsync
-//! off (nothing in it needs to survive a crash). The server runs in its own process group with
+//! `postgres` with a unix socket in a 0700 folder beside it and no TCP listener at all (or,
+//! for a rehearsal whose tool cannot use a socket, one loopback port that asks every client
+//! for a password), fsync off (nothing in it needs to survive a crash). The server runs in its own process group with
 //! a parent-death signal, so it dies with pgmedic whatever kills pgmedic; what a dead pgmedic
 //! left on disk (and the shared memory its server held) is removed by the next start.
 
@@ -21,6 +22,8 @@ pub struct Cluster {
     root: PathBuf,
     server: Option<Group>,
     url: DbUrl,
+    /// The loopback port, when the cluster listens on one.
+    tcp_port: Option<u16>,
 }
 
 /// The user the server runs as: ourselves, or, as root (which initdb refuses), the state
@@ -116,8 +119,14 @@ fn server_command(program: PathBuf, who: Option<RunAs>) -> tokio::process::Comma
 }
 
 impl Cluster {
-    /// initdb and start a cluster of the binaries in `bin`, under `dir`.
-    pub async fn start(bin: &Path, dir: &Path, state_dir: &Path) -> Result<Cluster, ScratchError> {
+    /// initdb and start a cluster of the binaries in `bin`, under `dir`; `loopback` also opens
+    /// a port on 127.0.0.1 (password authentication only; the socket stays trust, 0700).
+    pub async fn start(
+        bin: &Path,
+        dir: &Path,
+        state_dir: &Path,
+        loopback: bool,
+    ) -> Result<Cluster, ScratchError> {
         let who = run_as(state_dir)?;
         reachable(dir, who)?;
         private_dir(dir, who)?;
@@ -127,7 +136,9 @@ impl Cluster {
         private_dir(&root, who)?;
         let socket = root.join("socket");
         private_dir(&socket, who)?;
-        let mut cluster = Cluster { url: url_for(&socket)?, root, server: None };
+        let tcp_port = if loopback { Some(free_port()?) } else { None };
+        let port = tcp_port.unwrap_or(PORT);
+        let mut cluster = Cluster { url: url_for(&socket, port)?, root, server: None, tcp_port };
         cluster.initdb(bin, who).await?;
         cluster.run(bin, who, &socket).await?;
         Ok(cluster)
@@ -137,14 +148,20 @@ impl Cluster {
         &self.url
     }
 
+    pub fn tcp_port(&self) -> Option<u16> {
+        self.tcp_port
+    }
+
     async fn initdb(&self, bin: &Path, who: Option<RunAs>) -> Result<(), ScratchError> {
         let data = self.root.join("data");
         let out = server_command(bin.join("initdb"), who)
             .args([
                 "-U",
                 "postgres",
-                "-A",
-                "trust",
+                // The socket (0700, ours alone) trusts; a loopback port, when one is opened,
+                // asks for the password generated for that rehearsal.
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
                 "-E",
                 "UTF8",
                 "--locale=C",
@@ -176,9 +193,12 @@ impl Cluster {
         let log = std::fs::File::create(&log_path).map_err(|e| dir_err(&log_path, e))?;
         chown(&log_path, who)?;
         let mut cmd = server_command(bin.join("postgres"), who);
-        cmd.arg("-D").arg(&data).arg("-k").arg(socket).args(["-p", &PORT.to_string()]);
+        let port = self.tcp_port.unwrap_or(PORT);
+        let listen = if self.tcp_port.is_some() { "listen_addresses=127.0.0.1" } else { "listen_addresses=" };
+        cmd.arg("-D").arg(&data).arg("-k").arg(socket).args(["-p", &port.to_string()]);
         for setting in [
-            "listen_addresses=",
+            listen,
+            "password_encryption=scram-sha-256",
             "unix_socket_permissions=0700",
             "fsync=off",
             "synchronous_commit=off",
@@ -232,8 +252,16 @@ impl Cluster {
     }
 }
 
-fn url_for(socket: &Path) -> Result<DbUrl, ScratchError> {
-    let text = format!("host={} port={PORT} user=postgres dbname=postgres sslmode=disable", socket.display());
+/// A loopback port nobody holds now (the kernel's pick, released for the server to take).
+fn free_port() -> Result<u16, ScratchError> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| ScratchError::Start(format!("cannot find a free loopback port: {e}")))
+}
+
+fn url_for(socket: &Path, port: u16) -> Result<DbUrl, ScratchError> {
+    let text = format!("host={} port={port} user=postgres dbname=postgres sslmode=disable", socket.display());
     text.parse().map_err(|e| ScratchError::Start(format!("cannot address the scratch server's socket: {e}")))
 }
 

@@ -8,13 +8,14 @@
 
 mod binaries;
 mod cluster;
+mod roles;
 mod sweep;
 
 use std::path::{Path, PathBuf};
 
 use tokio_postgres::Client;
 
-use crate::config::{DatabaseConfig, DbUrl, ScratchConfig, ScratchServer};
+use crate::config::{DatabaseConfig, DbUrl, ScratchConfig, ScratchServer, Secret};
 use crate::pg::{self, DbError};
 
 pub use sweep::leftovers;
@@ -31,8 +32,34 @@ pub enum ScratchError {
     Start(String),
     #[error("cannot start the scratch server: {0}")]
     RunAs(String),
+    #[error("scratch.dir {path} has {free} free; restoring snapshot {snapshot} needs 1.2 × its raw size of {raw} = {need}: free space there or set scratch.dir to a larger volume")]
+    Room { path: PathBuf, free: String, snapshot: String, raw: String, need: String },
     #[error(transparent)]
     Db(#[from] DbError),
+}
+
+impl ScratchError {
+    /// Not a failure of anything that ran: pgmedic declined to start (no room).
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, ScratchError::Room { .. })
+    }
+}
+
+/// How the deploy (a client pgmedic does not control) reaches an ephemeral cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// The 0700 unix socket only (libpq, node-postgres, lib/pq, sqlx…).
+    Socket,
+    /// Also a 127.0.0.1 port with a generated password (JDBC: Liquibase, Flyway).
+    Loopback,
+}
+
+/// Where a client connects to one scratch database, and with what password (if any).
+#[derive(Clone)]
+pub struct Login {
+    pub url: DbUrl,
+    /// The port on 127.0.0.1 of an ephemeral cluster's loopback listener.
+    pub loopback: Option<u16>,
 }
 
 /// A server for scratch databases, held for as long as they are needed.
@@ -40,6 +67,8 @@ pub struct Server {
     admin: DbUrl,
     cluster: Option<cluster::Cluster>,
     label: String,
+    /// Generated for this cluster's loopback port; never leaves the child's environment.
+    password: Option<Secret>,
 }
 
 impl Server {
@@ -50,18 +79,35 @@ impl Server {
         db: &DatabaseConfig,
         pg_bin_dirs: &[PathBuf],
     ) -> Result<Server, ScratchError> {
-        match &cfg.server {
+        Self::open_with(&cfg.server, cfg, state_dir, db, pg_bin_dirs, Access::Socket, None).await
+    }
+
+    /// The scratch server `choice` (the configured one, or `rehearse.target`); an ephemeral
+    /// cluster of `major` (the source's own when None, asked of the source) reached per `access`.
+    pub async fn open_with(
+        choice: &ScratchServer,
+        cfg: &ScratchConfig,
+        state_dir: &Path,
+        db: &DatabaseConfig,
+        pg_bin_dirs: &[PathBuf],
+        access: Access,
+        major: Option<u32>,
+    ) -> Result<Server, ScratchError> {
+        match choice {
             ScratchServer::Source => {
-                Ok(Server { admin: db.url.clone(), cluster: None, label: "source".into() })
+                Ok(Server { admin: db.url.clone(), cluster: None, label: "source".into(), password: None })
             }
             ScratchServer::Url(url) => {
-                Ok(Server { admin: url.clone(), cluster: None, label: url.redacted() })
+                Ok(Server { admin: url.clone(), cluster: None, label: url.redacted(), password: None })
             }
             ScratchServer::Ephemeral => {
-                let major = pg::connect(&db.url).await?.server_major().await?;
+                let major = match major {
+                    Some(m) => m,
+                    None => pg::connect(&db.url).await?.server_major().await?,
+                };
                 let own: Vec<PathBuf> =
                     db.pg_bin_dir.iter().cloned().chain(pg_bin_dirs.iter().cloned()).collect();
-                Self::ephemeral(&cfg.dir, state_dir, &own, major).await
+                Self::start(&cfg.dir, state_dir, &own, major, access).await
             }
         }
     }
@@ -73,11 +119,72 @@ impl Server {
         bin_dirs: &[PathBuf],
         major: u32,
     ) -> Result<Server, ScratchError> {
+        Self::start(dir, state_dir, bin_dirs, major, Access::Socket).await
+    }
+
+    async fn start(
+        dir: &Path,
+        state_dir: &Path,
+        bin_dirs: &[PathBuf],
+        major: u32,
+        access: Access,
+    ) -> Result<Server, ScratchError> {
         let bin = binaries::locate(bin_dirs, major).await?;
         let started = std::time::Instant::now();
-        let c = cluster::Cluster::start(&bin, dir, state_dir).await?;
+        let c = cluster::Cluster::start(&bin, dir, state_dir, access == Access::Loopback).await?;
         tracing::debug!(major, elapsed_ms = started.elapsed().as_millis() as u64, "scratch cluster started");
-        Ok(Server { admin: c.url().clone(), cluster: Some(c), label: "ephemeral".into() })
+        let password =
+            (access == Access::Loopback).then(|| Secret::new(hex::encode(rand::random::<[u8; 18]>())));
+        Ok(Server { admin: c.url().clone(), cluster: Some(c), label: "ephemeral".into(), password })
+    }
+
+    /// Refuses before anything starts when `dir` (where an ephemeral cluster would restore
+    /// `raw_bytes` of snapshot `id`) has less than 1.2 × that free; other servers are not measured.
+    pub fn check_room(
+        choice: &ScratchServer,
+        cfg: &ScratchConfig,
+        id: &str,
+        raw_bytes: u64,
+    ) -> Result<(), ScratchError> {
+        if !matches!(choice, ScratchServer::Ephemeral) {
+            return Ok(());
+        }
+        let Some(free) = free_bytes(&cfg.dir) else { return Ok(()) };
+        let need = raw_bytes.saturating_mul(6) / 5;
+        if free < need {
+            let size = crate::units::human_bytes;
+            return Err(ScratchError::Room {
+                path: cfg.dir.clone(),
+                free: size(free),
+                snapshot: id.into(),
+                raw: size(raw_bytes),
+                need: size(need),
+            });
+        }
+        Ok(())
+    }
+
+    /// Where a client (the deploy) reaches database `dbname` as `user`: an ephemeral cluster's
+    /// socket, or its loopback port with the generated password (the role made to log in with
+    /// it); another server with the credentials pgmedic itself uses there.
+    pub async fn login(&self, dbname: &str, user: &str) -> Result<Login, ScratchError> {
+        let Some(c) = &self.cluster else {
+            return Ok(Login { url: reached(&self.admin.with_dbname(dbname)).await?, loopback: None });
+        };
+        let admin = pg::connect(&self.admin).await?;
+        roles::allow_login(&admin, user, self.password.as_ref().map(Secret::expose)).await?;
+        let url = match (c.tcp_port(), &self.password) {
+            (Some(port), Some(pw)) => format!(
+                "host=127.0.0.1 port={port} user={} password={} dbname={} sslmode=disable",
+                conn_value(user),
+                conn_value(pw.expose()),
+                conn_value(dbname)
+            ),
+            _ => return Ok(Login { url: self.admin.with_dbname(dbname).with_user(user), loopback: None }),
+        };
+        let url =
+            url.parse().map_err(|e| ScratchError::Start(format!("cannot address the loopback port: {e}")))?;
+        Ok(Login { url, loopback: c.tcp_port() })
     }
 
     /// Where scratch databases are created (its maintenance database).
@@ -100,37 +207,7 @@ impl Server {
         if !self.is_ephemeral() {
             return Ok(());
         }
-        let rows = source
-            .query("SELECT rolname::text FROM pg_roles WHERE rolname !~ '^pg_' ORDER BY 1", &[])
-            .await
-            .map_err(|e| DbError::Query {
-                target: "the source".into(),
-                what: "list roles",
-                message: pg::error_text(&e),
-            })?;
-        let admin = pg::connect(&self.admin).await?;
-        let have: Vec<String> = admin
-            .client()
-            .query("SELECT rolname::text FROM pg_roles", &[])
-            .await
-            .map_err(|e| admin.err("list the scratch server's roles", e))?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        let create: String = rows
-            .iter()
-            .map(|r| r.get::<_, String>(0))
-            .filter(|r| !have.contains(r))
-            .map(|r| format!("CREATE ROLE {} NOLOGIN;", pg::quote_ident(&r)))
-            .collect();
-        if !create.is_empty() {
-            admin
-                .client()
-                .batch_execute(&create)
-                .await
-                .map_err(|e| admin.err("create the source's roles", e))?;
-        }
-        Ok(())
+        roles::adopt(&pg::connect(&self.admin).await?, source).await
     }
 
     /// Stops and removes an ephemeral cluster; nothing to do for another server.
@@ -139,4 +216,46 @@ impl Server {
             c.stop().await;
         }
     }
+}
+
+/// The one server of `url`'s host list a session reaches (the first that answers, and is a
+/// primary where `target_session_attrs=read-write` asks for one), alone: a tool given the
+/// whole list might choose another, or a standby.
+async fn reached(url: &DbUrl) -> Result<DbUrl, ScratchError> {
+    if url.host_count() <= 1 {
+        return Ok(url.clone());
+    }
+    let mut last = None;
+    for i in 0..url.host_count() {
+        let Some(one) = url.only_host(i) else { continue };
+        match pg::connect(&one).await {
+            Ok(s) => {
+                if url.wants_read_write() && s.is_in_recovery().await.unwrap_or(true) {
+                    continue;
+                }
+                return Ok(one);
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(match last {
+        Some(e) => ScratchError::Db(e),
+        None => ScratchError::Start(format!("no server of {} is a primary", url.redacted())),
+    })
+}
+
+/// Free bytes for an unprivileged writer on the volume of `dir` (or its nearest existing parent).
+fn free_bytes(dir: &Path) -> Option<u64> {
+    let existing = dir.ancestors().find(|a| a.exists())?;
+    let c = std::ffi::CString::new(existing.as_os_str().as_encoded_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// A libpq `key=value` value, quoted.
+fn conn_value(v: &str) -> String {
+    format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
 }

@@ -41,20 +41,40 @@ impl Cluster {
         Cluster::start(Path::new(&bin))
     }
 
+    /// The system's PostgreSQL 15, asking TCP clients for `password` (scram-sha-256) as a
+    /// production server does; its socket (in a private folder) trusts.
+    pub fn pg15_with_password(password: &str) -> Cluster {
+        Cluster::start_auth(Path::new("/usr/lib/postgresql/15/bin"), Some(password))
+    }
+
     fn start(bin: &Path) -> Cluster {
+        Cluster::start_auth(bin, None)
+    }
+
+    fn start_auth(bin: &Path, password: Option<&str>) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         if let Some((uid, gid)) = run_as() {
             let path = std::ffi::CString::new(dir.path().as_os_str().as_encoded_bytes()).unwrap();
             assert_eq!(unsafe { libc::chown(path.as_ptr(), uid, gid) }, 0);
         }
         let data = dir.path().join("data");
-        let out = as_server_user(
-            Command::new(bin.join("initdb"))
-                .args(["-U", "postgres", "-A", "trust", "--no-sync", "-D"])
-                .arg(&data),
-        )
-        .output()
-        .unwrap();
+        let mut initdb = Command::new(bin.join("initdb"));
+        match password {
+            Some(pw) => {
+                let file = dir.path().join("pwfile");
+                std::fs::write(&file, pw).unwrap();
+                if let Some((uid, gid)) = run_as() {
+                    std::os::unix::fs::chown(&file, Some(uid), Some(gid)).unwrap();
+                }
+                initdb
+                    .args(["-U", "postgres", "--auth-local=trust", "--auth-host=scram-sha-256", "--pwfile"])
+                    .arg(&file);
+            }
+            None => {
+                initdb.args(["-U", "postgres", "-A", "trust"]);
+            }
+        }
+        let out = as_server_user(initdb.arg("--no-sync").arg("-D").arg(&data)).output().unwrap();
         assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let child = as_server_user(
@@ -70,7 +90,7 @@ impl Cluster {
         .spawn()
         .unwrap();
         let cluster = Cluster { port, bin: bin.to_path_buf(), child, _dir: dir };
-        wait_for("the PostgreSQL 18 cluster", Duration::from_secs(60), || {
+        wait_for("the throw-away cluster", Duration::from_secs(60), || {
             Command::new(bin.join("pg_isready"))
                 .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
                 .status()
@@ -83,12 +103,17 @@ impl Cluster {
         format!("postgresql://postgres@127.0.0.1:{}/{db}", self.port)
     }
 
+    /// The socket folder (trust), for a test's own look inside a password cluster.
+    pub fn socket_dir(&self) -> &Path {
+        self._dir.path()
+    }
+
     /// SQL through this cluster's own psql.
     pub fn sql(&self, db: &str, sql: &str) -> String {
         let out = Command::new(self.bin.join("psql"))
+            .arg("-h")
+            .arg(self._dir.path())
             .args([
-                "-h",
-                "127.0.0.1",
                 "-p",
                 &self.port.to_string(),
                 "-U",
@@ -109,9 +134,9 @@ impl Cluster {
 
     pub fn sql_file(&self, db: &str, file: &Path) {
         let out = Command::new(self.bin.join("psql"))
+            .arg("-h")
+            .arg(self._dir.path())
             .args([
-                "-h",
-                "127.0.0.1",
                 "-p",
                 &self.port.to_string(),
                 "-U",

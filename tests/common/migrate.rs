@@ -98,8 +98,13 @@ pub fn schema_dump(db: &str) -> String {
 
 /// A config for `db` with migrations in `dir`, local storage, and `tail` appended (playbooks).
 pub fn config(db: &TestDb, dir: &Path, tail: &str) -> Pgmedic {
+    config_scratch(db, dir, "", tail)
+}
+
+/// The same, with `scratch` lines in `[scratch]` (`server = "source"`).
+pub fn config_scratch(db: &TestDb, dir: &Path, scratch: &str, tail: &str) -> Pgmedic {
     let tail = format!(
-        "\n[[databases]]\nname = \"app\"\nurl = \"{}\"\n[databases.migrations]\ndir = \"{}\"\n{tail}",
+        "{scratch}\n[[databases]]\nname = \"app\"\nurl = \"{}\"\n[databases.migrations]\ndir = \"{}\"\n{tail}",
         db.url(),
         dir.display()
     );
