@@ -24,7 +24,7 @@ fn promtool(args: &[&str]) -> (bool, String) {
 #[test]
 fn the_alert_rules_pass_promtools_check_and_their_unit_tests() {
     let (ok, out) = promtool(&["check", "rules", "alerts.yml"]);
-    assert!(ok && out.contains("SUCCESS: 7 rules found"), "{out}");
+    assert!(ok && out.contains("SUCCESS: 9 rules found"), "{out}");
     let (ok, out) = promtool(&["test", "rules", "alerts_test.yml"]);
     assert!(ok, "{out}");
 }
@@ -33,7 +33,7 @@ fn the_alert_rules_pass_promtools_check_and_their_unit_tests() {
 fn every_metric_the_alerts_use_is_exported() {
     let db = TestDb::new("opsmetrics");
     let tail =
-        format!("\n[[databases]]\nname = \"app\"\nurl = \"{}\"\nschedule = \"0 0 * * * *\"\n", db.url());
+        format!("\n[[databases]]\nname = \"app\"\nurl = \"{}\"\nschedule = \"0 0 * * * *\"\ndrill = \"0 0 5 * * 0\"\n", db.url());
     let pgm = Pgmedic::custom(Backend::Local, "metrics_listen = \"127.0.0.1:0\"\n", "", "", &tail);
     let daemon = Daemon::start(&pgm);
     let addr = daemon.status()["metrics_listen"].as_str().unwrap().to_string();
@@ -116,6 +116,9 @@ fn the_grafana_dashboard_queries_only_exported_metrics() {
         "pgmedic_uptime_seconds",
         "pgmedic_config_last_reload_success",
         "pgmedic_build_info",
+        "pgmedic_restore_drill_last_success_timestamp_seconds",
+        "pgmedic_restore_drill_duration_seconds",
+        "pgmedic_restore_drill_last_ok",
     ];
     for e in exprs.iter().chain(std::iter::once(&text)) {
         for w in

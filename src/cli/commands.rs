@@ -79,6 +79,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             cmd_restore(&cfg, &snapshot_id, opts, yes, json).await
         }
         Command::Verify { snapshot_id, deep, json } => cmd_verify(&cfg, &snapshot_id, deep, json).await,
+        Command::Drill { db, json } => cmd_drill(&cfg, db.as_deref(), json).await,
         Command::Migrations { db, json } => super::repair::migrations(&cfg, db.as_deref(), json).await,
         Command::Completions { .. } | Command::Man => Ok(()),
         Command::Rehearse { db, snapshot, fresh, keep, json, command } => {
@@ -292,8 +293,19 @@ async fn cmd_verify(cfg: &Arc<Config>, id: &str, deep: bool, json: bool) -> anyh
     crate::daemon::signals::cancel_on_terminate(cancel.clone());
     let report = restorer.verify(&m, deep, &progress, &cancel).await?;
     drop(progress);
+    let differs = report.deep.as_ref().and_then(|d| d.rows.as_ref()).filter(|r| !r.ok()).map(|r| {
+        let first: Vec<String> = r.mismatches.iter().take(3).map(|m| m.text()).collect();
+        format!(
+            "snapshot {} restored, but its copy differs from the manifest: {}",
+            report.id,
+            first.join("; ")
+        )
+    });
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
+        if let Some(d) = differs {
+            anyhow::bail!(d);
+        }
         return Ok(());
     }
     println!(
@@ -306,9 +318,41 @@ async fn cmd_verify(cfg: &Arc<Config>, id: &str, deep: bool, json: bool) -> anyh
     );
     if let Some(d) = &report.deep {
         println!(
-            "deep: restored into {} ({} tables) in {:.1}s and dropped it",
-            d.scratch_database, d.tables, d.seconds
+            "deep: restored into {} on the {} scratch server ({} tables) in {:.1}s and dropped it",
+            d.scratch_database, d.scratch_server, d.tables, d.seconds
         );
+        if let Some(r) = &d.rows {
+            println!(
+                "rows: {} tables compared with the manifest ({} rows as dumped), {} differ",
+                r.tables,
+                r.rows,
+                r.mismatches.len()
+            );
+        }
+    }
+    if let Some(d) = differs {
+        anyhow::bail!(d);
+    }
+    Ok(())
+}
+
+async fn cmd_drill(cfg: &Arc<Config>, db: Option<&str>, json: bool) -> anyhow::Result<()> {
+    let d = one_database(cfg, db)?;
+    let restorer = Restorer {
+        storage: open_storage(cfg).await?,
+        tools: PgTools::new(cfg.snapshot.pg_bin_dir.clone()),
+        config: cfg.clone(),
+    };
+    let cancel = CancellationToken::new();
+    crate::daemon::signals::cancel_on_terminate(cancel.clone());
+    let report = restorer.drill(&d.name, &cancel).await;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.text());
+    }
+    if !report.ok {
+        anyhow::bail!("restore drill of {} failed: {}", d.name, report.error.unwrap_or_default());
     }
     Ok(())
 }

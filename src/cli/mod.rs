@@ -99,6 +99,14 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Restore drill: the newest snapshot restored on the scratch server and every table's rows
+    /// compared with its manifest; exit 1 when it does not restore or differs.
+    Drill {
+        #[arg(long)]
+        db: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Read the migrations table: applied, failed, rolled back, with the failure log.
     Migrations {
         #[arg(long)]

@@ -154,6 +154,8 @@ pub struct DatabaseConfig {
     pub name: String,
     pub url: DbUrl,
     pub schedule: Option<Schedule>,
+    /// Restore drills of the newest snapshot on the scratch server, on this schedule.
+    pub drill: Option<Schedule>,
     /// This database's client tools, searched before `snapshot.pg_bin_dir`.
     pub pg_bin_dir: Option<PathBuf>,
     pub migrations: Option<MigrationsConfig>,

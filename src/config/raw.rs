@@ -120,6 +120,7 @@ pub struct RawDatabase {
     pub url: Option<String>,
     pub url_file: Option<String>,
     pub schedule: Option<String>,
+    pub drill: Option<String>,
     /// This database's client tools, searched first.
     pub pg_bin_dir: Option<String>,
     pub migrations: Option<RawMigrations>,

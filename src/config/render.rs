@@ -69,6 +69,9 @@ pub fn render(cfg: &Config) -> String {
     );
     for db in &cfg.databases {
         out += &format!("\n[[databases]]\nname = {:?}\nurl = {:?}\n", db.name, db.url.redacted());
+        if let Some(s) = &db.drill {
+            out += &format!("drill = {:?}\n", s.as_str());
+        }
         if let Some(s) = &db.schedule {
             out += &format!("schedule = {:?}\n", s.as_str());
         }

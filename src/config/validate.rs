@@ -287,9 +287,11 @@ fn database(ctx: &Ctx, i: usize, raw: RawDatabase) -> Result<DatabaseConfig, Con
         text.parse().map_err(|e| ctx.err(key("url"), format!("not a PostgreSQL connection string: {e}")))?;
     let schedule =
         raw.schedule.as_deref().map(Schedule::parse).transpose().map_err(|m| ctx.err(key("schedule"), m))?;
+    let drill =
+        raw.drill.as_deref().map(Schedule::parse).transpose().map_err(|m| ctx.err(key("drill"), m))?;
     let migrations = raw.migrations.map(|m| migrations(ctx, i, m)).transpose()?;
     let pg_bin_dir = raw.pg_bin_dir.map(PathBuf::from);
-    Ok(DatabaseConfig { name: raw.name, url, schedule, pg_bin_dir, migrations })
+    Ok(DatabaseConfig { name: raw.name, url, schedule, drill, pg_bin_dir, migrations })
 }
 
 fn migrations(ctx: &Ctx, i: usize, raw: RawMigrations) -> Result<MigrationsConfig, ConfigError> {

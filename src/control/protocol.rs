@@ -44,6 +44,11 @@ pub enum Request {
         #[serde(default)]
         fresh: bool,
     },
+    /// A restore drill of the database's newest snapshot, now (waits for its report).
+    Drill {
+        #[serde(default)]
+        db: Option<String>,
+    },
 }
 
 fn yes() -> bool {

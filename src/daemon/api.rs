@@ -33,6 +33,7 @@ impl Handler for Api {
             Request::Snapshot { db, reason, wait } => self.snapshot(db, reason, wait, uid).await,
             Request::Repair { db, playbook, dry_run } => self.repair(db, playbook, dry_run, uid).await,
             Request::Rehearse { db, snapshot, fresh } => self.rehearse(db, snapshot, fresh, uid).await,
+            Request::Drill { db } => self.drill(db).await,
             Request::Reload => {
                 let (tx, rx) = oneshot::channel();
                 if self.main.send(MainEvent::Reload(tx)).await.is_err() {
@@ -98,6 +99,25 @@ impl Api {
         }
     }
 
+    /// A drill now, on the daemon (its outcome in status, metrics and webhooks as a scheduled one's).
+    async fn drill(&self, db: Option<String>) -> Value {
+        let cfg = self.shared.current().config.clone();
+        let name = match (db, cfg.databases.as_slice()) {
+            (Some(d), _) if cfg.database(&d).is_some() => d,
+            (Some(d), _) => {
+                return err(code::UNKNOWN_DATABASE, format!("database `{d}` is not in the configuration"))
+            }
+            (None, [only]) => only.name.clone(),
+            (None, _) => {
+                return err(code::BAD_REQUEST, "several databases are configured: name one with \"db\"")
+            }
+        };
+        match super::drills::run(self.shared.clone(), name.clone()).await {
+            Some(report) => ok(json!({ "drill": report })),
+            None => err(code::FAILED, format!("a restore drill of {name} is already running")),
+        }
+    }
+
     /// A snapshot for a rehearsal, queued on the database's worker and waited for: its id.
     async fn fresh_snapshot(&self, db: &str, uid: u32) -> Result<String, Value> {
         let (tx, rx) = oneshot::channel::<Outcome>();
@@ -150,6 +170,8 @@ impl Api {
             let schedule = rt.config.database(&name).and_then(|d| d.schedule.clone());
             s.schedule = schedule.as_ref().map(|s| s.as_str().to_string());
             s.next_run = schedule.and_then(|s| s.next_after(now));
+            s.drill_schedule =
+                rt.config.database(&name).and_then(|d| d.drill.as_ref()).map(|s| s.as_str().to_string());
             dbs.insert(name, serde_json::to_value(s).unwrap_or_default());
         }
         for db in &rt.config.databases {

@@ -27,6 +27,12 @@ pub struct DbStatus {
     /// Finished repair runs (dry runs aside), by outcome; interrupted ones when closed at start.
     #[serde(skip)]
     pub repairs_total: std::collections::BTreeMap<String, u64>,
+    pub drill_schedule: Option<String>,
+    /// The last restore drill's report, passed or failed.
+    pub last_drill: Option<crate::restore::DrillReport>,
+    pub last_drill_success_at: Option<DateTime<Utc>>,
+    pub last_drill_success_seconds: Option<f64>,
+    pub drill_running: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -161,7 +161,26 @@ fn families(shared: &Shared) -> Vec<Family> {
     ];
     out.extend(per_database(&shared.board.get()));
     out.push(schedule_periods(shared));
+    out.push(drills_scheduled(shared));
     out
+}
+
+/// 1 for each database with a drill schedule: the alert on missing drills needs to know which.
+fn drills_scheduled(shared: &Shared) -> Family {
+    let rows = shared
+        .current()
+        .config
+        .databases
+        .iter()
+        .filter(|d| d.drill.is_some())
+        .map(|d| (db(&d.name), Num::Int(1)))
+        .collect();
+    family(
+        "pgmedic_restore_drill_scheduled",
+        MetricType::Gauge,
+        "1 when the database has a restore drill schedule.",
+        rows,
+    )
 }
 
 fn per_database(board: &BTreeMap<String, DbStatus>) -> Vec<Family> {
@@ -220,6 +239,24 @@ fn per_database(board: &BTreeMap<String, DbStatus>) -> Vec<Family> {
             MetricType::Counter,
             "Repair runs finished, by outcome (interrupted: closed at the next start).",
             repairs(board),
+        ),
+        family(
+            "pgmedic_restore_drill_last_success_timestamp_seconds",
+            MetricType::Gauge,
+            "When the last successful restore drill finished.",
+            rows(&|s| s.last_drill_success_at.map(seconds)),
+        ),
+        family(
+            "pgmedic_restore_drill_duration_seconds",
+            MetricType::Gauge,
+            "How long the last successful restore drill took.",
+            rows(&|s| s.last_drill_success_seconds.map(Num::Float)),
+        ),
+        family(
+            "pgmedic_restore_drill_last_ok",
+            MetricType::Gauge,
+            "1 when the last restore drill passed, 0 when it failed.",
+            rows(&|s| s.last_drill.as_ref().map(|d| Num::Int(d.ok as u64))),
         ),
         family(
             "pgmedic_snapshot_running",

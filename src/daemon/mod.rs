@@ -6,6 +6,7 @@
 
 mod api;
 mod board;
+pub mod drills;
 mod gate;
 mod http;
 mod metrics;
@@ -97,7 +98,7 @@ pub struct Shared {
     config_path: PathBuf,
     abort: CancellationToken,
     /// Cancelled when the drain starts: jobs still waiting for a slot give up.
-    draining: CancellationToken,
+    pub(crate) draining: CancellationToken,
     closing: AtomicBool,
     metrics_addr: Option<SocketAddr>,
     /// Every task the daemon starts; shutdown waits for them.

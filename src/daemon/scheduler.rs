@@ -16,12 +16,40 @@ use crate::snapshot;
 
 pub struct Scheduler {
     inner: JobScheduler,
-    /// database → (schedule text, cron job id)
+    /// database (or database + DRILL) → (schedule text, cron job id)
     jobs: HashMap<String, (String, Uuid)>,
 }
 
 fn err(e: impl std::fmt::Display) -> DaemonError {
     DaemonError::Scheduler(e.to_string())
+}
+
+/// A drill's job key: the database's name and this suffix (no database name holds a NUL).
+const DRILL: &str = "\u{0}drill";
+
+/// The cron job for `key`: a database's snapshot (enqueued on its worker) or its drill (run on
+/// the daemon's tracker).
+fn cron_job(shared: &Arc<Shared>, key: &str, schedule: &str) -> Result<CronJob, DaemonError> {
+    let drill = key.strip_suffix(DRILL).map(str::to_string);
+    let (name, shared2) = (key.to_string(), shared.clone());
+    CronJob::new_async(schedule, move |_, _| {
+        let (name, shared, drill) = (name.clone(), shared2.clone(), drill.clone());
+        Box::pin(async move {
+            match drill {
+                Some(db) => {
+                    let tasks = shared.tasks.clone();
+                    tasks.spawn(super::drills::run(shared, db));
+                }
+                None => {
+                    let _ = shared.request(&name, scheduled_job("schedule"), None);
+                }
+            }
+        })
+    })
+    .map_err(|e| {
+        let what = if key.ends_with(DRILL) { "drill" } else { "schedule" };
+        DaemonError::Scheduler(format!("database {}: {what} `{schedule}`: {e}", key.trim_end_matches(DRILL)))
+    })
 }
 
 pub fn scheduled_job(trigger: &str) -> Job {
@@ -36,39 +64,37 @@ impl Scheduler {
     }
 
     /// Makes the cron jobs match `cfg` (called before a reloaded configuration goes live):
-    /// added, removed and rescheduled databases take effect here, without a restart.
+    /// added, removed and rescheduled databases (snapshots and drills) take effect here,
+    /// without a restart.
     pub async fn sync(&mut self, shared: &Arc<Shared>, cfg: &Config) -> Result<(), DaemonError> {
-        let wanted: HashMap<String, String> = cfg
-            .databases
-            .iter()
-            .filter_map(|d| d.schedule.as_ref().map(|s| (d.name.clone(), s.as_str().to_string())))
-            .collect();
+        let mut wanted: HashMap<String, String> = HashMap::new();
+        for d in &cfg.databases {
+            if let Some(s) = &d.schedule {
+                wanted.insert(d.name.clone(), s.as_str().to_string());
+            }
+            if let Some(s) = &d.drill {
+                wanted.insert(format!("{}{DRILL}", d.name), s.as_str().to_string());
+            }
+        }
         let stale: Vec<String> = self
             .jobs
             .iter()
-            .filter(|(db, (s, _))| wanted.get(*db) != Some(s))
-            .map(|(db, _)| db.clone())
+            .filter(|(key, (s, _))| wanted.get(*key) != Some(s))
+            .map(|(key, _)| key.clone())
             .collect();
-        for db in stale {
-            if let Some((_, id)) = self.jobs.remove(&db) {
+        for key in stale {
+            if let Some((_, id)) = self.jobs.remove(&key) {
                 self.inner.remove(&id).await.map_err(err)?;
             }
         }
-        for (db, schedule) in wanted {
-            if self.jobs.contains_key(&db) {
+        for (key, schedule) in wanted {
+            if self.jobs.contains_key(&key) {
                 continue;
             }
-            let (name, shared2) = (db.clone(), shared.clone());
-            let job = CronJob::new_async(schedule.as_str(), move |_, _| {
-                let (name, shared) = (name.clone(), shared2.clone());
-                Box::pin(async move {
-                    let _ = shared.request(&name, scheduled_job("schedule"), None);
-                })
-            })
-            .map_err(|e| DaemonError::Scheduler(format!("database {db}: schedule `{schedule}`: {e}")))?;
+            let job = cron_job(shared, &key, &schedule)?;
             let id = self.inner.add(job).await.map_err(err)?;
-            tracing::info!(database = %db, schedule = %schedule, "scheduled");
-            self.jobs.insert(db, (schedule, id));
+            tracing::info!(job = %key, schedule = %schedule, "scheduled");
+            self.jobs.insert(key, (schedule, id));
         }
         Ok(())
     }

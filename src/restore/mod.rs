@@ -3,6 +3,7 @@
 //! object against its manifest before anything can be committed, and drops a database it
 //! created if the restore fails.
 
+pub mod drill;
 mod progress;
 mod stream;
 mod verify;
@@ -20,8 +21,9 @@ use crate::pg::{self, DbError, PgTools, Pipes, ToolError};
 use crate::snapshot::{Manifest, SnapshotError};
 use crate::storage::{Storage, StorageError};
 
+pub use drill::DrillReport;
 pub use progress::Progress;
-pub use verify::{DeepReport, VerifyReport};
+pub use verify::{DeepReport, RowCheck, RowMismatch, VerifyReport};
 
 use stream::{stream_object, SinkMode};
 
@@ -69,6 +71,10 @@ pub enum RestoreError {
     RawSize { id: String, expected: u64, actual: u64 },
     #[error(transparent)]
     Scratch(#[from] crate::scratch::ScratchError),
+    #[error("database {database} has no snapshot to drill: take one first")]
+    NoSnapshot { database: String },
+    #[error("snapshot {id} restored, but its manifest records no row counts (a snapshot of an older pgmedic): the next snapshot will")]
+    NoRowCounts { id: String },
 }
 
 impl RestoreError {

@@ -35,6 +35,87 @@ pub struct DeepReport {
     pub scratch_database: String,
     pub tables: i64,
     pub seconds: f64,
+    /// Every table's rows on the restored copy against the manifest's (None: it records none).
+    pub rows: Option<RowCheck>,
+}
+
+/// The restored copy's row counts compared with what the snapshot's manifest says was dumped.
+#[derive(Debug, Clone, Serialize)]
+pub struct RowCheck {
+    pub tables: usize,
+    pub rows: u64,
+    pub mismatches: Vec<RowMismatch>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RowMismatch {
+    pub schema: String,
+    pub table: String,
+    pub dumped: u64,
+    /// None: the table is missing from the restored copy.
+    pub restored: Option<u64>,
+}
+
+impl RowMismatch {
+    pub fn text(&self) -> String {
+        match self.restored {
+            Some(n) => format!("{}.{}: {} rows dumped, {n} restored", self.schema, self.table, self.dumped),
+            None => format!(
+                "{}.{}: missing from the restored copy ({} rows dumped)",
+                self.schema, self.table, self.dumped
+            ),
+        }
+    }
+}
+
+impl RowCheck {
+    pub fn ok(&self) -> bool {
+        self.mismatches.is_empty()
+    }
+}
+
+/// Counts each of the manifest's tables on `url` (`ONLY`: an inheritance parent's own rows, as
+/// pg_dump dumps them).
+async fn check_rows(url: &crate::config::DbUrl, m: &Manifest) -> Result<Option<RowCheck>, RestoreError> {
+    let Some(tables) = &m.tables else { return Ok(None) };
+    let session = pg::connect(url).await?;
+    let mut check = RowCheck { tables: tables.len(), rows: 0, mismatches: Vec::new() };
+    for t in tables {
+        check.rows += t.rows;
+        let exists = session
+            .client()
+            .query_opt(
+                "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2",
+                &[&t.schema, &t.table],
+            )
+            .await
+            .map_err(|e| session.err("look up a restored table", e))?
+            .is_some();
+        let restored = if exists {
+            let q = format!(
+                "SELECT count(*) FROM ONLY {}.{}",
+                pg::quote_ident(&t.schema),
+                pg::quote_ident(&t.table)
+            );
+            let row = session
+                .client()
+                .query_one(&q, &[])
+                .await
+                .map_err(|e| session.err("count a restored table's rows", e))?;
+            Some(row.get::<_, i64>(0) as u64)
+        } else {
+            None
+        };
+        if restored != Some(t.rows) {
+            check.mismatches.push(RowMismatch {
+                schema: t.schema.clone(),
+                table: t.table.clone(),
+                dumped: t.rows,
+                restored,
+            });
+        }
+    }
+    Ok(Some(check))
 }
 
 impl Restorer {
@@ -134,7 +215,7 @@ impl Restorer {
 
     /// Restores into a scratch database this verify creates itself (never one that already
     /// exists) on the scratch server, and drops exactly that one, whatever happens.
-    async fn verify_deep(
+    pub(crate) async fn verify_deep(
         &self,
         m: &Manifest,
         cancel: &CancellationToken,
@@ -197,21 +278,29 @@ impl Restorer {
             no_subscriptions: true,
         };
         let restored = self.restore_into(m, &url, &opts, &Progress::hidden(), cancel).await;
-        let tables: Result<i64, RestoreError> = match &restored {
-            Ok(_) => async { pg::connect(&url).await?.user_tables().await.map(|(n, _)| n) }
-                .await
-                .map_err(RestoreError::from),
-            Err(_) => Ok(0),
+        let counted = match &restored {
+            Ok(_) => {
+                let tables = async { pg::connect(&url).await?.user_tables().await.map(|(n, _)| n) }
+                    .await
+                    .map_err(RestoreError::from);
+                match tables {
+                    Ok(n) => check_rows(&url, m).await.map(|rows| (n, rows)),
+                    Err(e) => Err(e),
+                }
+            }
+            Err(_) => Ok((0, None)),
         };
         if let Err(e) = made.drop().await {
             tracing::error!(database = %scratch, error = %e, "could not drop verify --deep's scratch database");
         }
         let report = restored?;
+        let (tables, rows) = counted?;
         Ok(DeepReport {
             scratch_server: server.label().to_string(),
             scratch_database: scratch,
-            tables: tables?,
+            tables,
             seconds: report.seconds,
+            rows,
         })
     }
 }

@@ -34,6 +34,10 @@ pub struct Manifest {
     pub stored_bytes: u64,
     /// SHA-256 of the stored (compressed) object, lowercase hex.
     pub sha256: String,
+    /// Each table's rows as dumped, counted from pg_dump's stream (absent in older manifests,
+    /// and when the stream was not understood).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tables: Option<Vec<super::archive::TableRows>>,
     pub globals: Option<StoredObject>,
     /// `pg_dump --schema-only` of the same database snapshot (absent before version 0.2).
     #[serde(default)]

@@ -2,6 +2,7 @@
 //! pipeline into storage, and write the manifest last. Every failure path aborts the upload, so
 //! a failed snapshot is never listed; the manifest is the only proof a snapshot exists.
 
+pub mod archive;
 mod dump;
 pub mod id;
 mod manifest;
@@ -141,6 +142,7 @@ impl Snapshotter {
             raw_bytes: dumped.stats.raw_bytes,
             stored_bytes: dumped.stats.stored_bytes,
             sha256: dumped.stats.sha256,
+            tables: dumped.stats.tables,
             globals,
             schema,
             migrations,

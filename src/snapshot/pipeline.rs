@@ -28,6 +28,8 @@ pub struct Stats {
     pub raw_bytes: u64,
     pub stored_bytes: u64,
     pub sha256: String,
+    /// Each table's rows as the archive carried them (the dump only; None when not read).
+    pub tables: Option<Vec<super::archive::TableRows>>,
 }
 
 /// Compresses `input` to the end and sends the result in chunks. Returns `BrokenPipe` when the
@@ -65,30 +67,38 @@ pub fn compress(
         enc.write_all(&buf[..n])?; // on error raw_rx is dropped, and the reader stops too
         let _ = spare_tx.try_send(buf); // back to the reader, so no buffer is allocated twice
     }
-    reader.join().map_err(|_| io::Error::other("the read-ahead thread panicked"))??;
+    let counter = reader.join().map_err(|_| io::Error::other("the read-ahead thread panicked"))??;
     let mut sink = enc.finish()?.finish()?;
     sink.send()?;
-    Ok(Stats { raw_bytes: raw, stored_bytes: sink.stored, sha256: hex::encode(sink.hasher.finalize()) })
+    Ok(Stats {
+        raw_bytes: raw,
+        stored_bytes: sink.stored,
+        sha256: hex::encode(sink.hasher.finalize()),
+        tables: counter.finish(),
+    })
 }
 
 /// Reads `input` to its end into buffers for the compressor, reusing the ones it hands back
 /// (a fresh zeroed buffer per read would cost a memset of the whole dump); stops early when the
-/// compressor hangs up.
+/// compressor hangs up. The rows of each table are counted here, on the thread that otherwise
+/// waits on the pipe, not on the compressor's.
 fn read_ahead(
     input: &mut File,
     out: std::sync::mpsc::SyncSender<(Vec<u8>, usize)>,
     spare: std::sync::mpsc::Receiver<Vec<u8>>,
-) -> io::Result<()> {
+) -> io::Result<super::archive::RowCounter> {
+    let mut counter = super::archive::RowCounter::new();
     loop {
         let mut buf = spare.try_recv().unwrap_or_else(|_| vec![0u8; READ_BUF]);
         let n = match input.read(&mut buf) {
-            Ok(0) => return Ok(()),
+            Ok(0) => return Ok(counter),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
+        counter.feed(&buf[..n]);
         if out.send((buf, n)).is_err() {
-            return Ok(()); // the compressor failed; its error is the one reported
+            return Ok(counter); // the compressor failed; its error is the one reported
         }
     }
 }
@@ -107,6 +117,7 @@ pub fn compress_small(
         raw_bytes: data.len() as u64,
         stored_bytes: out.len() as u64,
         sha256: hex::encode(Sha256::digest(&out)),
+        tables: None,
     };
     Ok((Bytes::from(out), stats))
 }

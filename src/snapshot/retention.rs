@@ -146,6 +146,7 @@ mod tests {
             raw_bytes: 0,
             stored_bytes: 0,
             sha256: String::new(),
+            tables: None,
             globals: None,
             schema: None,
             migrations: None,
