@@ -151,6 +151,9 @@ fn the_daemon_rehearses_the_configured_command_over_its_socket() {
     assert_eq!(last["id"], reply["rehearsal"]["snapshot_id"], "the rehearsal used the worker's snapshot");
 }
 
+/// Prisma's migrations table as `migrate deploy` creates it (an existing schema needs one).
+const PRISMA_TABLE: &str = "CREATE TABLE _prisma_migrations (id varchar(36) PRIMARY KEY, checksum varchar(64) NOT NULL, finished_at timestamptz, migration_name varchar(255) NOT NULL, logs text, rolled_back_at timestamptz, started_at timestamptz NOT NULL DEFAULT now(), applied_steps_count int NOT NULL DEFAULT 0)";
+
 /// A leftover scratch database on the source server labelled as pgmedic labels them.
 fn leftover(label: &str) -> String {
     let name = unique("pgmedic_rehearse");
@@ -169,7 +172,7 @@ fn hostname() -> String {
 #[test]
 fn a_deploy_that_changes_the_source_fails_the_rehearsal_naming_the_change() {
     let db = TestDb::new("rtouch");
-    db.sql("CREATE TABLE _prisma_migrations (id varchar(36) PRIMARY KEY, checksum varchar(64) NOT NULL, finished_at timestamptz, migration_name varchar(255) NOT NULL, logs text, rolled_back_at timestamptz, started_at timestamptz NOT NULL DEFAULT now(), applied_steps_count int NOT NULL DEFAULT 0)");
+    db.sql(PRISMA_TABLE);
     let dir = tempfile::tempdir().unwrap();
     let (hook, received) = webhook("/hook");
     let pgm = migrate::config(&db, dir.path(), &format!("\n[[notify]]\nwebhook = \"{hook}\"\n"));
@@ -391,5 +394,59 @@ fn prisma_rehearses_against_a_password_authenticated_scratch_server() {
         db.sql("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"),
         "0",
         "the source untouched"
+    );
+}
+
+#[test]
+fn each_migrations_locks_and_rewrites_are_reported_at_real_size() {
+    let db = TestDb::new("rlocks");
+    db.sql(r#"CREATE TABLE "Big" (id int PRIMARY KEY, v int); INSERT INTO "Big" SELECT g, g FROM generate_series(1, 300000) g"#);
+    db.sql(PRISMA_TABLE);
+    let migrations = tempfile::tempdir().unwrap();
+    migrate::write_migration(
+        migrations.path(),
+        "20260101000000_widen",
+        r#"ALTER TABLE "Big" ALTER COLUMN v TYPE bigint;"#,
+    );
+    migrate::write_migration(
+        migrations.path(),
+        "20260102000000_index",
+        r#"CREATE INDEX "Big_v_idx" ON "Big" (v);"#,
+    );
+    let project = Project::new(migrations.path());
+    let pgm = migrate::config(&db, &project.migrations(), "");
+    pgm.snapshot("app");
+    let run = rehearse(&pgm, &project);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let r = run.json();
+    let locks = r["locks"].as_array().unwrap();
+    let on = |m: &str| {
+        locks.iter().filter(|l| l["migration"] == m && l["table"] == "public.Big").collect::<Vec<_>>()
+    };
+    let widen = on("20260101000000_widen");
+    assert_eq!(widen.len(), 1, "{r:#}");
+    assert_eq!(
+        (widen[0]["rewritten"].as_bool(), widen[0]["mode"].as_str()),
+        (Some(true), Some("AccessExclusiveLock")),
+        "{r:#}"
+    );
+    assert!(widen[0]["table_bytes"].as_i64().unwrap() > 5_000_000, "the copy's real size: {r:#}");
+    assert!(
+        on("20260102000000_index").iter().all(|l| l["rewritten"] == false),
+        "an index build rewrites no table: {r:#}"
+    );
+    let text = pgm.run(&[
+        "rehearse",
+        "--db",
+        "app",
+        "--",
+        &project.deploy_argv()[0],
+        &project.deploy_argv()[1],
+        &project.deploy_argv()[2],
+    ]);
+    assert!(
+        text.stdout.contains("locks during 20260101000000_widen:") && text.stdout.contains("REWRITTEN"),
+        "{}",
+        text.stdout
     );
 }

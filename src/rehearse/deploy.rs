@@ -10,12 +10,10 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use tokio_postgres::config::Host;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::DbUrl;
-use crate::pg;
 use crate::process::{self, Group, TERM_GRACE};
 
 const OUTPUT_CAP: u64 = 256 * 1024;
@@ -25,16 +23,9 @@ pub struct Outcome {
     pub timed_out: bool,
     pub output: String,
     pub seconds: f64,
-    pub locks: Vec<LockSeen>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct LockSeen {
-    pub table: String,
-    pub mode: String,
-    pub table_bytes: i64,
-    /// How long the lock was seen held (sampled every 200 ms).
-    pub held_s: f64,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    pub ended_at: chrono::DateTime<chrono::Utc>,
+    pub samples: super::locks::Samples,
 }
 
 fn enc(s: &str) -> String {
@@ -183,14 +174,16 @@ pub async fn run(
     let child = group.child();
     let out = tokio::spawn(process::read_head(child.stdout.take().expect("piped"), OUTPUT_CAP));
     let err = tokio::spawn(process::read_head(child.stderr.take().expect("piped"), OUTPUT_CAP));
+    let started_at = chrono::Utc::now();
     let sampler = CancellationToken::new();
-    let locks = tokio::spawn(sample_locks(url.clone(), sampler.clone()));
+    let samples = super::locks::start(url.clone(), sampler.clone()).await;
     let (status, timed_out) = tokio::select! {
         s = group.child().wait() => (s.ok(), false),
         _ = tokio::time::sleep(timeout) => { group.terminate(TERM_GRACE).await; (None, true) }
         _ = cancel.cancelled() => { group.terminate(TERM_GRACE).await; (None, false) }
     };
     group.kill().await;
+    let ended_at = chrono::Utc::now();
     sampler.cancel();
     let (stdout, stderr) = (out.await.unwrap_or_default(), err.await.unwrap_or_default());
     Ok(Outcome {
@@ -198,60 +191,8 @@ pub async fn run(
         timed_out,
         output: format!("{}{}", String::from_utf8_lossy(&stdout), String::from_utf8_lossy(&stderr)),
         seconds: started.elapsed().as_secs_f64(),
-        locks: locks.await.unwrap_or_default(),
+        started_at,
+        ended_at,
+        samples: samples.await.unwrap_or_default(),
     })
-}
-
-const LOCKS: &str = "SELECT n.nspname || '.' || c.relname, l.mode, pg_total_relation_size(c.oid) \
-    FROM pg_locks l JOIN pg_class c ON c.oid = l.relation JOIN pg_namespace n ON n.oid = c.relnamespace \
-    WHERE l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) AND l.granted \
-      AND l.pid <> pg_backend_pid() AND c.relkind IN ('r', 'p', 'm') \
-      AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%'";
-
-/// Strongest mode first: PostgreSQL's lock modes in the order of what they block.
-fn strength(mode: &str) -> usize {
-    [
-        "AccessShareLock",
-        "RowShareLock",
-        "RowExclusiveLock",
-        "ShareUpdateExclusiveLock",
-        "ShareLock",
-        "ShareRowExclusiveLock",
-        "ExclusiveLock",
-        "AccessExclusiveLock",
-    ]
-    .iter()
-    .position(|m| *m == mode)
-    .unwrap_or(0)
-}
-
-/// The largest tables' strongest locks, until `stop`; best effort (no session, no samples).
-async fn sample_locks(url: DbUrl, stop: CancellationToken) -> Vec<LockSeen> {
-    let Ok(session) = pg::connect(&url).await else { return Vec::new() };
-    let mut seen: BTreeMap<String, LockSeen> = BTreeMap::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(200));
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            _ = tick.tick() => {}
-        }
-        let Ok(rows) = session.client().query(LOCKS, &[]).await else { continue };
-        for r in rows {
-            let (table, mode, bytes): (String, String, i64) = (r.get(0), r.get(1), r.get(2));
-            let e = seen.entry(table.clone()).or_insert(LockSeen {
-                table,
-                mode: mode.clone(),
-                table_bytes: bytes,
-                held_s: 0.0,
-            });
-            if strength(&mode) > strength(&e.mode) {
-                e.mode = mode;
-            }
-            e.held_s += 0.2;
-        }
-    }
-    let mut out: Vec<LockSeen> = seen.into_values().collect();
-    out.sort_by(|a, b| b.table_bytes.cmp(&a.table_bytes).then(a.table.cmp(&b.table)));
-    out.truncate(10);
-    out
 }

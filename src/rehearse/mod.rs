@@ -7,6 +7,7 @@
 //! proven untouched: a deploy that changed it fails the rehearsal.
 
 mod deploy;
+mod locks;
 mod report;
 mod source;
 
@@ -26,7 +27,7 @@ use crate::sql::Baseline;
 use crate::storage::Storage;
 use crate::watch::{self, Migration, TableState};
 
-pub use deploy::LockSeen;
+pub use locks::LockSeen;
 pub use report::touched_detail;
 
 #[derive(Debug, thiserror::Error)]
@@ -290,6 +291,7 @@ impl Rehearser {
         };
         let pending = report::pending(&mig, &before);
         let applied = report::applied_now(&before, &after);
+        let locks = locks::attribute(&ran.samples, &after, &before, ran.started_at, ran.ended_at);
         let problem = report::problem(&db.name, &ran, &pending, &applied, &source_changes);
         Ok(Report {
             ok: ran.exit_code == Some(0) && failed.is_empty() && problem.is_none(),
@@ -311,7 +313,7 @@ impl Rehearser {
             migrations_after: after,
             duration_s: ran.seconds,
             output: crate::redact::redact(&ran.output),
-            locks: ran.locks,
+            locks,
             diagnosis,
         })
     }

@@ -110,8 +110,21 @@ impl Report {
         for f in &self.failed {
             o += &format!("failed: {f}\n");
         }
+        let mut current: Option<&Option<String>> = None;
         for l in &self.locks {
-            o += &format!("lock: {} {} ({} bytes) held ~{:.1}s\n", l.table, l.mode, l.table_bytes, l.held_s);
+            if current != Some(&l.migration) {
+                let who = l.migration.as_deref().unwrap_or("outside any recorded migration");
+                o += &format!("locks during {who}:\n");
+                current = Some(&l.migration);
+            }
+            let held = if l.held_s > 0.0 { format!(" held ~{:.1}s", l.held_s) } else { String::new() };
+            let rewritten = if l.rewritten { ", REWRITTEN" } else { "" };
+            o += &format!(
+                "  {} {} ({}){held}{rewritten}\n",
+                l.table,
+                l.mode,
+                crate::units::human_bytes(l.table_bytes.max(0) as u64)
+            );
         }
         o += &format!("output:\n{}\n", self.output.trim_end());
         for d in &self.diagnosis {
