@@ -2,7 +2,7 @@
 this one run on this machine, so the ratios hold where absolute times do not. Run it through
 scripts/bench, which builds the release binary and the Python environment first:
 
-    scripts/bench                    # snapshot, restore, many and diagnose (the default)
+    scripts/bench                    # snapshot, restore, many, diagnose and rehearse (the default)
     scripts/bench many               # one part alone (also PGMEDIC_BENCH_ONLY=many); parts combine
 
 What it measures
@@ -21,6 +21,8 @@ What it measures
             pgmedic diagnose --json of a failed 40-statement migration on a 300-table schema: its
             ephemeral cluster started, the baseline loaded, the replay, finish and undo proven;
             pgmedic's own cluster start read from its debug log (median of every round)
+  rehearse  pgmedic rehearse of the bench database with scratch.server = "source"   the baseline
+            the same on pgmedic's ephemeral scratch server (its start, the restore, the deploy)
 
 How
   Every command runs PGMEDIC_BENCH_ROUNDS times (default 3), interleaved (round 1: A B C D, round
@@ -52,6 +54,7 @@ from datetime import datetime, timezone
 
 from benchlib.database import build_database
 from benchlib.diagnose import diagnose_commands
+from benchlib.rehearse import rehearse_commands
 from benchlib.many import many
 from benchlib.measure import Meter, become_subreaper, run_rounds, summary
 from benchlib.report import report
@@ -123,6 +126,10 @@ def main():
             run_rounds(meter, cmds, "diagnose")
             results["diagnose"] = {c.key: summary(c) for c in cmds}
             results["diagnose_cluster_start_ms"] = starts.ms
+        if "rehearse" in parts:
+            cmds = rehearse_commands(tmp)
+            run_rounds(meter, cmds, "rehearse")
+            results["rehearse"] = {c.key: summary(c) for c in cmds}
     report(results)
 
 

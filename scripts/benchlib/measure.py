@@ -153,7 +153,9 @@ class Backends(threading.Thread):
         if not title.startswith(self.server.title_prefix):
             return None  # just forked: still the postmaster's command line
         words = title[len(self.server.title_prefix):].split()
-        return len(words) >= 2 and words[1] in self.databases  # user, database, client, activity
+        if len(words) < 2:  # user, database, client, activity
+            return False
+        return any(words[1] == d or (d.endswith("*") and words[1].startswith(d[:-1])) for d in self.databases)
 
 
 class Server:

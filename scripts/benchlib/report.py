@@ -104,6 +104,12 @@ def diagnose_targets(results):
     ]
 
 
+def rehearse_targets(results):
+    r = results["rehearse"]
+    ratio = r["rehearse_ephemeral"]["wall_s"] / r["rehearse_source"]["wall_s"]
+    return [target("rehearse on the ephemeral server: wall ≤ 1.2x the source server's", ratio, 1.2, "x")]
+
+
 def print_targets(targets):
     print("\ntargets")
     for t in targets:
@@ -147,7 +153,10 @@ def report(results):
         starts = results.get("diagnose_cluster_start_ms") or []
         print(f"pgmedic's scratch cluster start, each round: {', '.join(f'{m / 1000:.2f} s' for m in starts)}")
         targets += diagnose_targets(results)
-    if "snapshot" in results or "restore" in results or "diagnose" in results:
+    if "rehearse" in results:
+        print_table(f"rehearse ({ROUNDS} rounds interleaved, medians)", results["rehearse"], {"rehearse_source": "×source"})
+        targets += rehearse_targets(results)
+    if any(p in results for p in ("snapshot", "restore", "diagnose", "rehearse")):
         print_method()
         orphans = sum(r["orphans_reaped"] for part in ("snapshot", "restore") for r in results.get(part, {}).values())
         print(f"orphaned descendants reaped by the bench (their CPU added): {orphans}")

@@ -196,3 +196,39 @@ pub async fn run(
         samples: samples.await.unwrap_or_default(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_deploy_gets_the_host_reached_its_tls_and_its_password_only_in_the_environment() {
+        let url: DbUrl = "host=standby.example,primary.example port=5433,5434 user=app password=pw:1 dbname=shop sslmode=verify-full sslrootcert=/etc/ca.pem target_session_attrs=read-write"
+            .parse()
+            .unwrap();
+        let reached = url.only_host(1).unwrap();
+        let target = Target { url: &reached, loopback: None, cwd: Path::new("/") };
+        let env = env_for(&target);
+        assert_eq!((env["PGHOST"].as_str(), env["PGPORT"].as_str()), ("primary.example", "5434"));
+        assert_eq!((env["PGSSLMODE"].as_str(), env["PGSSLROOTCERT"].as_str()), ("verify-full", "/etc/ca.pem"));
+        assert_eq!(env["PGPASSWORD"], "pw:1");
+        assert_eq!(
+            env["DATABASE_URL"],
+            "postgresql://app:pw%3A1@primary.example:5434/shop?sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem"
+        );
+        assert_eq!(env["DIRECT_URL"], env["DATABASE_URL"]);
+        assert_eq!(env["FLYWAY_URL"], "jdbc:postgresql://primary.example:5434/shop?sslmode=verify-full");
+        assert_eq!(env["LIQUIBASE_COMMAND_PASSWORD"], "pw:1");
+        let argv = argv_for(&["migrate".into(), "-database".into(), "{url}".into(), "up".into()], &reached);
+        assert_eq!(argv[2], "postgresql://app@primary.example:5434/shop?sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem");
+        assert!(!argv.concat().contains("pw"), "no password in argv: {argv:?}");
+    }
+
+    #[test]
+    fn a_socket_gets_a_url_every_driver_reads_and_libpqs_default_tls_is_left_unsaid() {
+        let url: DbUrl = "host=/run/pgmedic/sock port=5432 user=app dbname=shop".parse().unwrap();
+        let env = env_for(&Target { url: &url, loopback: None, cwd: Path::new("/") });
+        assert_eq!(env["DATABASE_URL"], "postgresql://app@localhost/shop?host=%2Frun%2Fpgmedic%2Fsock&port=5432");
+        assert!(!env.contains_key("PGSSLMODE") && !env.contains_key("PGPASSWORD") && !env.contains_key("FLYWAY_URL"), "{env:?}");
+    }
+}

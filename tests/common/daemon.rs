@@ -24,8 +24,16 @@ impl Daemon {
     }
 
     pub fn start_env(pgm: &Pgmedic, env: &[(&str, &str)]) -> Daemon {
+        Self::start_in(pgm, env, None)
+    }
+
+    /// Started in `cwd` (`/`, as systemd starts it), else in the test's own directory.
+    pub fn start_in(pgm: &Pgmedic, env: &[(&str, &str)], cwd: Option<&std::path::Path>) -> Daemon {
         let log = pgm.dir.path().join(format!("daemon-{:08x}.log", rand::random::<u32>()));
         let mut cmd = pgm.command(&["daemon"]);
+        if let Some(dir) = cwd {
+            cmd.current_dir(dir);
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }
