@@ -1,7 +1,8 @@
 //! Masking secrets in text that reaches logs and audit records: step parameters, captured
 //! command output, configuration errors. Each detector finds the byte ranges of secret values
 //! (a URL's password, libpq `password=` pairs quoted or not, SQL `PASSWORD` literals in every
-//! quoting form, `-u user:pw`, `Authorization:` headers, `*SECRET*=`/`*TOKEN*=` assignments);
+//! quoting form, `-u user:pw`, `Authorization:` headers, `*SECRET*=`/`*TOKEN*=` assignments, and
+//! the row values PostgreSQL quotes in its errors: `Key (email)=(…)`, `Failing row contains (…)`);
 //! the ranges are then replaced by `***`. Detection is by form, not by value, so a secret
 //! printed in a form not listed here is not caught: keep commands quiet about secrets.
 
@@ -23,6 +24,7 @@ pub fn redact(text: &str) -> String {
     user_options(b, &mut ranges);
     authorization(b, &mut ranges);
     secret_assignments(text.as_bytes(), &mut ranges);
+    row_values(b, &mut ranges);
     apply(text, ranges)
 }
 
@@ -182,6 +184,42 @@ fn authorization(b: &[u8], out: &mut Vec<Range<usize>>) {
     }
 }
 
+/// The values inside `Key (cols)=(VALUES)` and `Failing row contains (VALUES)`: a server error's
+/// DETAIL quotes the customer's data (an email, a card number) in these forms.
+fn row_values(b: &[u8], out: &mut Vec<Range<usize>>) {
+    for (pattern, after) in [("key (", ")=("), ("failing row contains (", "")] {
+        let mut from = 0;
+        while let Some(i) = find(b, pattern.as_bytes(), from) {
+            let mut open = i + pattern.len();
+            if !after.is_empty() {
+                let Some(j) = find(b, after.as_bytes(), open) else { break };
+                // The columns' list must not run past the line.
+                if b[open..j].contains(&b'\n') {
+                    from = open;
+                    continue;
+                }
+                open = j + after.len();
+            }
+            let (mut depth, mut end) = (1usize, open);
+            while end < b.len() && b[end] != b'\n' {
+                match b[end] {
+                    b'(' => depth += 1,
+                    b')' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            break;
+                        }
+                    }
+                    _ => {}
+                }
+                end += 1;
+            }
+            out.push(open..end);
+            from = end.max(open);
+        }
+    }
+}
+
 /// `NAME=value` where NAME looks like it holds a secret (`AWS_SECRET_ACCESS_KEY=…`).
 fn secret_assignments(b: &[u8], out: &mut Vec<Range<usize>>) {
     for eq in b.iter().enumerate().filter_map(|(i, c)| (*c == b'=').then_some(i)) {
@@ -226,6 +264,13 @@ mod tests {
             ("{\"password\": \"pw\"}", "{\"password\": \"***\"}"),
             ("https://hooks.example.com/T0", "https://hooks.example.com/T0"),
             ("the password is wrong", "the password is wrong"),
+            (
+                "DETAIL: Key (email)=(alice@example.com) already exists.",
+                "DETAIL: Key (email)=(***) already exists.",
+            ),
+            ("Key (a, b)=(1, f(x)) is duplicated", "Key (a, b)=(***) is duplicated"),
+            ("Failing row contains (7, 4111 1111, null).", "Failing row contains (***)."),
+            ("a key (not a detail) here", "a key (not a detail) here"),
         ];
         for (input, want) in cases {
             assert_eq!(redact(input), want, "redacting {input:?}");

@@ -209,6 +209,16 @@ fn peers_are_checked_by_uid() {
     }
     let reply = status_as_nobody(&daemon.socket);
     assert!(reply.contains("\"ok\":true"), "allowed_uids admits uid 65534: {reply}");
+
+    // Taken out and reloaded (SIGHUP): refused at once, not at the next restart.
+    let text = std::fs::read_to_string(&pgm2.config).unwrap().replace("allowed_uids = [65534]\n", "");
+    pgm2.write_config(&text);
+    assert_eq!(daemon.request(r#"{"cmd":"reload"}"#)["ok"], true);
+    let reply = status_as_nobody(&daemon.socket);
+    assert!(
+        reply.contains("forbidden") && reply.contains("uid 65534"),
+        "the reload took the uid's access away: {reply}"
+    );
 }
 
 /// Asks for `status` as uid 65534 (nobody) and returns what came back, stderr included.

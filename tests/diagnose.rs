@@ -318,3 +318,52 @@ fn a_fixed_file_gets_a_finish_after_a_failure_that_is_not_transient() {
         sum
     );
 }
+
+/// Replaces the baseline's stored schema with `text`, compressed, its manifest made to match
+/// (anyone who can write the bucket can do both); `raw` overrides the size the manifest records.
+fn forge_schema(f: &Failed, text: &[u8], raw: Option<u64>) {
+    let folder = f.pgm.snapshots_dir().join("app").join(&f.baseline_id);
+    let mut zstd =
+        Command::new("zstd").args(["-q", "-c"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut stdin = zstd.stdin.take().unwrap();
+    let input = text.to_vec();
+    let feeder = std::thread::spawn(move || std::io::Write::write_all(&mut stdin, &input).unwrap());
+    let out = zstd.wait_with_output().unwrap();
+    feeder.join().unwrap();
+    std::fs::write(folder.join("schema.sql.zst"), &out.stdout).unwrap();
+    let path = folder.join("manifest.json");
+    let mut m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    use sha2::Digest;
+    m["schema"]["sha256"] = hex::encode(sha2::Sha256::digest(&out.stdout)).into();
+    m["schema"]["stored_bytes"] = out.stdout.len().into();
+    m["schema"]["raw_bytes"] = raw.unwrap_or(text.len() as u64).into();
+    std::fs::write(&path, serde_json::to_string(&m).unwrap()).unwrap();
+}
+
+/// A forged baseline schema runs nothing on this host (no psql meta-command: it goes to the
+/// server as SQL), and one that decompresses past the size its manifest records is refused.
+#[test]
+fn a_forged_baseline_schema_runs_nothing_on_the_host_and_a_bomb_is_refused() {
+    let f = fixture_with_baseline();
+    let marker = f.dir.path().join("pwned");
+    let real = Command::new("zstd")
+        .args(["-dc"])
+        .arg(f.pgm.snapshots_dir().join("app").join(&f.baseline_id).join("schema.sql.zst"))
+        .output()
+        .unwrap()
+        .stdout;
+    let real: String = String::from_utf8(real)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    forge_schema(&f, format!("\\! touch {}\n{real}", marker.display()).as_bytes(), None);
+    let run = f.pgm.run(&["diagnose", "--json"]);
+    assert!(!marker.exists(), "the stored schema ran a shell command: {}", run.stderr);
+
+    forge_schema(&f, &vec![b'-'; 10 << 20], Some(1000));
+    let run = f.pgm.run(&["diagnose", "--json"]);
+    let said = format!("{}{}", run.stdout, run.stderr);
+    assert!(said.contains("decompresses to more than the 1000 bytes"), "{said}");
+}

@@ -430,3 +430,115 @@ fn max_concurrent_runs_one_snapshot_at_a_time_across_databases() {
     let metrics = daemon.status();
     assert_eq!(metrics["snapshots"]["max_concurrent"], 1, "{metrics}");
 }
+
+fn mode(p: &std::path::Path) -> u32 {
+    std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).unwrap().permissions()) & 0o777
+}
+
+fn tree(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().map(Result::unwrap) {
+        out.push(e.path());
+        if e.path().is_dir() {
+            out.extend(tree(&e.path()));
+        }
+    }
+    out
+}
+
+/// A CLI snapshot under umask 022 (no daemon: in-process) writes a whole database: every file
+/// it leaves is 0600 and every folder 0700; as root, they belong to the storage root's owner,
+/// so that user's daemon can prune them. A snapshot prune cannot delete stops only itself.
+#[test]
+fn local_snapshots_are_private_whatever_the_umask_and_prune_goes_on_past_one_it_cannot_delete() {
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::process::CommandExt;
+    let db = TestDb::new("modes");
+    db.sql("CREATE TABLE secret (v text); INSERT INTO secret VALUES ('card 4111')");
+    let retention = "retention = { keep_last = 1, keep_daily = 0, keep_weekly = 0, keep_monthly = 0, keep_pre_repair_days = 0 }\n";
+    let pgm = Pgmedic::new(Backend::Local, &[("app", &db.url())], "", retention);
+    let root = pgm.snapshots_dir();
+    let nobody = unsafe { libc::geteuid() } == 0;
+    if nobody {
+        // The storage root belongs to the daemon's user; this CLI runs as root (sudo).
+        std::fs::create_dir(&root).unwrap();
+        std::os::unix::fs::chown(&root, Some(65534), Some(65534)).unwrap();
+    }
+    let snap = || {
+        let out = unsafe {
+            pgm.command(&["snapshot", "--db", "app", "--json"])
+                .pre_exec(|| {
+                    libc::umask(0o022);
+                    Ok(())
+                })
+                .output()
+                .unwrap()
+        };
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    snap();
+    let made = tree(&root);
+    assert!(made.iter().any(|p| p.ends_with("dump.zst")), "{made:?}");
+    for p in &made {
+        let want = if p.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(mode(p), want, "{} is {:o}", p.display(), mode(p));
+        if nobody {
+            assert_eq!(
+                std::fs::metadata(p).unwrap().uid(),
+                65534,
+                "{} belongs to the storage root's owner",
+                p.display()
+            );
+        }
+    }
+
+    // Three snapshots, keep the newest: the oldest's dump cannot be deleted (a folder in its place).
+    snap();
+    snap();
+    let ids = pgm.snapshot_ids();
+    let stuck = root.join("app").join(&ids[0]).join("dump.zst");
+    std::fs::remove_file(&stuck).unwrap();
+    std::fs::create_dir_all(stuck.join("in-the-way")).unwrap();
+    let run = pgm.run(&["prune", "--json"]);
+    assert_eq!(run.code, 1, "a failed deletion is reported: {}", run.stderr);
+    assert!(run.stderr.contains(&ids[0]), "{}", run.stderr);
+    assert_eq!(pgm.snapshot_ids(), [ids[2].clone()], "the others were pruned all the same");
+}
+
+/// A manifest is believed only about itself: a snapshot folder copied under another id is not
+/// a second snapshot, and one naming an object outside the layout (`../../state/audit.jsonl`,
+/// which prune would delete) is not used at all; each is skipped with a warning naming its key.
+#[test]
+fn manifests_that_do_not_match_their_key_or_the_layout_are_skipped() {
+    let db = TestDb::new("forged");
+    db.sql("CREATE TABLE t (x int)");
+    let pgm = Pgmedic::new(Backend::Local, &[("app", &db.url())], "", "");
+    let id = pgm.snapshot("app")["id"].as_str().unwrap().to_string();
+    let folder = pgm.snapshots_dir().join("app");
+    let last = id.chars().last().unwrap();
+    let other = format!("{}{}", &id[..id.len() - 1], if last == '0' { '1' } else { '0' });
+    std::fs::create_dir(folder.join(&other)).unwrap();
+    for e in std::fs::read_dir(folder.join(&id)).unwrap().map(Result::unwrap) {
+        std::fs::copy(e.path(), folder.join(&other).join(e.file_name())).unwrap();
+    }
+    let run = pgm.run(&["snapshots", "--json"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let ids: Vec<String> =
+        run.json().as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(ids, [id.clone()], "the copy is not another snapshot");
+    assert!(
+        run.stderr.contains(&format!("app/{other}/manifest.json"))
+            && run.stderr.contains("copied or renamed"),
+        "{}",
+        run.stderr
+    );
+
+    let manifest = folder.join(&id).join("manifest.json");
+    let mut m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
+    m["object"] = serde_json::json!("../../state/audit.jsonl");
+    std::fs::write(&manifest, serde_json::to_string(&m).unwrap()).unwrap();
+    let run = pgm.run(&["snapshots", "--json"]);
+    assert_eq!(run.json(), serde_json::json!([]), "{}", run.stderr);
+    assert!(run.stderr.contains("names the object `../../state/audit.jsonl`"), "{}", run.stderr);
+}

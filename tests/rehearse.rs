@@ -126,9 +126,14 @@ fn an_old_snapshot_is_refused_unless_named_or_a_fresh_one_is_taken() {
 fn the_daemon_rehearses_the_configured_command_over_its_socket() {
     let db = TestDb::new("rsock");
     let dir = tempfile::tempdir().unwrap();
-    let pgm = migrate::config(&db, dir.path(), "rehearse_command = [\"sh\", \"-c\", \"psql -Xq -f schema.sql && echo deployed to $PGDATABASE\"]\n");
+    let pgm = migrate::config(
+        &db,
+        dir.path(),
+        "rehearse_command = [\"sh\", \"-c\", \"psql -Xq -f schema.sql && echo deployed to $PGDATABASE\"]\n",
+    );
     // The deploy's own files beside the configuration; the daemon runs in `/`, as under systemd.
-    std::fs::write(pgm.config.parent().unwrap().join("schema.sql"), "CREATE TABLE made_by_deploy ();\n").unwrap();
+    std::fs::write(pgm.config.parent().unwrap().join("schema.sql"), "CREATE TABLE made_by_deploy ();\n")
+        .unwrap();
     pgm.snapshot("app");
     let daemon = Daemon::start_in(&pgm, &[], Some(std::path::Path::new("/")));
     let reply = daemon.request(r#"{"cmd":"rehearse","db":"app"}"#);

@@ -107,3 +107,71 @@ fn the_watcher_reports_unreachable_and_missing_states_and_recovers() {
     wait_for("the failed state", MINUTE, || state()["state"] == "failed");
     assert_eq!(daemon.status()["ok"], true, "the daemon took all of it in its stride");
 }
+
+/// A failed `CREATE UNIQUE INDEX CONCURRENTLY` (duplicates) leaves an invalid index whatever the
+/// tool recorded: seen on a database with no migrations section, by `migrations` and by the
+/// daemon (status, metric, one webhook), and gone from all three once it is dropped.
+#[test]
+fn an_invalid_index_is_reported_on_a_database_without_a_migrations_section() {
+    let db = TestDb::new("invalid");
+    db.sql("CREATE TABLE emails (addr text); INSERT INTO emails VALUES ('a'), ('a'), ('b')");
+    let failed = std::process::Command::new("psql")
+        .args(["-h", PG_HOST, "-p", PG_PORT, "-U", "postgres", "-d", &db.name, "-Xq", "-c"])
+        .arg("CREATE UNIQUE INDEX CONCURRENTLY emails_addr_key ON emails (addr)")
+        .output()
+        .unwrap();
+    assert!(!failed.status.success(), "the build fails over the duplicates");
+    let (hook, received) = webhook("/idx");
+    let tail = format!(
+        "\n[[databases]]\nname = \"app\"\nurl = \"{}\"\n\n[[notify]]\nwebhook = \"{hook}\"\n",
+        db.url()
+    );
+    let pgm = Pgmedic::custom(Backend::Local, "metrics_listen = \"127.0.0.1:0\"\n", "", "", &tail);
+    let run = pgm.run(&["migrations", "--json"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let listed = &run.json()["app"]["invalid_indexes"];
+    assert_eq!(listed[0]["index"], "emails_addr_key", "{listed:#}");
+    assert_eq!((listed[0]["schema"].as_str(), listed[0]["table"].as_str()), (Some("public"), Some("emails")));
+    assert!(
+        listed[0]["definition"].as_str().unwrap().starts_with("CREATE UNIQUE INDEX emails_addr_key"),
+        "{listed:#}"
+    );
+    let text = pgm.run(&["migrations"]);
+    assert!(text.stdout.contains("invalid index public.emails_addr_key on emails"), "{}", text.stdout);
+
+    let daemon = Daemon::start(&pgm);
+    let event = received.join().unwrap();
+    assert!(event.contains("\"event\":\"invalid_index\"") && event.contains("emails_addr_key"), "{event}");
+    let status = daemon.status();
+    assert_eq!(status["databases"]["app"]["invalid_indexes"][0]["index"], "emails_addr_key", "{status:#}");
+    assert!(
+        status["databases"]["app"]["migrations"].is_null(),
+        "no migrations section, no migrations state: {status:#}"
+    );
+    let addr = status["metrics_listen"].as_str().unwrap().to_string();
+    assert!(http_get(&addr, "/metrics").contains("pgmedic_invalid_indexes{database=\"app\"} 1"));
+
+    db.sql("DROP INDEX emails_addr_key");
+    assert_eq!(pgm.run(&["migrations", "--json"]).json()["app"]["invalid_indexes"], serde_json::json!([]));
+}
+
+/// The `migration_failed` webhook carries the tool's log redacted: the server's DETAIL quotes
+/// row values, and the failed statement may hold a password.
+#[test]
+fn the_migration_failed_webhook_is_redacted() {
+    let db = p3009();
+    let log = "Database error code: 23505\n\nDatabase error:\nERROR: duplicate key value violates unique constraint \"User_email_key\"\nDETAIL: Key (email)=(alice@example.com) already exists.\n\nALTER ROLE app PASSWORD 'hunter2';";
+    db.sql(&format!("UPDATE _prisma_migrations SET logs = $l${log}$l$ WHERE migration_name = '{FAILED}'"));
+    let (hook, received) = webhook("/failed");
+    let pgm = setup(
+        Backend::Local,
+        &db,
+        "",
+        &format!("watch_interval = \"1s\"\n\n[[notify]]\nwebhook = \"{hook}\"\n"),
+    );
+    let _daemon = Daemon::start(&pgm);
+    let event = received.join().unwrap();
+    assert!(event.contains("\"event\":\"migration_failed\"") && event.contains(FAILED), "{event}");
+    assert!(event.contains("Key (email)=(***)"), "{event}");
+    assert!(!event.contains("alice@example.com") && !event.contains("hunter2"), "{event}");
+}

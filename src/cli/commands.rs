@@ -364,8 +364,14 @@ async fn cmd_prune(cfg: &Config, db: Option<&str>, dry_run: bool, json: bool) ->
         None => cfg.databases.iter().map(|d| d.name.as_str()).collect(),
     };
     let report = snapshot::prune(&storage, &cfg.snapshot.retention, &names, dry_run).await?;
+    let failed = (!report.errors.is_empty()).then(|| {
+        format!("{} snapshot(s) could not be deleted: {}", report.errors.len(), report.errors.join("; "))
+    });
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
+        if let Some(f) = failed {
+            anyhow::bail!(f);
+        }
         return Ok(());
     }
     let verb = if dry_run { "would delete" } else { "deleted" };
@@ -381,6 +387,9 @@ async fn cmd_prune(cfg: &Config, db: Option<&str>, dry_run: bool, json: bool) ->
         println!("{gone} snapshot(s) to delete (dry run), {kept} kept");
     } else {
         println!("{gone} snapshot(s) deleted, {kept} kept");
+    }
+    if let Some(f) = failed {
+        anyhow::bail!(f);
     }
     Ok(())
 }

@@ -37,8 +37,15 @@ pub async fn migrations(cfg: &Config, db: Option<&str>, json: bool) -> anyhow::R
             println!("{}: {tool}, table {}", d.name, dialect.qualified());
             print_state(&d.name, dialect.table(), &state);
         }
+        let invalid = watch::indexes::invalid(&session).await?;
+        if !json {
+            for i in &invalid {
+                println!("{}: {}", d.name, i.text());
+            }
+        }
         let mut value = serde_json::to_value(&state)?;
         value["tool"] = tool.into();
+        value["invalid_indexes"] = serde_json::to_value(&invalid)?;
         all.insert(d.name.clone(), value);
     }
     if json {

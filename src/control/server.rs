@@ -32,15 +32,26 @@ pub enum ControlError {
     Remote { code: String, message: String },
 }
 
-/// Who may talk to the daemon.
-#[derive(Debug, Clone)]
+/// Who may talk to the daemon: shared with the daemon, which replaces the list on reload.
+#[derive(Debug, Clone, Default)]
 pub struct Peers {
-    pub allowed_uids: Vec<u32>,
+    allowed_uids: Arc<std::sync::RwLock<Vec<u32>>>,
 }
 
 impl Peers {
+    pub fn new(allowed_uids: Vec<u32>) -> Peers {
+        Peers { allowed_uids: Arc::new(std::sync::RwLock::new(allowed_uids)) }
+    }
+
+    /// The reloaded configuration's list, for every connection from now on.
+    pub fn set(&self, allowed_uids: Vec<u32>) {
+        *self.allowed_uids.write().unwrap_or_else(|p| p.into_inner()) = allowed_uids;
+    }
+
     fn allows(&self, uid: u32) -> bool {
-        uid == 0 || uid == unsafe { libc::geteuid() } || self.allowed_uids.contains(&uid)
+        uid == 0
+            || uid == unsafe { libc::geteuid() }
+            || self.allowed_uids.read().unwrap_or_else(|p| p.into_inner()).contains(&uid)
     }
 }
 

@@ -33,6 +33,8 @@ pub struct DbStatus {
     pub last_drill_success_at: Option<DateTime<Utc>>,
     pub last_drill_success_seconds: Option<f64>,
     pub drill_running: bool,
+    /// Invalid indexes nothing is building, as the watcher last read them.
+    pub invalid_indexes: Option<Vec<crate::watch::indexes::InvalidIndex>>,
 }
 
 #[derive(Debug, Clone, Serialize)]

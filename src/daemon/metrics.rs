@@ -241,6 +241,12 @@ fn per_database(board: &BTreeMap<String, DbStatus>) -> Vec<Family> {
             repairs(board),
         ),
         family(
+            "pgmedic_invalid_indexes",
+            MetricType::Gauge,
+            "Invalid indexes (indisvalid = false) that no index build is working on.",
+            rows(&|s| s.invalid_indexes.as_ref().map(|v| Num::Int(v.len() as u64))),
+        ),
+        family(
             "pgmedic_restore_drill_last_success_timestamp_seconds",
             MetricType::Gauge,
             "When the last successful restore drill finished.",

@@ -89,6 +89,8 @@ pub enum RequestError {
 /// State every task of the daemon shares.
 pub struct Shared {
     runtime: RwLock<Arc<Runtime>>,
+    /// Who may use the control socket (`daemon.allowed_uids`), replaced on reload.
+    pub peers: Peers,
     pub board: Board,
     workers: Mutex<BTreeMap<String, Worker>>,
     watchers: Mutex<BTreeMap<String, CancellationToken>>,
@@ -194,11 +196,11 @@ impl Shared {
         added
     }
 
-    /// One migrations watcher per database that has a `[databases.migrations]` section.
+    /// One watcher per database: its migrations table where it has a `[databases.migrations]`
+    /// section, its invalid indexes in every case.
     fn sync_watchers(self: &Arc<Self>, shutdown: &CancellationToken) {
         let cfg = self.current().config.clone();
-        let wanted: Vec<String> =
-            cfg.databases.iter().filter(|d| d.migrations.is_some()).map(|d| d.name.clone()).collect();
+        let wanted: Vec<String> = cfg.databases.iter().map(|d| d.name.clone()).collect();
         let mut watchers = lock(&self.watchers);
         watchers.retain(|name, token| {
             let keep = wanted.contains(name);
@@ -232,6 +234,7 @@ impl Shared {
         Arc::new(Shared {
             notifier: RwLock::new(Notifier::new(config.notify.clone(), tasks.clone())),
             gate: gate::Gate::new(config.snapshot.max_concurrent),
+            peers: Peers::new(config.daemon.allowed_uids.clone()),
             runtime: RwLock::new(Arc::new(build_runtime(config, storage))),
             board: Board::default(),
             workers: Mutex::new(BTreeMap::new()),
@@ -269,8 +272,8 @@ pub async fn run(
         None => None,
     };
     let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
-    let peers = Peers { allowed_uids: config.daemon.allowed_uids.clone() };
     let shared = Shared::new(config_path, config, storage, metrics_addr);
+    let peers = shared.peers.clone();
     shutdown::report_interrupted_runs(&shared).await;
     let names = shared.sync_workers();
     shared.sync_watchers(&shutdown);

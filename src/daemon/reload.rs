@@ -39,6 +39,8 @@ pub(super) async fn reload(
         }
         let notifier = Notifier::new(config.notify.clone(), shared.tasks.clone());
         shared.gate.set_limit(config.snapshot.max_concurrent);
+        // A uid taken out of daemon.allowed_uids is refused from its next connection on.
+        shared.peers.set(config.daemon.allowed_uids.clone());
         // A rotated or newly configured identity serves the next diagnose and rehearsal.
         crate::crypt::use_identity_file(
             config.storage.encryption.as_ref().and_then(|e| e.identity_file.clone()),

@@ -1,6 +1,8 @@
-//! One watcher per database with a `[databases.migrations]` section: one cheap read every
-//! `watch_interval`, on a connection opened for that read (and at most a few at once across
-//! the daemon), each new failure reacted to once (`on_failure`: notify, snapshot or repair). A
+//! One watcher per database: one cheap read every `watch_interval` (30 s without a
+//! `[databases.migrations]` section), on a connection opened for that read (and at most a few at
+//! once across the daemon), of the migrations table where there is one and of the database's
+//! invalid indexes in every case; each new failure reacted to once (`on_failure`: notify,
+//! snapshot or repair), each new invalid index announced once. A
 //! missing table, a standby, an unreachable server or a table it cannot read is a state shown
 //! in `status`; the watcher backs off and tries again. A watcher that panics is restarted, with
 //! backoff, by its supervisor, and the panic is shown in `status` too.
@@ -23,10 +25,19 @@ use crate::repair::RunRequest;
 use crate::watch::{self, Migration, TableState};
 
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// How often a database without a migrations section is read (for its invalid indexes).
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
+
+/// What the watcher has reacted to already: failed migrations by id, invalid indexes by name.
+#[derive(Default)]
+struct Seen {
+    failures: HashSet<String>,
+    indexes: HashSet<String>,
+}
 
 /// Runs `db`'s watcher until `cancel`, restarting it after a panic.
 pub async fn supervise(shared: Arc<Shared>, db: String, cancel: CancellationToken) {
-    let mut seen: HashSet<String> = HashSet::new();
+    let mut seen = Seen::default();
     let mut backoff = Duration::from_secs(1);
     loop {
         let run = AssertUnwindSafe(watch(&shared, &db, &cancel, &mut seen)).catch_unwind().await;
@@ -52,28 +63,31 @@ fn set_state(shared: &Shared, db: &str, state: &str, error: Option<String>) {
     shared.board.update(db, |s| s.migrations = Some(status));
 }
 
-async fn watch(shared: &Arc<Shared>, db: &str, cancel: &CancellationToken, seen: &mut HashSet<String>) {
+async fn watch(shared: &Arc<Shared>, db: &str, cancel: &CancellationToken, seen: &mut Seen) {
     let mut backoff = Duration::from_secs(1);
     loop {
         let rt = shared.current();
         let Some(cfg) = rt.config.database(db).cloned() else { return };
-        let Some(mig) = cfg.migrations.clone() else { return };
+        let mig = cfg.migrations.clone();
         drop(rt);
+        let interval = mig.as_ref().map_or(DEFAULT_INTERVAL, |m| m.watch_interval);
         // A connect to a host that stopped answering can take minutes: shutdown does not wait.
         let ticked = tokio::select! {
-            r = tick(shared, &cfg, &mig, seen) => r,
+            r = tick(shared, &cfg, mig.as_ref(), seen) => r,
             _ = cancel.cancelled() => return,
         };
         let wait = match ticked {
             Ok(()) => {
                 backoff = Duration::from_secs(1);
-                mig.watch_interval
+                interval
             }
             Err(e) => {
-                tracing::warn!(database = %db, error = %e, retry_in = ?backoff, "cannot read the migrations table");
-                set_state(shared, db, "unreachable", Some(e.to_string()));
+                tracing::warn!(database = %db, error = %e, retry_in = ?backoff, "cannot read the database's migrations and indexes");
+                if mig.is_some() {
+                    set_state(shared, db, "unreachable", Some(e.to_string()));
+                }
                 let w = backoff;
-                backoff = (backoff * 2).min(MAX_BACKOFF).max(mig.watch_interval);
+                backoff = (backoff * 2).min(MAX_BACKOFF).max(interval);
                 w
             }
         };
@@ -87,14 +101,20 @@ async fn watch(shared: &Arc<Shared>, db: &str, cancel: &CancellationToken, seen:
 async fn tick(
     shared: &Arc<Shared>,
     cfg: &DatabaseConfig,
-    mig: &MigrationsConfig,
-    seen: &mut HashSet<String>,
+    mig: Option<&MigrationsConfig>,
+    seen: &mut Seen,
 ) -> Result<(), DbError> {
-    let state = {
+    let (state, invalid) = {
         let _slot = shared.watch_slots.acquire().await.expect("the semaphore is never closed");
         let session = pg::connect(&cfg.url).await?;
-        watch::read(&session, watch::dialect(mig).as_ref()).await?
+        let state = match mig {
+            Some(m) => Some(watch::read(&session, watch::dialect(m).as_ref()).await?),
+            None => None,
+        };
+        (state, watch::indexes::invalid(&session).await?)
     };
+    indexes(shared, &cfg.name, invalid, &mut seen.indexes);
+    let (Some(state), Some(mig)) = (state, mig) else { return Ok(()) };
     let failing: Vec<Migration> = state.needing_repair().into_iter().cloned().collect();
     let label = match &state {
         TableState::Missing => "missing",
@@ -110,18 +130,38 @@ async fn tick(
     };
     shared.board.update(&cfg.name, |s| s.migrations = Some(status));
     // A failure is reacted to once; one that clears and comes back is new again.
-    seen.retain(|id| failing.iter().any(|m| &m.id == id));
+    seen.failures.retain(|id| failing.iter().any(|m| &m.id == id));
     for m in failing {
-        if seen.insert(m.id.clone()) {
+        if seen.failures.insert(m.id.clone()) {
             react(shared, cfg, mig.on_failure, &m);
         }
     }
     Ok(())
 }
 
+/// The board's invalid indexes, and one `invalid_index` webhook for each new one.
+fn indexes(
+    shared: &Shared,
+    db: &str,
+    invalid: Vec<watch::indexes::InvalidIndex>,
+    seen: &mut HashSet<String>,
+) {
+    let key = |i: &watch::indexes::InvalidIndex| format!("{}.{}", i.schema, i.index);
+    seen.retain(|k| invalid.iter().any(|i| &key(i) == k));
+    for i in &invalid {
+        if seen.insert(key(i)) {
+            tracing::warn!(database = %db, index = %key(i), definition = %i.definition, "invalid index found");
+            shared.notifier().send("invalid_index", db, json!(i));
+        }
+    }
+    shared.board.update(db, |s| s.invalid_indexes = Some(invalid));
+}
+
 fn react(shared: &Arc<Shared>, cfg: &DatabaseConfig, on_failure: OnFailure, m: &Migration) {
-    let log: String =
-        m.logs.as_deref().unwrap_or("(no log: the deploying process died)").chars().take(2000).collect();
+    // Redacted before it leaves: a tool's log quotes the server's DETAIL (row values) and the
+    // failed statement (a PASSWORD literal).
+    let raw = m.logs.as_deref().unwrap_or("(no log: the deploying process died)");
+    let log: String = crate::redact::redact(raw).chars().take(2000).collect();
     tracing::warn!(database = %cfg.name, migration = %m.name, status = ?m.status, "failed migration found");
     shared.notifier().send(
         "migration_failed",

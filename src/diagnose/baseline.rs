@@ -58,13 +58,30 @@ pub async fn find_baseline(
     ))
 }
 
+/// No schema text is larger than this (a 100,000-table schema is ~100 MB): a forged object that
+/// decompresses without end (a zstd bomb) stops here, not at the daemon's memory.
+const SCHEMA_CAP: u64 = 512 * 1024 * 1024;
+
 /// The schema text of `m` from its stored bytes: decrypted with the configured identity when
-/// the snapshot is encrypted (zstd → age on the way in), then decompressed.
+/// the snapshot is encrypted (zstd → age on the way in), then decompressed, to at most the size
+/// its manifest records (and never over `SCHEMA_CAP`).
 fn open_schema(m: &Manifest, bytes: &[u8]) -> Result<Vec<u8>, String> {
+    let limit = m.schema.as_ref().map_or(SCHEMA_CAP, |s| s.raw_bytes.min(SCHEMA_CAP));
     if m.encryption.is_none() {
-        return zstd::decode_all(bytes).map_err(|e| format!("cannot decompress it: {e}"));
+        return decode_bounded(bytes, limit);
     }
     let ids = crate::crypt::configured_identities().map_err(|e| format!("it is encrypted and {e}"))?;
     let plain = crate::crypt::open(bytes, &ids).map_err(|e| format!("it is encrypted and {e}"))?;
-    zstd::decode_all(plain).map_err(|e| format!("cannot decompress it: {e}"))
+    decode_bounded(plain, limit)
+}
+
+fn decode_bounded(input: impl std::io::Read, limit: u64) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let dec = zstd::stream::read::Decoder::new(input).map_err(|e| format!("cannot decompress it: {e}"))?;
+    let mut out = Vec::new();
+    dec.take(limit + 1).read_to_end(&mut out).map_err(|e| format!("cannot decompress it: {e}"))?;
+    if out.len() as u64 > limit {
+        return Err(format!("it decompresses to more than the {limit} bytes its manifest allows: not used"));
+    }
+    Ok(out)
 }

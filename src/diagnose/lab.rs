@@ -6,11 +6,10 @@
 
 use std::path::{Path, PathBuf};
 
-use tokio::io::AsyncWriteExt;
 use tokio_postgres::Client;
 
 use crate::config::{DatabaseConfig, ScratchConfig};
-use crate::pg::{self, scratch::Purpose, scratch::Scratch, PgTools, Pipes, Session};
+use crate::pg::{self, scratch::Purpose, scratch::Scratch, PgTools, Session};
 use crate::scratch::Server;
 use crate::sql::shape::Exclude;
 
@@ -51,7 +50,7 @@ impl Lab {
                 tracing::warn!(error = %e, "could not clear scratch databases left by killed runs");
             }
         }
-        match Self::load(env, server, source, schema_text).await {
+        match Self::load(server, source, schema_text).await {
             Ok((server, base)) => Ok(Lab {
                 server,
                 base,
@@ -64,12 +63,7 @@ impl Lab {
         }
     }
 
-    async fn load(
-        env: Env<'_>,
-        server: Server,
-        source: &Client,
-        schema_text: &str,
-    ) -> Result<(Server, Scratch), String> {
+    async fn load(server: Server, source: &Client, schema_text: &str) -> Result<(Server, Scratch), String> {
         if let Err(e) = server.adopt_roles(source).await {
             server.close().await;
             return Err(e.to_string());
@@ -81,7 +75,7 @@ impl Lab {
                 return Err(format!("cannot create a scratch database for the baseline: {e}"));
             }
         };
-        if let Err(e) = psql_load(env.tools, &base, schema_text).await {
+        if let Err(e) = sql_load(&base, schema_text).await {
             let _ = base.drop().await;
             server.close().await;
             return Err(e);
@@ -136,16 +130,18 @@ impl Lab {
     }
 }
 
-async fn psql_load(tools: &PgTools, base: &Scratch, schema_text: &str) -> Result<(), String> {
-    let args = ["-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"].map(Into::into);
-    let mut proc = tools
-        .spawn("psql", Some(&base.url), &args, Pipes { stdin: true, stdout: false })
-        .map_err(|e| e.to_string())?;
-    let mut stdin = tokio::fs::File::from_std(proc.take_stdin().map_err(|e| e.to_string())?);
-    let written = stdin.write_all(schema_text.as_bytes()).await;
-    drop(stdin);
-    let waited = proc.wait().await;
-    written.map_err(|e| format!("cannot feed the baseline schema to psql: {e}"))?;
-    waited.map_err(|e| format!("the baseline schema does not load into a scratch database: {e}"))?;
-    Ok(())
+/// The stored schema text sent to the server as SQL, never through psql: a forged
+/// `schema.sql.zst` must not be able to run a client meta-command (`\!`) on this host. pg_dump's
+/// own `\restrict`/`\unrestrict` lines are the only client lines it writes; they are dropped,
+/// and anything else is the server's to parse (a stray `\!` is a syntax error there).
+async fn sql_load(base: &Scratch, schema_text: &str) -> Result<(), String> {
+    let sql: String = schema_text
+        .lines()
+        .filter(|l| !(l.starts_with("\\restrict ") || l.starts_with("\\unrestrict ")))
+        .flat_map(|l| [l, "\n"])
+        .collect();
+    let session = pg::connect(&base.url).await.map_err(|e| e.to_string())?;
+    session.client().batch_execute(&sql).await.map_err(|e| {
+        format!("the baseline schema does not load into a scratch database: {}", pg::error_text(&e))
+    })
 }

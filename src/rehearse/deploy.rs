@@ -210,7 +210,10 @@ mod tests {
         let target = Target { url: &reached, loopback: None, cwd: Path::new("/") };
         let env = env_for(&target);
         assert_eq!((env["PGHOST"].as_str(), env["PGPORT"].as_str()), ("primary.example", "5434"));
-        assert_eq!((env["PGSSLMODE"].as_str(), env["PGSSLROOTCERT"].as_str()), ("verify-full", "/etc/ca.pem"));
+        assert_eq!(
+            (env["PGSSLMODE"].as_str(), env["PGSSLROOTCERT"].as_str()),
+            ("verify-full", "/etc/ca.pem")
+        );
         assert_eq!(env["PGPASSWORD"], "pw:1");
         assert_eq!(
             env["DATABASE_URL"],
@@ -220,7 +223,10 @@ mod tests {
         assert_eq!(env["FLYWAY_URL"], "jdbc:postgresql://primary.example:5434/shop?sslmode=verify-full");
         assert_eq!(env["LIQUIBASE_COMMAND_PASSWORD"], "pw:1");
         let argv = argv_for(&["migrate".into(), "-database".into(), "{url}".into(), "up".into()], &reached);
-        assert_eq!(argv[2], "postgresql://app@primary.example:5434/shop?sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem");
+        assert_eq!(
+            argv[2],
+            "postgresql://app@primary.example:5434/shop?sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem"
+        );
         assert!(!argv.concat().contains("pw"), "no password in argv: {argv:?}");
     }
 
@@ -228,7 +234,15 @@ mod tests {
     fn a_socket_gets_a_url_every_driver_reads_and_libpqs_default_tls_is_left_unsaid() {
         let url: DbUrl = "host=/run/pgmedic/sock port=5432 user=app dbname=shop".parse().unwrap();
         let env = env_for(&Target { url: &url, loopback: None, cwd: Path::new("/") });
-        assert_eq!(env["DATABASE_URL"], "postgresql://app@localhost/shop?host=%2Frun%2Fpgmedic%2Fsock&port=5432");
-        assert!(!env.contains_key("PGSSLMODE") && !env.contains_key("PGPASSWORD") && !env.contains_key("FLYWAY_URL"), "{env:?}");
+        assert_eq!(
+            env["DATABASE_URL"],
+            "postgresql://app@localhost/shop?host=%2Frun%2Fpgmedic%2Fsock&port=5432"
+        );
+        assert!(
+            !env.contains_key("PGSSLMODE")
+                && !env.contains_key("PGPASSWORD")
+                && !env.contains_key("FLYWAY_URL"),
+            "{env:?}"
+        );
     }
 }

@@ -127,8 +127,35 @@ fn is_manifest_key(key: &str) -> bool {
 
 async fn load(storage: &Arc<dyn Storage>, key: &str) -> Result<Manifest, SnapshotError> {
     let bytes = storage.get(key).await?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| SnapshotError::BadManifest { key: key.into(), message: e.to_string() })
+    let m: Manifest = serde_json::from_slice(&bytes)
+        .map_err(|e| SnapshotError::BadManifest { key: key.into(), message: e.to_string() })?;
+    belongs(&m, key).map_err(|message| SnapshotError::BadManifest { key: key.into(), message })?;
+    Ok(m)
+}
+
+/// Anyone who can write the bucket can write a manifest: its database and id must be those of
+/// the key it was read from (a copied or renamed folder is not another snapshot), and the
+/// objects it names the layout's own (never `../../state/audit.jsonl` for prune to delete).
+fn belongs(m: &Manifest, key: &str) -> Result<(), String> {
+    if m.manifest_key() != key {
+        return Err(format!(
+            "it says it is snapshot {} of {}, but it was read from {key}: a copied or renamed snapshot folder is not used",
+            m.id, m.database
+        ));
+    }
+    let named = [
+        (Some(m.object.as_str()), layout::DUMP),
+        (m.globals.as_ref().map(|o| o.object.as_str()), layout::GLOBALS),
+        (m.schema.as_ref().map(|o| o.object.as_str()), layout::SCHEMA),
+    ];
+    for (object, want) in named {
+        if let Some(o) = object {
+            if o != want {
+                return Err(format!("it names the object `{o}` where the layout has `{want}`: not used"));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The complete snapshot `id`, wherever its database is.

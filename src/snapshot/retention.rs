@@ -91,6 +91,8 @@ fn plan_one(newest_first: &[&Manifest], policy: &Retention, now: DateTime<Utc>) 
 pub struct PruneReport {
     pub dry_run: bool,
     pub decisions: Vec<Decision>,
+    /// Snapshots that could not be deleted, with why; prune went on past each.
+    pub errors: Vec<String>,
 }
 
 /// Applies `policy` to the snapshots of `databases`; with `dry_run` deletes nothing. Only the
@@ -106,19 +108,25 @@ pub async fn prune(
         snapshots.extend(list(storage, Some(db)).await?);
     }
     let decisions = plan(&snapshots, policy, Utc::now());
+    let mut errors = Vec::new();
     if !dry_run {
-        for d in decisions.iter().filter(|d| !d.keep) {
+        'snapshots: for d in decisions.iter().filter(|d| !d.keep) {
             let m = snapshots
                 .iter()
                 .find(|m| m.id == d.id && m.database == d.database)
                 .expect("planned from this list");
             for key in m.keys() {
-                storage.delete(&key).await?;
+                // One snapshot that cannot be deleted (another user's files) stops only itself.
+                if let Err(e) = storage.delete(&key).await {
+                    tracing::warn!(id = %m.id, database = %m.database, error = %e, "could not prune this snapshot; going on with the others");
+                    errors.push(format!("snapshot {} of {}: {e}", m.id, m.database));
+                    continue 'snapshots;
+                }
             }
             tracing::info!(id = %m.id, database = %m.database, "pruned snapshot");
         }
     }
-    Ok(PruneReport { dry_run, decisions })
+    Ok(PruneReport { dry_run, decisions, errors })
 }
 
 #[cfg(test)]

@@ -1,7 +1,12 @@
 //! The local-directory backend: the same layout as S3 under `storage.path`. Objects are written
-//! to a hidden temporary name, fsynced, renamed into place and the directory fsynced, so a crash
-//! leaves either the whole object or a `.tmp` file that the next writer removes.
+//! to a hidden temporary name, fsynced, renamed into place and the directory fsynced (and its
+//! parents up to the root, which hold the new folders' entries), so a crash leaves either the
+//! whole object or a `.tmp` file that the next writer removes. What it writes is a database's
+//! contents: files are 0600 and the folders it creates 0700, whatever the umask; run as root
+//! (a CLI snapshot under sudo), they get the storage root's owner, so the daemon's own prune
+//! can delete them.
 
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
@@ -36,15 +41,36 @@ impl LocalStorage {
     async fn start(&self, key: &str) -> Result<LocalWriter, StorageError> {
         let dest = self.path(key);
         let dir = dest.parent().map(Path::to_path_buf).unwrap_or_else(|| self.root.clone());
-        tokio::fs::create_dir_all(&dir).await.map_err(|e| self.io("create directory for", key, e))?;
+        let (root, d) = (self.root.clone(), dir.clone());
+        tokio::task::spawn_blocking(move || private_dirs(&root, &d))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .and_then(|r| r)
+            .map_err(|e| self.io("create directory for", key, e))?;
         let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let tmp = dir.join(format!(".{name}{TMP_MARK}{:08x}", rand::random::<u32>()));
-        let file = tokio::fs::File::create(&tmp).await.map_err(|e| self.io("create", key, e))?;
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .await
+            .map_err(|e| self.io("create", key, e))?;
+        // The umask can only take bits away; set exactly 0600, and the root's owner as root.
+        let private = async {
+            file.set_permissions(std::fs::Permissions::from_mode(0o600)).await?;
+            owned_like_root(&self.root, &tmp)
+        };
+        if let Err(e) = private.await {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(self.io("create", key, e));
+        }
         Ok(LocalWriter {
             file: Some(file),
             tmp,
             dest,
             dir,
+            root: self.root.clone(),
             key: key.into(),
             location: self.location(),
             size: 0,
@@ -130,8 +156,44 @@ impl Storage for LocalStorage {
     }
 
     async fn probe(&self) -> Result<(), StorageError> {
-        tokio::fs::create_dir_all(&self.root).await.map_err(|e| self.io("create directory", "", e))
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || private_dirs(Path::new("/"), &root))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .and_then(|r| r)
+            .map_err(|e| self.io("create directory", "", e))
     }
+}
+
+/// Creates the folders missing between `root` and `dir` (the root too, if missing) as 0700,
+/// whatever the umask, each owned as the root's nearest existing ancestor is when we run as root.
+fn private_dirs(root: &Path, dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    let missing: Vec<&Path> = dir.ancestors().take_while(|a| !a.exists()).collect();
+    for d in missing.into_iter().rev() {
+        match std::fs::DirBuilder::new().mode(0o700).create(d) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))?;
+        let owner = if d.starts_with(root) && d != root { root } else { d.parent().unwrap_or(root) };
+        owned_like_root(owner, d)?;
+    }
+    Ok(())
+}
+
+/// As root, gives `path` the owner of `like` (the storage root), so that a daemon running as
+/// that user can replace and prune what a `sudo pgmedic snapshot` wrote.
+fn owned_like_root(like: &Path, path: &Path) -> std::io::Result<()> {
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(());
+    }
+    let Some(meta) = like.ancestors().find_map(|a| std::fs::metadata(a).ok()) else { return Ok(()) };
+    if meta.uid() == 0 {
+        return Ok(());
+    }
+    std::os::unix::fs::chown(path, Some(meta.uid()), Some(meta.gid()))
 }
 
 /// Visible keys under `prefix`, sorted; temporary files are left out.
@@ -168,6 +230,8 @@ struct LocalWriter {
     tmp: PathBuf,
     dest: PathBuf,
     dir: PathBuf,
+    /// The storage root: the folders between it and `dir` are fsynced too.
+    root: PathBuf,
     key: String,
     location: String,
     size: u64,
@@ -199,7 +263,11 @@ impl ObjectWriter for LocalWriter {
             file.sync_all().await?;
             drop(file);
             tokio::fs::rename(&self.tmp, &self.dest).await?;
-            tokio::fs::File::open(&self.dir).await?.sync_all().await
+            // The object's entry, and each new folder's entry in its parent, up to the root.
+            for d in self.dir.ancestors().take_while(|d| d.starts_with(&self.root)) {
+                tokio::fs::File::open(d).await?.sync_all().await?;
+            }
+            Ok::<(), std::io::Error>(())
         }
         .await;
         match synced {

@@ -7,6 +7,7 @@
 mod auto;
 mod flyway;
 mod golang_migrate;
+pub mod indexes;
 mod knex;
 mod liquibase;
 mod live;
