@@ -542,3 +542,30 @@ fn manifests_that_do_not_match_their_key_or_the_layout_are_skipped() {
     assert_eq!(run.json(), serde_json::json!([]), "{}", run.stderr);
     assert!(run.stderr.contains("names the object `../../state/audit.jsonl`"), "{}", run.stderr);
 }
+
+/// A tool's table with a value pgmedic cannot read (a NULL where the tool never writes one) is
+/// an error naming the column, in the CLI and in the daemon's status — never a panic.
+#[test]
+fn an_unreadable_migrations_table_is_an_error_naming_the_column_not_a_panic() {
+    let db = TestDb::new("badcol");
+    db.sql("CREATE TABLE schema_migrations (version bigint NOT NULL PRIMARY KEY, dirty boolean); INSERT INTO schema_migrations VALUES (5, NULL)");
+    let tail = format!(
+        "\n[[databases]]\nname = \"app\"\nurl = \"{}\"\n[databases.migrations]\ntool = \"golang-migrate\"\nwatch_interval = \"1s\"\n",
+        db.url()
+    );
+    let pgm = Pgmedic::custom(Backend::Local, "", "", "", &tail);
+    let run = pgm.run(&["migrations", "--json"]);
+    assert_eq!(run.code, 1, "an error, not a panic (101): {}", run.stderr);
+    assert!(run.stderr.contains("column dirty of") && !run.stderr.contains("panicked"), "{}", run.stderr);
+    let daemon = Daemon::start(&pgm);
+    wait_for("the watcher's state", Duration::from_secs(30), || {
+        daemon.status()["databases"]["app"]["migrations"]["state"] == "unreachable"
+    });
+    let status = daemon.status();
+    assert!(
+        status["databases"]["app"]["migrations"]["error"].as_str().unwrap().contains("column dirty of"),
+        "{status:#}"
+    );
+    let reply = daemon.request(r#"{"cmd":"repair","db":"app","dry_run":true}"#);
+    assert!(reply.is_object(), "the socket answers: {reply}");
+}

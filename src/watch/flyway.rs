@@ -73,10 +73,17 @@ impl Dialect for Flyway {
             self.qualified()
         );
         let rows = session.query(&sql, "read flyway_schema_history").await?;
+        let t = self.qualified();
         let mut migrations: Vec<Migration> = rows
             .iter()
             .map(|r| {
-                let (rank, version, script, stored, success): (i32, String, String, Option<i32>, bool) = (r.get(0), r.get(1), r.get(2), r.get(3), r.get(5));
+                let (rank, version, script, stored, success): (i32, String, String, Option<i32>, bool) = (
+                    super::cell(session, &t, r, 0)?,
+                    super::cell(session, &t, r, 1)?,
+                    super::cell(session, &t, r, 2)?,
+                    super::cell(session, &t, r, 3)?,
+                    super::cell(session, &t, r, 5)?,
+                );
                 let (status, logs) = match (success, stored, self.file_checksum(&script)) {
                     (false, ..) => (Status::Failed, Some(format!("Detected failed migration to version {version} ({script})"))),
                     (true, Some(s), Some(f)) if s != f => (Status::Drifted, Some(format!("Migration checksum mismatch for migration version {version}: applied {s}, resolved locally {f}"))),
@@ -85,10 +92,10 @@ impl Dialect for Flyway {
                 let mut m = Migration::bare(script, status, logs);
                 m.id = rank.to_string();
                 m.checksum = stored.map(|c| c.to_string()).unwrap_or_default();
-                m.finished_at = r.get::<_, Option<chrono::NaiveDateTime>>(4).map(|t| t.and_utc());
-                m
+                m.finished_at = super::cell::<Option<chrono::NaiveDateTime>>(session, &t, r, 4)?.map(|t| t.and_utc());
+                Ok(m)
             })
-            .collect();
+            .collect::<Result<_, DbError>>()?;
         let key = advisory_key(self.schema(), self.table());
         if let Some(holder) = live::advisory_holder(session, key).await? {
             // Flyway writes a row only after each migration: the run shows as its lock.

@@ -66,7 +66,9 @@ impl Dialect for GolangMigrate {
         let sql = format!("SELECT version, dirty FROM {} LIMIT 1", self.qualified());
         let rows = session.query(&sql, "read golang-migrate's schema_migrations").await?;
         let Some(row) = rows.first() else { return Ok(TableState::Rows { migrations: Vec::new() }) };
-        let (version, dirty): (i64, bool) = (row.get(0), row.get(1));
+        let t = self.qualified();
+        let (version, dirty): (i64, bool) =
+            (super::cell(session, &t, row, 0)?, super::cell(session, &t, row, 1)?);
         let file = self.files().into_iter().find(|(v, _)| *v == version).map(|(_, p)| p);
         let name = file
             .as_ref()

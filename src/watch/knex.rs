@@ -47,16 +47,17 @@ impl Dialect for Knex {
         }
         let sql = format!("SELECT id, name, migration_time FROM {} ORDER BY id", self.qualified());
         let rows = session.query(&sql, "read knex_migrations").await?;
+        let t = self.qualified();
         let mut migrations: Vec<Migration> = rows
             .iter()
             .map(|r| {
-                let mut m =
-                    Migration::bare(r.get::<_, Option<String>>(1).unwrap_or_default(), Status::Applied, None);
-                m.id = r.get::<_, i32>(0).to_string();
-                m.finished_at = r.get(2);
-                m
+                let name: Option<String> = super::cell(session, &t, r, 1)?;
+                let mut m = Migration::bare(name.unwrap_or_default(), Status::Applied, None);
+                m.id = super::cell::<i32>(session, &t, r, 0)?.to_string();
+                m.finished_at = super::cell(session, &t, r, 2)?;
+                Ok(m)
             })
-            .collect();
+            .collect::<Result<_, DbError>>()?;
         if session.relation_exists(&self.lock_table()).await? {
             let sql = format!("SELECT coalesce(max(is_locked), 0)::int FROM {}", self.lock_table());
             let locked: i32 = session.query(&sql, "read knex_migrations_lock").await?[0].get(0);

@@ -74,15 +74,17 @@ impl Dialect for Liquibase {
         }
         let sql = format!("SELECT filename || '::' || id || '::' || author, dateexecuted, coalesce(md5sum, '') FROM {} ORDER BY orderexecuted", self.qualified());
         let rows = session.query(&sql, "read databasechangelog").await?;
+        let t = self.qualified();
         let mut migrations: Vec<Migration> = rows
             .iter()
             .map(|r| {
-                let mut m = Migration::bare(r.get::<_, String>(0), Status::Applied, None);
-                m.finished_at = r.get::<_, Option<chrono::NaiveDateTime>>(1).map(|t| t.and_utc());
-                m.checksum = r.get(2);
-                m
+                let mut m = Migration::bare(super::cell::<String>(session, &t, r, 0)?, Status::Applied, None);
+                m.finished_at =
+                    super::cell::<Option<chrono::NaiveDateTime>>(session, &t, r, 1)?.map(|t| t.and_utc());
+                m.checksum = super::cell(session, &t, r, 2)?;
+                Ok(m)
             })
-            .collect();
+            .collect::<Result<_, DbError>>()?;
         if let Some((granted, by)) = self.taken(session).await? {
             let live = self.live(session, granted.as_deref(), &by).await?;
             let since = granted.unwrap_or_else(|| "?".into());

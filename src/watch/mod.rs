@@ -204,6 +204,24 @@ fn by_tool(tool: &str, at: Place) -> Box<dyn Dialect> {
 }
 
 /// Reads `db`'s table once: standby and missing table are states, not errors.
+/// Column `i` of a row of a tool's table, or why it cannot be read as what the tool writes (a
+/// NULL, another type): an error that shows as the table's state, never a panic.
+pub(crate) fn cell<'a, T: tokio_postgres::types::FromSql<'a>>(
+    session: &Session,
+    table: &str,
+    row: &'a tokio_postgres::Row,
+    i: usize,
+) -> Result<T, DbError> {
+    row.try_get(i).map_err(|e| {
+        let column = row.columns().get(i).map(|c| c.name().to_string()).unwrap_or_else(|| i.to_string());
+        DbError::Query {
+            target: session.target().to_string(),
+            what: "read the migrations table",
+            message: format!("column {column} of {table} is not what the tool writes ({e}); pgmedic cannot read this table"),
+        }
+    })
+}
+
 pub async fn read(session: &Session, dialect: &dyn Dialect) -> Result<TableState, DbError> {
     if session.is_in_recovery().await? {
         return Ok(TableState::Standby);

@@ -74,9 +74,14 @@ impl Dialect for Sqlx {
         let db = live::database(session).await?;
         let holder = live::advisory_holder(session, advisory_key(&db)).await?;
         let mut migrations = Vec::new();
+        let t = self.qualified();
         for r in &rows {
-            let (version, description, success, stored): (i64, String, bool, Vec<u8>) =
-                (r.get(0), r.get(1), r.get(3), r.get(4));
+            let (version, description, success, stored): (i64, String, bool, Vec<u8>) = (
+                super::cell(session, &t, r, 0)?,
+                super::cell(session, &t, r, 1)?,
+                super::cell(session, &t, r, 3)?,
+                super::cell(session, &t, r, 4)?,
+            );
             let (status, logs) = match (success, self.checksum(version)) {
                 (false, _) if holder.is_some() => (Status::InProgress, holder.clone().map(|h| format!("sqlx's lock is held by {h}"))),
                 (false, _) => (Status::Failed, Some(format!("migration {version} is partially applied; fix and remove row from _sqlx_migrations table"))),
@@ -85,7 +90,7 @@ impl Dialect for Sqlx {
             };
             let mut m = Migration::bare(format!("{version}_{}", description.replace(' ', "_")), status, logs);
             m.id = version.to_string();
-            m.finished_at = r.get(2);
+            m.finished_at = super::cell(session, &t, r, 2)?;
             m.checksum = hex::encode(stored);
             migrations.push(m);
         }
