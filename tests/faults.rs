@@ -278,3 +278,27 @@ fn a_missing_owner_role_fails_cleanly_and_no_owner_restores() {
     assert_eq!(target.sql("SELECT count(*) FROM t"), "2");
     assert_eq!(target.sql("SELECT tableowner FROM pg_tables WHERE tablename = 't'"), "postgres");
 }
+
+/// A database holding no table but a view, a function or a type is not empty: the restore is
+/// refused without --clean (with --jobs too, which would otherwise commit beside them).
+#[test]
+fn a_target_with_only_views_or_functions_is_not_empty() {
+    let src = TestDb::new("objsrc");
+    src.sql("CREATE TABLE t(x int); INSERT INTO t VALUES (1)");
+    let pgm = Pgmedic::new(Backend::Local, &[("app", &src.url())], "", "");
+    let id = pgm.snapshot("app")["id"].as_str().unwrap().to_string();
+    for (what, sql, named) in [
+        ("a view", "CREATE VIEW report AS SELECT 1 AS one", "view public.report"),
+        ("a function", "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1'", "function public.f"),
+        ("a type", "CREATE TYPE mood AS ENUM ('ok')", "type public.mood"),
+    ] {
+        let target = TestDb::new("objdst");
+        target.sql(sql);
+        for jobs in ["1", "2"] {
+            let run = pgm.run(&["restore", &id, "--target", &target.name, "--jobs", jobs]);
+            assert_eq!(run.code, 3, "{what}, --jobs {jobs}: {run:?}");
+            assert!(run.stderr.contains("not empty") && run.stderr.contains(named), "{what}: {}", run.stderr);
+            assert_eq!(target.sql("SELECT to_regclass('public.t') IS NULL"), "t", "{what}: nothing restored");
+        }
+    }
+}

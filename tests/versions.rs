@@ -141,3 +141,24 @@ fn watch_and_repair_work_on_18() {
         "1"
     );
 }
+
+/// The database's own `pg_bin_dir` (the only place PostgreSQL 18's tools are named) serves
+/// restore and verify as it served the snapshot.
+#[test]
+fn restore_and_verify_use_the_databases_own_pg_bin_dir() {
+    let pg18 = Cluster::pg18();
+    pg18.sql("postgres", "CREATE DATABASE app");
+    pg18.sql("app", "CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 42)");
+    let tail = format!(
+        "\n[[databases]]\nname = \"app18\"\nurl = \"{}\"\npg_bin_dir = \"{}\"\n",
+        pg18.url("app"),
+        pg18.bin.display()
+    );
+    let pgm = Pgmedic::custom(Backend::Local, "", "", "", &tail);
+    let id = pgm.snapshot("app18")["id"].as_str().unwrap().to_string();
+    let run = pgm.run(&["verify", &id, "--json"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = pgm.run(&["restore", &id, "--target", "copy", "--create", "--json"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(pg18.sql("copy", "SELECT count(*) FROM t"), "42");
+}

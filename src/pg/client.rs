@@ -151,6 +151,16 @@ impl Session {
         Ok((count, rows.iter().map(|r| r.get(1)).collect()))
     }
 
+    /// Up to five user objects of any kind a restore could collide with or commit beside (tables,
+    /// views, sequences, functions, types, extensions, schemas other than `public`), named with
+    /// their kind, and how many there are in all: a database holding only views is not empty.
+    pub async fn user_objects(&self) -> Result<(i64, Vec<String>), DbError> {
+        let sql = "WITH user_ns AS (                      SELECT oid, nspname FROM pg_namespace                      WHERE nspname NOT IN ('pg_catalog', 'information_schema')                        AND nspname NOT LIKE 'pg\\_toast%' AND nspname NOT LIKE 'pg\\_temp%'),                    extension_objects AS (SELECT objid FROM pg_depend WHERE deptype = 'e'),                    found AS (                      SELECT CASE c.relkind WHEN 'r' THEN 'table' WHEN 'p' THEN 'table' WHEN 'v' THEN 'view'                               WHEN 'm' THEN 'materialized view' WHEN 'S' THEN 'sequence' WHEN 'f' THEN 'foreign table' END                             || ' ' || format('%I.%I', n.nspname, c.relname) AS what                      FROM pg_class c JOIN user_ns n ON n.oid = c.relnamespace                      WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND c.oid NOT IN (SELECT objid FROM extension_objects)                      UNION ALL                      SELECT 'function ' || format('%I.%I', n.nspname, p.proname) FROM pg_proc p JOIN user_ns n ON n.oid = p.pronamespace                      WHERE p.oid NOT IN (SELECT objid FROM extension_objects)                      UNION ALL                      SELECT 'type ' || format('%I.%I', n.nspname, t.typname) FROM pg_type t JOIN user_ns n ON n.oid = t.typnamespace                      WHERE t.typtype IN ('e', 'd', 'c', 'r', 'm') AND (t.typtype <> 'c' OR (SELECT relkind FROM pg_class WHERE oid = t.typrelid) = 'c')                        AND t.oid NOT IN (SELECT objid FROM extension_objects)                      UNION ALL                      SELECT 'extension ' || extname FROM pg_extension WHERE extname <> 'plpgsql'                      UNION ALL                      SELECT 'schema ' || quote_ident(nspname) FROM user_ns WHERE nspname <> 'public')                    SELECT count(*) OVER (), what FROM found ORDER BY 2 LIMIT 5";
+        let rows = self.client.query(sql, &[]).await.map_err(|e| self.err("list user objects", e))?;
+        let count = rows.first().map(|r| r.get::<_, i64>(0)).unwrap_or(0);
+        Ok((count, rows.iter().map(|r| r.get(1)).collect()))
+    }
+
     /// Every row of `schema.table` as JSON objects, or `None` when the table does not exist.
     pub async fn table_rows(
         &self,

@@ -38,7 +38,7 @@ pub enum RestoreError {
     #[error(transparent)]
     Db(#[from] DbError),
     #[error(
-        "restore refused: target database {target} is not empty ({count} user tables, e.g. {examples}); pass --clean to replace what the snapshot holds, or restore into a new database with --create"
+        "restore refused: target database {target} is not empty ({count} user objects, e.g. {examples}); pass --clean to replace what the snapshot holds, or restore into a new database with --create"
     )]
     NotEmpty { target: String, count: i64, examples: String },
     #[error("target database {target} does not exist; pass --create to make it")]
@@ -143,6 +143,14 @@ impl Restorer {
         let file = self.config.storage.encryption.as_ref().and_then(|e| e.identity_file.clone());
         let file = file.ok_or_else(|| locked("storage.encryption.identity_file is not set".into()))?;
         crate::crypt::identities(&file).map(Some).map_err(|e| locked(e.to_string()))
+    }
+}
+
+impl Restorer {
+    /// The snapshot's database's own `pg_bin_dir`, looked in before `snapshot.pg_bin_dir`, as
+    /// the snapshot itself did.
+    pub(crate) fn own_bin_dir(&self, m: &Manifest) -> Option<&std::path::Path> {
+        self.config.database(&m.database).and_then(|d| d.pg_bin_dir.as_deref())
     }
 }
 
@@ -251,7 +259,7 @@ impl Restorer {
     async fn for_target(&self, m: &Manifest, url: &DbUrl) -> Result<Restorer, RestoreError> {
         let target = pg::connect(url).await?.server_major().await?;
         let need = archive_major(m).map_or(target, |a| a.max(target));
-        let tools = self.tools.for_server(None, need).await?;
+        let tools = self.tools.for_server(self.own_bin_dir(m), need).await?;
         Ok(Restorer { storage: Arc::clone(&self.storage), tools, config: Arc::clone(&self.config) })
     }
 
@@ -273,7 +281,8 @@ impl Restorer {
                 }
                 other => other?,
             };
-            let (count, examples) = session.user_tables().await?;
+            // A database this restore just made holds only what template1 gave it.
+            let (count, examples) = if created { (0, Vec::new()) } else { session.user_objects().await? };
             if count > 0 && !opts.clean {
                 return Err(RestoreError::NotEmpty {
                     target: url.display_target(),

@@ -132,7 +132,7 @@ impl Restorer {
         let args: Vec<OsString> = vec!["--list".into()];
         // pg_restore reads archives of its own major and older.
         let tools = match super::archive_major(m) {
-            Some(need) => self.tools.for_server(None, need).await?,
+            Some(need) => self.tools.for_server(self.own_bin_dir(m), need).await?,
             None => self.tools.clone(),
         };
         let mut proc = tools.spawn("pg_restore", None, &args, Pipes { stdin: true, stdout: true })?;
