@@ -239,3 +239,34 @@ fn restore_from_a_terminal_shows_progress() {
     );
     assert!(screen.contains(&format!("restored {id}")), "{screen}");
 }
+
+/// Relative paths in the configuration are from its own folder, wherever pgmedic starts: a CLI
+/// snapshot run from elsewhere writes where the file says, and says it runs in-process.
+#[test]
+fn relative_paths_are_from_the_configuration_files_folder() {
+    let db = TestDb::new("relpaths");
+    db.sql("CREATE TABLE t (x int)");
+    let home = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let config = home.path().join("pgmedic.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[daemon]\nsocket = \"run/pgmedic.sock\"\nstate_dir = \"state\"\n[storage]\nbackend = \"local\"\npath = \"snapshots\"\n[[databases]]\nname = \"app\"\nurl = \"{}\"\n",
+            db.url()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgmedic"))
+        .args(["--config", &config.display().to_string(), "snapshot", "--db", "app"])
+        .env("PGMEDIC_LOG", "info")
+        .current_dir(elsewhere.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(home.path().join("snapshots/app").is_dir(), "the snapshot is beside the configuration: {stderr}");
+    assert!(!elsewhere.path().join("snapshots").exists(), "nothing where pgmedic was started");
+    let socket = home.path().join("run/pgmedic.sock");
+    assert!(stderr.contains(&format!("no daemon at {}; running in-process", socket.display())), "{stderr}");
+}

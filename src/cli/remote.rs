@@ -10,7 +10,10 @@ use crate::snapshot::Manifest;
 /// Snapshots through the daemon when its socket answers; `None` means run in-process.
 pub async fn snapshot(cfg: &Config, db: Option<&str>, reason: &str) -> anyhow::Result<Option<Vec<Manifest>>> {
     let path = &cfg.daemon.socket;
-    let Some(stream) = client::try_connect(path).await else { return Ok(None) };
+    let Some(stream) = client::try_connect(path).await else {
+        tracing::info!("no daemon at {}; running in-process", path.display());
+        return Ok(None);
+    };
     tracing::info!(socket = %path.display(), "asking the running daemon to take the snapshot");
     let req = Request::Snapshot { db: db.map(str::to_string), reason: Some(reason.to_string()), wait: true };
     let reply = client::call(stream, path, &req).await?;
@@ -107,7 +110,10 @@ pub async fn repair(
     dry_run: bool,
 ) -> anyhow::Result<Option<Vec<crate::audit::RunRecord>>> {
     let path = &cfg.daemon.socket;
-    let Some(stream) = client::try_connect(path).await else { return Ok(None) };
+    let Some(stream) = client::try_connect(path).await else {
+        tracing::info!("no daemon at {}; running in-process", path.display());
+        return Ok(None);
+    };
     tracing::info!(socket = %path.display(), "asking the running daemon to run the repair");
     let req = Request::Repair { db: db.map(str::to_string), playbook, dry_run };
     let reply = client::call(stream, path, &req).await?;

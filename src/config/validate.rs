@@ -16,6 +16,29 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// A path as the file gives it: relative ones are from the configuration file's folder
+    /// (as the operator reads the file), never from wherever pgmedic was started.
+    fn path(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            return p.to_path_buf();
+        }
+        let base = self.path.parent().filter(|b| !b.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let joined = base.join(p);
+        // `config/../var` reads as the folder it names (lexically: `..` after a folder drops it).
+        let mut out = PathBuf::new();
+        for c in std::path::absolute(&joined).unwrap_or(joined).components() {
+            match c {
+                std::path::Component::ParentDir if out.parent().is_some() => {
+                    out.pop();
+                }
+                std::path::Component::CurDir => {}
+                other => out.push(other),
+            }
+        }
+        out
+    }
+
     fn err(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
         ConfigError::Invalid { path: self.path.to_path_buf(), key: key.into(), message: message.into() }
     }
@@ -32,8 +55,8 @@ impl Ctx<'_> {
 pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
     let ctx = Ctx { path };
     let daemon = DaemonConfig {
-        socket: PathBuf::from(raw.daemon.socket.as_deref().unwrap_or(DEFAULT_SOCKET)),
-        state_dir: PathBuf::from(raw.daemon.state_dir.as_deref().unwrap_or(DEFAULT_STATE_DIR)),
+        socket: ctx.path(raw.daemon.socket.as_deref().unwrap_or(DEFAULT_SOCKET)),
+        state_dir: ctx.path(raw.daemon.state_dir.as_deref().unwrap_or(DEFAULT_STATE_DIR)),
         metrics_listen: match raw.daemon.metrics_listen.as_deref() {
             None | Some("") => None,
             Some(a) => Some(a.parse().map_err(|_| {
@@ -79,6 +102,7 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         .into_iter()
         .enumerate()
         .map(|(i, p)| super::playbook::playbook(i, p, &names).map_err(|(k, m)| ctx.err(k, m)))
+        .map(|p| p.map(|p| from_config_folder(&ctx, p)))
         .collect::<Result<Vec<_>, _>>()?;
     let rehearse = rehearse(&ctx, raw.rehearse)?;
     let scratch = scratch(&ctx, raw.scratch, &daemon.state_dir)?;
@@ -94,6 +118,18 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         rehearse,
         scratch,
     })
+}
+
+/// A playbook's `sql_file` and command `cwd`, relative to the configuration file's folder.
+fn from_config_folder(ctx: &Ctx, mut p: super::Playbook) -> super::Playbook {
+    for s in &mut p.steps {
+        match s {
+            super::Step::SqlFile { path, .. } => *path = ctx.path(&path.to_string_lossy()),
+            super::Step::Command { cwd: Some(d), .. } => *d = ctx.path(&d.to_string_lossy()),
+            _ => {}
+        }
+    }
+    p
 }
 
 fn scratch(ctx: &Ctx, raw: super::raw::RawScratch, state_dir: &Path) -> Result<ScratchConfig, ConfigError> {
@@ -113,7 +149,7 @@ fn scratch(ctx: &Ctx, raw: super::raw::RawScratch, state_dir: &Path) -> Result<S
     };
     let dir = match raw.dir {
         Some(d) if d.trim().is_empty() => return Err(ctx.err("scratch.dir", "must not be empty")),
-        Some(d) => PathBuf::from(d),
+        Some(d) => ctx.path(&d),
         None => state_dir.join("scratch"),
     };
     Ok(ScratchConfig { server, dir })
@@ -148,7 +184,7 @@ fn snapshot(ctx: &Ctx, raw: RawSnapshot) -> Result<SnapshotConfig, ConfigError> 
             .map(|d| d.into_vec())
             .unwrap_or_default()
             .into_iter()
-            .map(PathBuf::from)
+            .map(|d| ctx.path(&d))
             .collect(),
         retention: retention(raw.retention),
         max_concurrent: match raw.max_concurrent.unwrap_or(1) {
@@ -172,7 +208,7 @@ fn storage(ctx: &Ctx, mut raw: RawStorage) -> Result<StorageConfig, ConfigError>
             }
             let path =
                 raw.path.ok_or_else(|| ctx.err("storage.path", "required when backend = \"local\""))?;
-            StorageBackend::Local { path: PathBuf::from(path) }
+            StorageBackend::Local { path: ctx.path(&path) }
         }
         "s3" => {
             let bucket = raw.bucket.filter(|b| !b.is_empty());
@@ -247,7 +283,7 @@ fn encryption(ctx: &Ctx, raw: super::raw::RawEncryption) -> Result<super::Encryp
             ));
         }
     }
-    Ok(super::Encryption { recipients: raw.recipients, identity_file: raw.identity_file.map(PathBuf::from) })
+    Ok(super::Encryption { recipients: raw.recipients, identity_file: raw.identity_file.map(|f| ctx.path(&f)) })
 }
 
 fn retention(raw: RawRetention) -> Retention {
@@ -276,7 +312,7 @@ fn database(ctx: &Ctx, i: usize, raw: RawDatabase) -> Result<DatabaseConfig, Con
     }
     let text = match (raw.url, raw.url_file) {
         (Some(u), None) => u,
-        (None, Some(f)) => std::fs::read_to_string(&f)
+        (None, Some(f)) => std::fs::read_to_string(ctx.path(&f))
             .map_err(|e| ctx.err(key("url_file"), format!("cannot read {f}: {e}")))?
             .trim()
             .to_string(),
@@ -290,7 +326,7 @@ fn database(ctx: &Ctx, i: usize, raw: RawDatabase) -> Result<DatabaseConfig, Con
     let drill =
         raw.drill.as_deref().map(Schedule::parse).transpose().map_err(|m| ctx.err(key("drill"), m))?;
     let migrations = raw.migrations.map(|m| migrations(ctx, i, m)).transpose()?;
-    let pg_bin_dir = raw.pg_bin_dir.map(PathBuf::from);
+    let pg_bin_dir = raw.pg_bin_dir.map(|d| ctx.path(&d));
     Ok(DatabaseConfig { name: raw.name, url, schedule, drill, pg_bin_dir, migrations })
 }
 
@@ -325,7 +361,7 @@ fn migrations(ctx: &Ctx, i: usize, raw: RawMigrations) -> Result<MigrationsConfi
     Ok(MigrationsConfig {
         table: raw.table.unwrap_or_else(|| default_table.into()),
         schema: raw.schema.unwrap_or_else(|| "public".into()),
-        dir: raw.dir.map(PathBuf::from),
+        dir: raw.dir.map(|d| ctx.path(&d)),
         watch_interval: ctx.duration(
             &key("watch_interval"),
             raw.watch_interval.as_deref(),
@@ -343,11 +379,7 @@ fn migrations(ctx: &Ctx, i: usize, raw: RawMigrations) -> Result<MigrationsConfi
             argv => argv.unwrap_or_default(),
         },
         // Relative to the config file's folder, as the operator reads the file.
-        rehearse_cwd: raw.rehearse_cwd.map(|d| {
-            let base = ctx.path.parent().unwrap_or(Path::new("."));
-            let p = base.join(d);
-            std::path::absolute(&p).unwrap_or(p)
-        }),
+        rehearse_cwd: raw.rehearse_cwd.map(|d| ctx.path(&d)),
     })
 }
 
