@@ -260,9 +260,12 @@ impl GatedTools {
     pub fn new() -> GatedTools {
         let dir = tempfile::tempdir().unwrap();
         let gate = dir.path().join("gate");
+        // The wait ends at the gate, or when pgmedic (its parent) is gone or the test has
+        // removed the folder: a wrapper must never outlive its test.
         let script = format!(
-            "#!/bin/sh\ncase \"$1\" in --version) exec pg_dump --version;; esac\npg_dump \"$@\"\nstatus=$?\nwhile [ ! -e '{}' ]; do sleep 0.05; done\nexit $status\n",
-            gate.display()
+            "#!/bin/sh\ncase \"$1\" in --version) exec pg_dump --version;; esac\npg_dump \"$@\"\nstatus=$?\nparent=$PPID\nwhile [ ! -e '{}' ]; do\n  [ -d '{}' ] && kill -0 \"$parent\" 2>/dev/null || exit 1\n  sleep 0.05\ndone\nexit $status\n",
+            gate.display(),
+            dir.path().display()
         );
         let path = dir.path().join("pg_dump");
         std::fs::write(&path, script).unwrap();
@@ -281,6 +284,17 @@ impl GatedTools {
     /// Lets the waiting pg_dump wrappers exit.
     pub fn open(&self) {
         std::fs::write(&self.gate, b"go\n").unwrap();
+    }
+
+    /// The wrappers of this gate still running (their command line names its folder).
+    pub fn waiting(&self) -> usize {
+        let me = self.dir.path().display().to_string();
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().chars().all(|c| c.is_ascii_digit()))
+            .filter(|e| std::fs::read(e.path().join("cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(&me)))
+            .count()
     }
 }
 
