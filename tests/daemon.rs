@@ -427,3 +427,35 @@ fn a_stalled_metrics_client_is_cut_off_and_does_not_hold_up_shutdown() {
     daemon.signal(libc::SIGTERM);
     assert_eq!(daemon.wait_exit(Duration::from_secs(8)), 0, "{}", daemon.log());
 }
+
+/// Another installation snapshotting the same database (an HA pair's other daemon holds
+/// pgmedic's snapshot lock): this one's snapshot is skipped, not failed — in status and metrics,
+/// so no failure alert fires every night.
+#[test]
+fn a_snapshot_another_daemon_is_taking_is_skipped_not_failed() {
+    let db = TestDb::new("skipped");
+    db.sql("CREATE TABLE t(x int)");
+    let pgm = Pgmedic::custom(
+        Backend::Local,
+        "metrics_listen = \"127.0.0.1:0\"\n",
+        "",
+        "",
+        &db_entry("app", &db.url(), None),
+    );
+    let _other = common::prisma::LockHolder::take(&db, "pg_advisory_lock(1885826404, 1)");
+    let daemon = Daemon::start(&pgm);
+    let reply = daemon.request(r#"{"cmd":"snapshot","db":"app"}"#);
+    assert_eq!(reply["ok"], false, "{reply:#}");
+    let status = daemon.status();
+    let s = &status["databases"]["app"];
+    assert_eq!(s["last_snapshot"]["outcome"], "skipped", "{status:#}");
+    assert_eq!(
+        (s["snapshots_failure_total"].as_u64(), s["snapshots_skipped_total"].as_u64()),
+        (Some(0), Some(1)),
+        "{status:#}"
+    );
+    let addr = status["metrics_listen"].as_str().unwrap().to_string();
+    let metrics = http_get(&addr, "/metrics");
+    assert!(metrics.contains("pgmedic_snapshots_total{database=\"app\",outcome=\"failure\"} 0"), "{metrics}");
+    assert!(metrics.contains("pgmedic_snapshots_total{database=\"app\",outcome=\"skipped\"} 1"), "{metrics}");
+}

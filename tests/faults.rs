@@ -170,7 +170,9 @@ fn killed_mid_upload_local() {
     assert_next_snapshot_cleans(&pgm);
     assert!(temp_files(&dir).is_empty(), "the next snapshot removed the partial file");
     // The killed pgmedic's pg_dump wrappers (their own process group) do not wait for ever.
-    wait_for("the killed run's pg_dump wrappers to end", std::time::Duration::from_secs(10), || gated.waiting() == 0);
+    wait_for("the killed run's pg_dump wrappers to end", std::time::Duration::from_secs(10), || {
+        gated.waiting() == 0
+    });
 }
 
 #[test]

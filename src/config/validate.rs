@@ -283,7 +283,10 @@ fn encryption(ctx: &Ctx, raw: super::raw::RawEncryption) -> Result<super::Encryp
             ));
         }
     }
-    Ok(super::Encryption { recipients: raw.recipients, identity_file: raw.identity_file.map(|f| ctx.path(&f)) })
+    Ok(super::Encryption {
+        recipients: raw.recipients,
+        identity_file: raw.identity_file.map(|f| ctx.path(&f)),
+    })
 }
 
 fn retention(raw: RawRetention) -> Retention {

@@ -188,8 +188,12 @@ fn per_database(board: &BTreeMap<String, DbStatus>) -> Vec<Family> {
         board.iter().filter_map(|(name, s)| f(s).map(|v| (db(name), v))).collect()
     };
     let outcomes = board.iter().flat_map(|(name, s)| {
-        [("success", s.snapshots_success_total), ("failure", s.snapshots_failure_total)]
-            .map(|(o, n)| (vec![("database", name.clone()), ("outcome", o.to_string())], Num::Int(n)))
+        [
+            ("success", s.snapshots_success_total),
+            ("failure", s.snapshots_failure_total),
+            ("skipped", s.snapshots_skipped_total),
+        ]
+        .map(|(o, n)| (vec![("database", name.clone()), ("outcome", o.to_string())], Num::Int(n)))
     });
     vec![
         family(

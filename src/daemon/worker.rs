@@ -175,8 +175,13 @@ async fn run_job(db: &str, job: &Job, shared: &Shared, abort: &CancellationToken
     });
     let rt = shared.current();
     let req = Request { reason: job.reason.clone(), trigger: job.trigger.clone() };
+    let mut busy = false;
     let outcome = match rt.config.database(db) {
-        Some(cfg) => rt.snapshotter.take(cfg, &req, abort).await.map_err(|e| e.to_string()),
+        Some(cfg) => rt.snapshotter.take(cfg, &req, abort).await.map_err(|e| {
+            // Another snapshot of it holds the lock (an HA pair's other daemon): skipped, not failed.
+            busy = matches!(e, crate::snapshot::SnapshotError::Busy { .. });
+            e.to_string()
+        }),
         None => Err(format!("database `{db}` is no longer in the configuration")),
     };
     let finished = Utc::now();
@@ -190,7 +195,11 @@ async fn run_job(db: &str, job: &Job, shared: &Shared, abort: &CancellationToken
             finished_at: finished,
             duration_seconds: (finished - started).num_milliseconds() as f64 / 1000.0,
             stored_bytes: outcome.as_ref().ok().map(|m| m.stored_bytes),
-            outcome: if outcome.is_ok() { "success" } else { "failure" },
+            outcome: match (&outcome, busy) {
+                (Ok(_), _) => "success",
+                (Err(_), true) => "skipped",
+                (Err(_), false) => "failure",
+            },
             tools: outcome
                 .as_ref()
                 .ok()
@@ -202,6 +211,7 @@ async fn run_job(db: &str, job: &Job, shared: &Shared, abort: &CancellationToken
                 s.last_success_at = Some(finished);
                 s.last_error = None;
             }
+            Err(_) if busy => s.snapshots_skipped_total += 1,
             Err(e) => {
                 s.snapshots_failure_total += 1;
                 s.last_error = Some(e.clone());
@@ -211,6 +221,9 @@ async fn run_job(db: &str, job: &Job, shared: &Shared, abort: &CancellationToken
     match &outcome {
         Ok(m) if job.scheduled => prune_after(db, m, shared).await,
         Ok(_) => {}
+        Err(e) if busy => {
+            tracing::info!(database = %db, reason = %e, "snapshot skipped: another one of this database is running")
+        }
         Err(e) => {
             tracing::error!(database = %db, error = %e, "snapshot failed");
             shared.notifier().send(
