@@ -306,3 +306,38 @@ fn a_target_with_only_views_or_functions_is_not_empty() {
         }
     }
 }
+
+/// `restore --jobs` decompresses into the state directory; a restore killed outright cannot
+/// remove its file, so the next one does: a dead pid's file goes, a live one's stays.
+#[test]
+fn a_killed_parallel_restores_temporary_dump_is_removed_by_the_next() {
+    let src = TestDb::new("jobsrc");
+    src.sql("CREATE TABLE t(x int); INSERT INTO t VALUES (1)");
+    let pgm = Pgmedic::new(Backend::Local, &[("app", &src.url())], "", "");
+    let id = pgm.snapshot("app")["id"].as_str().unwrap().to_string();
+    let state = pgm.dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let dead = gone.id();
+    gone.wait().unwrap();
+    let killed = state.join(format!("restore-{dead}-{id}-x1.dump"));
+    let running = state.join(format!("restore-{}-{id}-x2.dump", std::process::id()));
+    for f in [&killed, &running] {
+        std::fs::write(f, b"the whole database, decrypted").unwrap();
+    }
+    let target = TestDb::reserved("jobdst");
+    let run = pgm.run(&["restore", &id, "--target", &target.name, "--create", "--jobs", "2"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(!killed.exists(), "the killed restore's dump was removed");
+    assert!(running.exists(), "a live restore's is not touched");
+    let dumps: Vec<String> = std::fs::read_dir(&state)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("restore-") && n.ends_with(".dump"))
+        .collect();
+    assert_eq!(
+        dumps,
+        [running.file_name().unwrap().to_string_lossy().into_owned()],
+        "its own file went with it"
+    );
+}

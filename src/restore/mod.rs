@@ -365,8 +365,10 @@ impl Restorer {
         let dir = self.config.daemon.state_dir.clone();
         let local = |what, message: String| RestoreError::Local { what, path: dir.clone(), message };
         crate::audit::private_dir(&dir).map_err(|e| local("cannot create state directory", e.to_string()))?;
+        sweep_dumps(&dir);
+        // The pid in the name lets a later restore tell a killed one's file from a running one's.
         let tmp = tempfile::Builder::new()
-            .prefix(&format!("restore-{}-", m.id))
+            .prefix(&format!("restore-{}-{}-", std::process::id(), m.id))
             .suffix(".dump")
             .tempfile_in(&dir)
             .map_err(|e| local("cannot create a temporary dump in", e.to_string()))?;
@@ -388,6 +390,28 @@ impl Restorer {
 }
 
 /// pg_restore's arguments for `--clean` and `--no-owner`.
+/// Removes the decompressed (for an age snapshot, decrypted) dumps that a `restore --jobs`
+/// killed outright left in the state directory: `restore-<pid>-….dump` whose pid is gone.
+fn sweep_dumps(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("restore-").filter(|_| name.ends_with(".dump")) else { continue };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else { continue };
+        if pid as u32 == std::process::id() || crate::process::alive(pid) {
+            continue;
+        }
+        match std::fs::remove_file(e.path()) {
+            Ok(()) => {
+                tracing::warn!(file = %e.path().display(), "removed the temporary dump of a restore that was killed")
+            }
+            Err(err) => {
+                tracing::warn!(file = %e.path().display(), error = %err, "could not remove a killed restore's temporary dump")
+            }
+        }
+    }
+}
+
 fn option_args(opts: &RestoreOptions) -> Vec<OsString> {
     let mut args: Vec<OsString> = Vec::new();
     if opts.clean {
