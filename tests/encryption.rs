@@ -224,3 +224,26 @@ fn a_reloaded_identity_file_opens_the_baseline_of_the_daemons_undo() {
     assert_eq!(rec["outcome"], "succeeded", "{reply:#}");
     assert_eq!(db.sql("SELECT to_regclass('\"Extra\"') IS NULL"), "t", "undone");
 }
+
+/// An encrypted snapshot's manifest is plaintext: the migrations table's logs (which quote
+/// what the server said and the statement that failed) are left out of it, and it says so.
+#[test]
+fn an_encrypted_snapshots_manifest_leaves_the_migration_logs_out() {
+    let db = common::prisma::p3009();
+    let keys = tempfile::tempdir().unwrap();
+    let (_, recipient) = keygen(keys.path(), "host.key");
+    let pgm = config(&db, &[&recipient], None);
+    let id = pgm.snapshot("app")["id"].as_str().unwrap().to_string();
+    let text =
+        std::fs::read_to_string(pgm.snapshots_dir().join("app").join(&id).join("manifest.json")).unwrap();
+    let m: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(m["migrations"]["logs_omitted"], true, "{m:#}");
+    assert!(!text.contains("No such table"), "no log text in the plaintext manifest: {text}");
+    assert!(m["migrations"]["rows"].as_array().unwrap().iter().all(|r| r["logs"].is_null()), "{m:#}");
+
+    let plain = Pgmedic::new(Backend::Local, &[("app", &db.url())], "", "");
+    let id = plain.snapshot("app")["id"].as_str().unwrap().to_string();
+    let text =
+        std::fs::read_to_string(plain.snapshots_dir().join("app").join(&id).join("manifest.json")).unwrap();
+    assert!(text.contains("No such table"), "an unencrypted one keeps them");
+}

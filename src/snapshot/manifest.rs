@@ -76,6 +76,21 @@ pub struct MigrationRows {
     pub schema: String,
     pub table: String,
     pub rows: Vec<serde_json::Value>,
+    /// The rows' `logs` were left out (an encrypted snapshot's plaintext manifest).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub logs_omitted: bool,
+}
+
+impl MigrationRows {
+    /// Each row's `logs` emptied (null), and that said.
+    pub fn omit_logs(&mut self) {
+        for r in &mut self.rows {
+            if let Some(v) = r.as_object_mut().and_then(|o| o.get_mut("logs")) {
+                *v = serde_json::Value::Null;
+            }
+        }
+        self.logs_omitted = true;
+    }
 }
 
 impl Manifest {

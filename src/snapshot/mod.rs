@@ -104,7 +104,14 @@ impl Snapshotter {
     ) -> Result<Manifest, SnapshotError> {
         let (session, shared) = self.open_locked(db).await?;
         let server_version = session.server_version().await?;
-        let migrations = read_migrations(&session, db).await?;
+        let mut migrations = read_migrations(&session, db).await?;
+        if self.cfg.encryption.is_some() {
+            // The manifest stays readable without the identity: a tool's failure log (a server
+            // DETAIL quoting row values, a statement with a password) is left out of it.
+            if let Some(m) = migrations.as_mut() {
+                m.omit_logs();
+            }
+        }
         let this = self.for_server(&session, db).await?;
         let pg_dump_version = this.tools.version("pg_dump").await.map_err(|e| dump::dump_err(db, e))?;
         let globals = this.store_globals(db, id, cancel).await;
@@ -277,7 +284,7 @@ async fn read_migrations(
     }
     let (tool, schema, table) =
         (dialect.tool().to_string(), dialect.schema().to_string(), dialect.table().to_string());
-    Ok(Some(MigrationRows { tool, schema, table, rows }))
+    Ok(Some(MigrationRows { tool, schema, table, rows, logs_omitted: false }))
 }
 
 pub fn hostname() -> String {
