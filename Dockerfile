@@ -33,9 +33,11 @@ COPY --from=build /out/pgmedic.fish /usr/share/fish/vendor_completions.d/pgmedic
 COPY --from=build /out/pgmedic.1 /usr/share/man/man1/pgmedic.1
 COPY config/pgmedic.toml /etc/pgmedic/pgmedic.toml.example
 USER pgmedic
+# Absolute: the example's relative paths are from its own folder, /etc/pgmedic.
 ENV PGMEDIC_CONFIG=/etc/pgmedic/pgmedic.toml \
     PGMEDIC_DAEMON__SOCKET=/run/pgmedic/pgmedic.sock \
-    PGMEDIC_DAEMON__STATE_DIR=/var/lib/pgmedic
+    PGMEDIC_DAEMON__STATE_DIR=/var/lib/pgmedic \
+    PGMEDIC_STORAGE__PATH=/var/lib/pgmedic/snapshots
 VOLUME ["/var/lib/pgmedic"]
 # `status` asks the daemon over its socket: it fails when the daemon does not answer.
 HEALTHCHECK --interval=30s --timeout=10s --start-period=20s --retries=3 CMD ["pgmedic", "status"]

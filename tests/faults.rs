@@ -131,27 +131,12 @@ fn killed_mid_upload_s3() {
 
 fn temp_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut found = Vec::new();
-    for entry in walk(dir) {
+    for entry in files_under(dir) {
         if entry.file_name().unwrap().to_string_lossy().contains(".pgmedic-tmp-") {
             found.push(entry);
         }
     }
     found
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p))
-            } else {
-                out.push(p)
-            }
-        }
-    }
-    out
 }
 
 #[test]

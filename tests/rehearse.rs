@@ -292,7 +292,8 @@ fn a_snapshot_too_large_for_scratch_dir_is_refused_with_both_figures() {
     let snap = pgm.snapshot("app");
     let id = snap["id"].as_str().unwrap();
     // The manifest as a 4 PiB database's would read.
-    let manifest = walkdir(&pgm.snapshots_dir()).into_iter().find(|p| p.ends_with("manifest.json")).unwrap();
+    let manifest =
+        files_under(&pgm.snapshots_dir()).into_iter().find(|p| p.ends_with("manifest.json")).unwrap();
     let mut m: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
     m["raw_bytes"] = serde_json::json!(4u64 << 50);
@@ -309,18 +310,6 @@ fn a_snapshot_too_large_for_scratch_dir_is_refused_with_both_figures() {
         !pgm.scratch_dir().exists() || std::fs::read_dir(pgm.scratch_dir()).unwrap().next().is_none(),
         "no cluster was started"
     );
-}
-
-fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap().map(Result::unwrap) {
-        if e.path().is_dir() {
-            out.extend(walkdir(&e.path()));
-        } else {
-            out.push(e.path());
-        }
-    }
-    out
 }
 
 #[test]

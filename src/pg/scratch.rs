@@ -74,9 +74,15 @@ fn heartbeat(admin: Arc<pg::Session>, name: String, purpose: Purpose, started: D
     let guard = stop.clone().drop_guard();
     tokio::spawn(async move {
         loop {
+            // Biased, and checked again: a beat must never be sent after keep() relabelled the
+            // database as the operator's (a later sweep would take it for an ended run's).
             tokio::select! {
+                biased;
                 _ = stop.cancelled() => break,
                 _ = tokio::time::sleep(BEAT) => {}
+            }
+            if stop.is_cancelled() {
+                break;
             }
             if let Err(e) = set_label(&admin, &name, &label(purpose, started)).await {
                 tracing::debug!(database = %name, error = %e, "scratch heartbeat not renewed");

@@ -21,6 +21,8 @@ const BLK_DATA: u8 = 1;
 const BLK_BLOBS: u8 = 3;
 /// The lines `\.` and two empty ones that pg_dump writes after every table's rows.
 const TERMINATOR_LINES: u64 = 3;
+/// The head (header and TOC) is held in memory until it parses; none is anywhere near this.
+const HEAD_CAP: usize = 1 << 30;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -57,6 +59,8 @@ pub struct RowCounter {
     newlines: HashMap<i64, u64>,
     order: Vec<i64>,
     seen: std::collections::HashSet<i64>,
+    /// The head length at which to try parsing it again.
+    next_try: usize,
 }
 
 /// Why the head could not be read yet (more bytes needed) or at all.
@@ -179,6 +183,7 @@ impl RowCounter {
             newlines: HashMap::new(),
             order: Vec::new(),
             seen: std::collections::HashSet::new(),
+            next_try: 0,
         }
     }
 
@@ -188,6 +193,14 @@ impl RowCounter {
             Phase::Failed => {}
             Phase::Head => {
                 self.head.extend_from_slice(data);
+                // Re-parsed from the start only when the head has doubled since the last try:
+                // linear in the TOC's size, however small the reads.
+                if self.head.len() < self.next_try {
+                    return;
+                }
+                if self.head.len() > HEAD_CAP {
+                    return self.fail("a table of contents over 1 GiB");
+                }
                 match parse_head(&self.head) {
                     Ok((end, tables, int_size)) => {
                         (self.tables, self.int_size) = (tables, int_size);
@@ -196,7 +209,7 @@ impl RowCounter {
                         self.phase = Phase::Block;
                         self.data(&rest);
                     }
-                    Err(Short::More) => {}
+                    Err(Short::More) => self.next_try = self.head.len() * 2,
                     Err(Short::Bad(why)) => self.fail(why),
                 }
             }
@@ -288,7 +301,12 @@ impl RowCounter {
 
     /// Each dumped table's rows, in dump order; None when the stream was not understood or
     /// ended inside the head or a block.
-    pub fn finish(self) -> Option<Vec<TableRows>> {
+    pub fn finish(mut self) -> Option<Vec<TableRows>> {
+        if matches!(self.phase, Phase::Head) {
+            // The stream may have ended before the head doubled: one last parse.
+            self.next_try = 0;
+            self.feed(&[]);
+        }
         if !matches!(self.phase, Phase::Block) || !self.head.is_empty() {
             return None;
         }
@@ -308,5 +326,79 @@ impl RowCounter {
             }
         }
         Some(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn int(v: i64) -> Vec<u8> {
+        let mut out = vec![u8::from(v < 0)];
+        out.extend_from_slice(&(v.unsigned_abs() as u32).to_le_bytes());
+        out
+    }
+
+    fn str(s: Option<&str>) -> Vec<u8> {
+        match s {
+            None => int(-1),
+            Some(s) => [int(s.len() as i64), s.as_bytes().to_vec()].concat(),
+        }
+    }
+
+    /// A 1.14 archive (PostgreSQL 13-15) of one table `public.t` whose COPY data is `rows`.
+    fn archive(rows: &str) -> Vec<u8> {
+        let mut a = b"PGDMP".to_vec();
+        a.extend([1, 14, 0, 4, 8, 1]);
+        a.extend(int(0)); // compression level
+        (0..7).for_each(|_| a.extend(int(0)));
+        for s in ["db", "15.1", "15.1"] {
+            a.extend(str(Some(s)));
+        }
+        a.extend(int(1));
+        a.extend(int(7));
+        a.extend(int(1));
+        for s in [Some("0"), Some("0"), Some("t"), Some("TABLE DATA")] {
+            a.extend(str(s));
+        }
+        a.extend(int(3));
+        for s in
+            [Some(""), Some(""), Some("COPY public.t (x) FROM stdin;\n"), Some("public"), Some(""), Some("")]
+        {
+            a.extend(str(s));
+        }
+        a.extend(str(Some("postgres")));
+        a.extend(str(Some("false")));
+        a.extend(str(Some("6")));
+        a.extend(str(None));
+        a.extend([1, 0, 0, 0, 0, 0, 0, 0, 0]);
+        a.push(BLK_DATA);
+        a.extend(int(7));
+        let data = format!("{rows}\\.\n\n\n");
+        a.extend(int(data.len() as i64));
+        a.extend(data.as_bytes());
+        a.extend(int(0));
+        a
+    }
+
+    #[test]
+    fn rows_are_counted_whatever_the_reads_and_a_head_that_ends_the_stream_still_parses() {
+        let a = archive("1\n2\n3\\nstill 3\n");
+        for size in [1, 3, 7, 64, a.len()] {
+            let mut c = RowCounter::new();
+            a.chunks(size).for_each(|ch| c.feed(ch));
+            let got = c.finish().unwrap_or_else(|| panic!("reads of {size} bytes"));
+            assert_eq!(
+                got,
+                [TableRows { schema: "public".into(), table: "t".into(), rows: 3 }],
+                "reads of {size}"
+            );
+        }
+        let mut cut = RowCounter::new();
+        cut.feed(&a[..a.len() - 3]);
+        assert_eq!(cut.finish(), None, "a stream that ends inside a block gives no counts");
+        let mut other = RowCounter::new();
+        other.feed(b"not an archive at all");
+        assert_eq!(other.finish(), None);
     }
 }

@@ -217,7 +217,7 @@ pub(crate) fn cell<'a, T: tokio_postgres::types::FromSql<'a>>(
         DbError::Query {
             target: session.target().to_string(),
             what: "read the migrations table",
-            message: format!("column {column} of {table} is not what the tool writes ({e}); pgmedic cannot read this table"),
+            message: format!("column {column} of {table} is not what the tool writes ({e}); pgmedic cannot read this table: check `tool` in [databases.migrations], or fix that row with the tool's own command"),
         }
     })
 }

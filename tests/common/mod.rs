@@ -301,6 +301,22 @@ impl GatedTools {
     }
 }
 
+/// Every file under `dir`, at any depth (none when it does not exist).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(files_under(&p))
+            } else {
+                out.push(p)
+            }
+        }
+    }
+    out
+}
+
 /// A pg_bin_dir whose pg_dump sleeps `secs` before dumping: a slow database.
 pub fn slow_tools(secs: f32) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
