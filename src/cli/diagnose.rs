@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use super::commands::open_storage;
+use super::context::open_storage;
 use super::repair::targets;
 use crate::config::Config;
 use crate::diagnose::{self, Report};

@@ -62,7 +62,7 @@ pub async fn lint_db(
     json: bool,
     format: Format,
 ) -> anyhow::Result<()> {
-    let d = super::commands::database(cfg, db)?;
+    let d = super::context::database(cfg, db)?;
     let mig = d.migrations_or_default();
     let dir = dir.or_else(|| mig.dir.clone()).ok_or_else(|| {
         UsageError(format!("lint --db {db} needs --dir or databases.migrations.dir for {db}"))

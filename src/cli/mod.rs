@@ -2,6 +2,7 @@
 //! codes (0 ok, 1 failed, 2 bad usage or configuration, 3 refused for safety).
 
 mod commands;
+mod context;
 mod diagnose;
 mod lint;
 mod output;

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::commands::{database, invoking_user, open_storage};
+use super::context::{database, invoking_user, open_storage};
 use super::output::table;
 use super::{Refused, UsageError};
 use crate::audit::{AuditLog, RunRecord};
@@ -175,7 +175,8 @@ fn print_run(r: &RunRecord) {
     let what = match (&r.migration, &r.playbook) {
         (Some(m), Some(p)) => format!("migration {m} with playbook {p}"),
         (Some(m), None) => format!("migration {m}"),
-        _ => "nothing failed".into(),
+        _ if r.outcome == "noop" => "nothing failed".into(),
+        _ => "before a failed migration was found".into(),
     };
     println!("{}: {} — {} (run {})", r.database, r.outcome, what, r.run_id);
     if let Some(s) = &r.snapshot_id {

@@ -87,6 +87,8 @@ pub struct DaemonConfig {
     pub metrics_listen: Option<std::net::SocketAddr>,
     pub shutdown_timeout: Duration,
     pub allowed_uids: Vec<u32>,
+    /// This installation's name among those sharing the storage (`daemon.instance`).
+    pub instance: String,
 }
 
 #[derive(Debug, Clone)]
@@ -138,6 +140,11 @@ pub struct SnapshotConfig {
     pub lock_wait_timeout: Duration,
     /// `storage.encryption`, here too: the snapshotter encrypts what it stores.
     pub encryption: Option<Encryption>,
+    /// Whether scheduled snapshots of a standby are taken (`snapshot.on_standby = "snapshot"`)
+    /// or skipped for its primary's daemon (`"skip"`, the default).
+    pub snapshot_standbys: bool,
+    /// `daemon.instance`, recorded in every manifest.
+    pub instance: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -244,4 +251,35 @@ impl std::fmt::Debug for Config {
 /// The effective configuration as TOML, with secrets redacted, for `check-config`.
 pub fn render_redacted(cfg: &Config) -> String {
     render::render(cfg)
+}
+
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    /// The shipped example, which every mutation starts from.
+    const EXAMPLE: &str = include_str!("../../config/pgmedic.toml");
+
+    #[test]
+    fn the_example_loads() {
+        super::load_for_test(EXAMPLE, &[]).unwrap();
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1500))]
+        /// Any text and any PGMEDIC_ variables: a configuration or an error, never a panic.
+        #[test]
+        fn mutated_configurations_never_panic(
+            at in 0usize..4000, junk in "\\PC{0,12}", cut in 0usize..8000,
+            var in "[A-Z_0-9]{1,30}", value in "\\PC{0,20}",
+        ) {
+            let mut text = EXAMPLE.to_string();
+            let at = text.char_indices().map(|(i, _)| i).nth(at).unwrap_or(text.len());
+            text.insert_str(at, &junk);
+            let cut = text.char_indices().map(|(i, _)| i).nth(cut).unwrap_or(text.len());
+            text.truncate(cut);
+            let var = format!("PGMEDIC_{var}");
+            let _ = super::load_for_test(&text, &[(var.as_str(), value.as_str())]);
+        }
+    }
 }

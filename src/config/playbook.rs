@@ -17,6 +17,9 @@ pub struct RepairConfig {
     pub lock_timeout: Duration,
     /// Attempts after the first when a statement gave up on a lock (55P03), with backoff.
     pub lock_retries: u32,
+    /// A crashed migration younger than this is not repaired: with the tool's lock disabled
+    /// (`PRISMA_SCHEMA_DISABLE_ADVISORY_LOCK`, behind poolers) a running deploy looks crashed.
+    pub crash_grace: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -141,6 +144,7 @@ pub fn repair(raw: RawRepair) -> Result<RepairConfig, (String, String)> {
             n @ 0..=100 => n,
             n => return Err(("repair.lock_retries".into(), format!("{n} is outside 0..=100"))),
         },
+        crash_grace: d("crash_grace", raw.crash_grace, 300)?,
     })
 }
 

@@ -52,6 +52,8 @@ pub struct RawDaemon {
     pub metrics_listen: Option<String>,
     pub shutdown_timeout: Option<String>,
     pub allowed_uids: Option<Vec<u32>>,
+    /// This installation's name among those sharing the storage (default: the host name).
+    pub instance: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -101,6 +103,9 @@ pub struct RawSnapshot {
     pub max_concurrent: Option<usize>,
     /// pg_dump's --lock-wait-timeout.
     pub lock_wait_timeout: Option<String>,
+    /// Scheduled snapshots of a server in recovery: "skip" (its primary's daemon takes them)
+    /// or "snapshot".
+    pub on_standby: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -172,6 +177,8 @@ pub struct RawRepair {
     pub lock_timeout: Option<String>,
     /// …and is retried this many times, with backoff.
     pub lock_retries: Option<u32>,
+    /// A crashed migration younger than this waits: it may be a deploy without its lock.
+    pub crash_grace: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -9,12 +9,13 @@ pub fn render(cfg: &Config) -> String {
     let mut out = format!("# effective configuration from {}\n", cfg.source.display());
     let d = &cfg.daemon;
     out += &format!(
-        "[daemon]\nsocket = {:?}\nstate_dir = {:?}\nmetrics_listen = {:?}\nshutdown_timeout = {:?}\nallowed_uids = {:?}\n\n",
+        "[daemon]\nsocket = {:?}\nstate_dir = {:?}\nmetrics_listen = {:?}\nshutdown_timeout = {:?}\nallowed_uids = {:?}\ninstance = {:?}\n\n",
         d.socket.display().to_string(),
         d.state_dir.display().to_string(),
         d.metrics_listen.map(|a| a.to_string()).unwrap_or_default(),
         humantime::format_duration(d.shutdown_timeout).to_string(),
         d.allowed_uids,
+        d.instance,
     );
     let s = &cfg.storage;
     out += "[storage]\n";
@@ -55,7 +56,7 @@ pub fn render(cfg: &Config) -> String {
     let n = &cfg.snapshot;
     let r = &n.retention;
     out += &format!(
-        "[snapshot]\ncompression_level = {}\ncompression_threads = {}\nmax_concurrent = {}\nlock_wait_timeout = {:?}\npg_bin_dir = {:?}\nretention = {{ keep_last = {}, keep_daily = {}, keep_weekly = {}, keep_monthly = {}, keep_pre_repair_days = {} }}\n",
+        "[snapshot]\ncompression_level = {}\ncompression_threads = {}\nmax_concurrent = {}\nlock_wait_timeout = {:?}\npg_bin_dir = {:?}\nretention = {{ keep_last = {}, keep_daily = {}, keep_weekly = {}, keep_monthly = {}, keep_pre_repair_days = {} }}\non_standby = {:?}\n",
         n.compression_level,
         n.compression_threads,
         n.max_concurrent,
@@ -65,7 +66,8 @@ pub fn render(cfg: &Config) -> String {
         r.keep_daily,
         r.keep_weekly,
         r.keep_monthly,
-        r.keep_pre_repair_days
+        r.keep_pre_repair_days,
+        if n.snapshot_standbys { "snapshot" } else { "skip" }
     );
     for db in &cfg.databases {
         out += &format!("\n[[databases]]\nname = {:?}\nurl = {:?}\n", db.name, db.url.redacted());
@@ -98,11 +100,12 @@ pub fn render(cfg: &Config) -> String {
         }
     }
     out += &format!(
-        "\n[repair]\nstatement_timeout = {:?}\nlock_wait = {:?}\nlock_timeout = {:?}\nlock_retries = {}\n",
+        "\n[repair]\nstatement_timeout = {:?}\nlock_wait = {:?}\nlock_timeout = {:?}\nlock_retries = {}\ncrash_grace = {:?}\n",
         humantime::format_duration(cfg.repair.statement_timeout).to_string(),
         humantime::format_duration(cfg.repair.lock_wait).to_string(),
         humantime::format_duration(cfg.repair.lock_timeout).to_string(),
-        cfg.repair.lock_retries
+        cfg.repair.lock_retries,
+        humantime::format_duration(cfg.repair.crash_grace).to_string(),
     );
     out += &format!(
         "\n[rehearse]\n{}max_age = {:?}\ntimeout = {:?}\n",

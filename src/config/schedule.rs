@@ -36,6 +36,19 @@ impl Schedule {
         self.cron.find_next_occurrence(&t, false).ok()
     }
 
+    /// The run nearest to `t`: the slot a firing at `t` belongs to (a timer may fire a little
+    /// early or late), the same on every host with this schedule.
+    pub fn slot_of(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        // Whole seconds: the cron's finest unit (croner would keep the fraction otherwise).
+        let whole = chrono::SubsecRound::trunc_subsecs(t, 0);
+        let before = self.cron.find_previous_occurrence(&whole, true).ok();
+        let after = self.next_after(whole);
+        match (before, after) {
+            (Some(b), Some(a)) => Some(if t - b <= a - t { b } else { a }),
+            (b, a) => b.or(a),
+        }
+    }
+
     /// The gap between the next two runs after `t`: how old the newest snapshot may be before a
     /// run counts as missed.
     pub fn period_after(&self, t: DateTime<Utc>) -> Option<chrono::Duration> {
@@ -53,6 +66,15 @@ impl fmt::Debug for Schedule {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_firing_belongs_to_the_nearest_run() {
+        let s = Schedule::parse("0 0 * * * *").unwrap();
+        let at = |t: &str| t.parse::<DateTime<Utc>>().unwrap();
+        assert_eq!(s.slot_of(at("2026-01-01T03:00:00.004Z")), Some(at("2026-01-01T03:00:00Z")));
+        assert_eq!(s.slot_of(at("2026-01-01T02:59:59.990Z")), Some(at("2026-01-01T03:00:00Z")));
+        assert_eq!(s.slot_of(at("2026-01-01T03:00:00Z")), Some(at("2026-01-01T03:00:00Z")));
+    }
 
     #[test]
     fn daily_at_three() {

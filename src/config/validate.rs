@@ -69,10 +69,18 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
             Duration::from_secs(60),
         )?,
         allowed_uids: raw.daemon.allowed_uids.unwrap_or_default(),
+        instance: match raw.daemon.instance {
+            None => crate::snapshot::hostname(),
+            Some(i) if i.is_empty() || i.len() > 128 || !i.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) || i.starts_with('.') => {
+                return Err(ctx.err("daemon.instance", format!("`{i}` must be 1 to 128 letters, digits, `-`, `_` or `.` (it names a file in the storage), not starting with `.`")))
+            }
+            Some(i) => i,
+        },
     };
     let storage = storage(&ctx, raw.storage)?;
     let mut snapshot = snapshot(&ctx, raw.snapshot)?;
     snapshot.encryption = storage.encryption.clone();
+    snapshot.instance = daemon.instance.clone();
     if raw.databases.is_empty() {
         return Err(ctx.err("databases", "no [[databases]] entry: add one with `name` and `url`"));
     }
@@ -197,6 +205,14 @@ fn snapshot(ctx: &Ctx, raw: RawSnapshot) -> Result<SnapshotConfig, ConfigError> 
             Duration::from_secs(300),
         )?,
         encryption: None,
+        snapshot_standbys: match raw.on_standby.as_deref().unwrap_or("skip") {
+            "skip" => false,
+            "snapshot" => true,
+            other => {
+                return Err(ctx.err("snapshot.on_standby", format!("`{other}` is not \"skip\" or \"snapshot\"")))
+            }
+        },
+        instance: String::new(),
     })
 }
 

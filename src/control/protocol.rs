@@ -51,6 +51,11 @@ pub enum Request {
     },
 }
 
+/// One request line; the error says why it is not one.
+pub fn parse(line: &str) -> Result<Request, String> {
+    serde_json::from_str::<Request>(line).map_err(|e| format!("not a pgmedic request: {e}"))
+}
+
 fn yes() -> bool {
     true
 }
@@ -78,4 +83,37 @@ pub fn ok(mut body: Value) -> Value {
 
 pub fn err(code: &str, message: impl Into<String>) -> Value {
     json!({ "ok": false, "error": { "code": code, "message": message.into() } })
+}
+
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::parse;
+
+    const SAMPLES: &[&str] = &[
+        r#"{"cmd":"status"}"#,
+        r#"{"cmd":"snapshot","db":"app","wait":false}"#,
+        r#"{"cmd":"repair","db":"app","playbook":"p","dry_run":true}"#,
+        r#"{"cmd":"rehearse","db":"app","snapshot":"x","fresh":true}"#,
+        r#"{"cmd":"drill","db":"app"}"#,
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+        #[test]
+        fn mutated_requests_never_panic(which in 0usize..5, at in 0usize..80, junk in "\\PC{0,8}", cut in 0usize..80) {
+            let mut line = SAMPLES[which].to_string();
+            let at = line.char_indices().map(|(i, _)| i).nth(at).unwrap_or(line.len());
+            line.insert_str(at, &junk);
+            let cut = line.char_indices().map(|(i, _)| i).nth(cut).unwrap_or(line.len());
+            line.truncate(cut);
+            let _ = parse(&line);
+        }
+
+        #[test]
+        fn arbitrary_text_never_panics(line in "\\PC{0,300}") {
+            let _ = parse(&line);
+        }
+    }
 }

@@ -156,9 +156,9 @@ async fn connection(
                 return;
             }
             Ok(Some(Err(LinesCodecError::Io(_)))) => return,
-            Ok(Some(Ok(line))) => match serde_json::from_str::<Request>(&line) {
+            Ok(Some(Ok(line))) => match super::protocol::parse(&line) {
                 Ok(req) => handler.handle(req, uid).await,
-                Err(e) => err(code::BAD_REQUEST, format!("not a pgmedic request: {e}")),
+                Err(e) => err(code::BAD_REQUEST, e),
             },
         };
         if framed.send(reply.to_string()).await.is_err() {

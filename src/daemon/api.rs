@@ -121,7 +121,7 @@ impl Api {
     /// A snapshot for a rehearsal, queued on the database's worker and waited for: its id.
     async fn fresh_snapshot(&self, db: &str, uid: u32) -> Result<String, Value> {
         let (tx, rx) = oneshot::channel::<Outcome>();
-        let job = Job { reason: "rehearse".into(), trigger: format!("socket:uid={uid}"), scheduled: false };
+        let job = Job::new("rehearse", format!("socket:uid={uid}"), false);
         match self.shared.request(db, job, Some(tx)) {
             Ok(_) => {}
             Err(e @ RequestError::UnknownDatabase(_)) => {
@@ -204,7 +204,7 @@ impl Api {
         let mut queued = Vec::new();
         for name in names {
             let (tx, rx) = oneshot::channel::<Outcome>();
-            let job = Job { reason: reason.clone(), trigger: format!("socket:uid={uid}"), scheduled: false };
+            let job = Job::new(reason.clone(), format!("socket:uid={uid}"), false);
             match self.shared.request(&name, job, wait.then_some(tx)) {
                 Ok(q) => {
                     queued.push(json!({ "database": name, "queued": q }));

@@ -22,8 +22,11 @@ pub struct DbStatus {
     pub coalesced_total: u64,
     pub snapshots_success_total: u64,
     pub snapshots_failure_total: u64,
-    /// Snapshots not taken because another one of the database held its lock (another daemon).
+    /// Snapshots not taken because another one of the database held its lock (another daemon),
+    /// its server is a standby, or another installation took the scheduled run.
     pub snapshots_skipped_total: u64,
+    /// Why the last skipped one was skipped.
+    pub last_skipped: Option<String>,
     pub migrations: Option<MigrationsStatus>,
     pub last_repair: Option<serde_json::Value>,
     /// Finished repair runs (dry runs aside), by outcome; interrupted ones when closed at start.

@@ -333,7 +333,7 @@ async fn on_signal(
         }
         SignalEvent::SnapshotAll => {
             for db in shared.current().config.databases.iter() {
-                let job = Job { reason: "signal".into(), trigger: "signal:SIGUSR2".into(), scheduled: false };
+                let job = Job::new("signal", "signal:SIGUSR2", false);
                 if let Err(e) = shared.request(&db.name, job, None) {
                     tracing::warn!(database = %db.name, error = %e, "SIGUSR2 snapshot not queued");
                 }

@@ -9,7 +9,7 @@ use serde_json::json;
 use tokio::sync::oneshot;
 
 use super::worker::Job;
-use super::Shared;
+use super::{Runtime, Shared};
 use crate::audit::RunRecord;
 use crate::config::DatabaseConfig;
 use crate::repair::{PreRepairSnapshot, Repairer, RunRequest};
@@ -17,6 +17,8 @@ use crate::snapshot::{Manifest, PRE_REPAIR};
 
 struct ViaWorker {
     shared: Weak<Shared>,
+    /// The run's configuration: its snapshot is of the server the run repairs.
+    runtime: Arc<Runtime>,
 }
 
 #[async_trait]
@@ -24,7 +26,8 @@ impl PreRepairSnapshot for ViaWorker {
     async fn take(&self, db: &DatabaseConfig, trigger: &str) -> Result<Manifest, String> {
         let shared = self.shared.upgrade().ok_or("the daemon is shutting down")?;
         let (tx, rx) = oneshot::channel();
-        let job = Job { reason: PRE_REPAIR.into(), trigger: trigger.into(), scheduled: false };
+        let mut job = Job::new(PRE_REPAIR, trigger, false);
+        job.pinned = Some(self.runtime.clone());
         shared.request(&db.name, job, Some(tx)).map_err(|e| e.to_string())?;
         drop(shared);
         rx.await.map_err(|_| "the snapshot worker stopped before finishing".to_string())?
@@ -43,7 +46,7 @@ impl Shared {
         let repairer = Repairer {
             config: rt.config.clone(),
             storage: rt.snapshotter.storage.clone(),
-            snapshots: Arc::new(ViaWorker { shared: Arc::downgrade(self) }),
+            snapshots: Arc::new(ViaWorker { shared: Arc::downgrade(self), runtime: rt.clone() }),
         };
         let notifier = self.notifier();
         if !req.dry_run {

@@ -41,7 +41,10 @@ fn cron_job(shared: &Arc<Shared>, key: &str, schedule: &str) -> Result<CronJob, 
                     tasks.spawn(super::drills::run(shared, db));
                 }
                 None => {
-                    let _ = shared.request(&name, scheduled_job("schedule"), None);
+                    let mut job = scheduled_job("schedule");
+                    let cfg = shared.current().config.clone();
+                    job.slot = cfg.database(&name).and_then(|d| d.schedule.as_ref()).and_then(|s| s.slot_of(Utc::now()));
+                    let _ = shared.request(&name, job, None);
                 }
             }
         })
@@ -53,7 +56,7 @@ fn cron_job(shared: &Arc<Shared>, key: &str, schedule: &str) -> Result<CronJob, 
 }
 
 pub fn scheduled_job(trigger: &str) -> Job {
-    Job { reason: "scheduled".into(), trigger: trigger.into(), scheduled: true }
+    Job::new("scheduled", trigger, true)
 }
 
 impl Scheduler {

@@ -131,12 +131,21 @@ async fn tick(
     shared.board.update(&cfg.name, |s| s.migrations = Some(status));
     // A failure is reacted to once; one that clears and comes back is new again.
     seen.failures.retain(|id| failing.iter().any(|m| &m.id == id));
+    let grace = shared.current().config.repair.crash_grace;
     for m in failing {
+        // A crash younger than the grace may be a deploy without its lock: looked at again later.
+        if m.status == watch::Status::Crashed && m.started_at.is_some_and(|t| young(t, grace)) {
+            continue;
+        }
         if seen.failures.insert(m.id.clone()) {
             react(shared, cfg, mig.on_failure, &m);
         }
     }
     Ok(())
+}
+
+fn young(started: chrono::DateTime<chrono::Utc>, grace: std::time::Duration) -> bool {
+    (chrono::Utc::now() - started).to_std().map_or(true, |age| age < grace)
 }
 
 /// The board's invalid indexes, and one `invalid_index` webhook for each new one.
@@ -171,7 +180,7 @@ fn react(shared: &Arc<Shared>, cfg: &DatabaseConfig, on_failure: OnFailure, m: &
     match on_failure {
         OnFailure::Notify => {}
         OnFailure::Snapshot => {
-            let job = Job { reason: "migration-failed".into(), trigger: "watch".into(), scheduled: false };
+            let job = Job::new("migration-failed", "watch", false);
             let _ = shared.request(&cfg.name, job, None);
         }
         OnFailure::Repair => {

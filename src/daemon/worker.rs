@@ -17,12 +17,25 @@ use crate::snapshot::{self, Manifest, Request, PRE_REPAIR};
 /// What a waiter learns: the manifest, or the error's text.
 pub type Outcome = Result<Manifest, String>;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Job {
     pub reason: String,
     pub trigger: String,
     /// Scheduled snapshots are followed by the retention policy.
     pub scheduled: bool,
+    /// The configuration this job must use: a repair's own, captured when the run started, so
+    /// a reload mid-repair never points its pre-repair snapshot at another server. `None`: the
+    /// configuration current when the job starts.
+    pub pinned: Option<Arc<super::Runtime>>,
+    /// A scheduled run's due time: one snapshot per slot across every installation sharing
+    /// the storage.
+    pub slot: Option<chrono::DateTime<Utc>>,
+}
+
+impl Job {
+    pub fn new(reason: impl Into<String>, trigger: impl Into<String>, scheduled: bool) -> Job {
+        Job { reason: reason.into(), trigger: trigger.into(), scheduled, pinned: None, slot: None }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -173,13 +186,23 @@ async fn run_job(db: &str, job: &Job, shared: &Shared, abort: &CancellationToken
         s.running =
             Some(RunningJob { since: started, reason: job.reason.clone(), trigger: job.trigger.clone() })
     });
-    let rt = shared.current();
-    let req = Request { reason: job.reason.clone(), trigger: job.trigger.clone() };
+    let rt = job.pinned.clone().unwrap_or_else(|| shared.current());
+    let req = Request {
+        reason: job.reason.clone(),
+        trigger: job.trigger.clone(),
+        scheduled: job.scheduled,
+        slot: job.slot,
+    };
     let mut busy = false;
+    let mut covered_at = None;
     let outcome = match rt.config.database(db) {
         Some(cfg) => rt.snapshotter.take(cfg, &req, abort).await.map_err(|e| {
-            // Another snapshot of it holds the lock (an HA pair's other daemon): skipped, not failed.
-            busy = matches!(e, crate::snapshot::SnapshotError::Busy { .. });
+            // Another snapshot of it holds the lock (an HA pair's other daemon), or another
+            // installation covers this run: skipped, not failed.
+            busy = e.is_skip();
+            if let crate::snapshot::SnapshotError::Skipped { newest_at, .. } = &e {
+                covered_at = *newest_at;
+            }
             e.to_string()
         }),
         None => Err(format!("database `{db}` is no longer in the configuration")),
@@ -211,7 +234,13 @@ async fn run_job(db: &str, job: &Job, shared: &Shared, abort: &CancellationToken
                 s.last_success_at = Some(finished);
                 s.last_error = None;
             }
-            Err(_) if busy => s.snapshots_skipped_total += 1,
+            Err(e) if busy => {
+                s.snapshots_skipped_total += 1;
+                s.last_skipped = Some(e.clone());
+                // The database has a snapshot if storage, the shared truth, holds one: the
+                // installation that skips is not stale for it.
+                s.last_success_at = s.last_success_at.max(covered_at);
+            }
             Err(e) => {
                 s.snapshots_failure_total += 1;
                 s.last_error = Some(e.clone());
@@ -222,7 +251,7 @@ async fn run_job(db: &str, job: &Job, shared: &Shared, abort: &CancellationToken
         Ok(m) if job.scheduled => prune_after(db, m, shared).await,
         Ok(_) => {}
         Err(e) if busy => {
-            tracing::info!(database = %db, reason = %e, "snapshot skipped: another one of this database is running")
+            tracing::info!(database = %db, reason = %e, "snapshot skipped")
         }
         Err(e) => {
             tracing::error!(database = %db, error = %e, "snapshot failed");

@@ -10,8 +10,13 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use super::tools::ToolError;
 use crate::process;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LocateError {
+    #[error("no PostgreSQL client tools of version {need} or newer (pg_dump refuses a newer server); looked in: {looked}; install them (e.g. postgresql-client-{need}) or name their folder in snapshot.pg_bin_dir or the database's pg_bin_dir")]
+    NoVersion { need: u32, looked: String },
+}
 
 /// `pg_dump --version` answers per folder, asked once per process.
 static MAJORS: Mutex<Option<HashMap<PathBuf, Option<u32>>>> = Mutex::new(None);
@@ -77,7 +82,7 @@ pub async fn inventory(configured: &[PathBuf]) -> Vec<(PathBuf, Option<u32>)> {
 
 /// The folder to use for a server of major `need`: configured folders first, then the
 /// standard places; among those that fit, the lowest major.
-pub async fn locate(configured: &[PathBuf], need: u32) -> Result<PathBuf, ToolError> {
+pub async fn locate(configured: &[PathBuf], need: u32) -> Result<PathBuf, LocateError> {
     let mut looked = Vec::new();
     let mut best: Option<(u32, PathBuf)> = None;
     for (i, dir) in configured.iter().chain(standard_places().iter()).enumerate() {
@@ -98,7 +103,7 @@ pub async fn locate(configured: &[PathBuf], need: u32) -> Result<PathBuf, ToolEr
             best = Some((rank, dir.clone()));
         }
     }
-    best.map(|(_, d)| d).ok_or_else(|| ToolError::NoVersion { need, looked: looked.join(", ") })
+    best.map(|(_, d)| d).ok_or_else(|| LocateError::NoVersion { need, looked: looked.join(", ") })
 }
 
 #[cfg(test)]

@@ -27,8 +27,8 @@ pub enum ToolError {
     Failed { tool: &'static str, status: String, target: String, stderr: String },
     #[error("{tool}: {message}")]
     Io { tool: &'static str, message: String },
-    #[error("no PostgreSQL client tools of version {need} or newer (pg_dump refuses a newer server); looked in: {looked}; install them (e.g. postgresql-client-{need}) or name their folder in snapshot.pg_bin_dir or the database's pg_bin_dir")]
-    NoVersion { need: u32, looked: String },
+    #[error(transparent)]
+    Locate(#[from] super::locate::LocateError),
 }
 
 #[derive(Debug, Clone, Default)]

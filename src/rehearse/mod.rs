@@ -228,7 +228,7 @@ impl Rehearser {
                 tools: self.tools(),
                 cfg: self.config.snapshot.clone(),
             };
-            let req = Request { reason: "rehearse".into(), trigger: "rehearse".into() };
+            let req = Request::asked("rehearse", "rehearse");
             return snapshotter
                 .take(db, &req, cancel)
                 .await

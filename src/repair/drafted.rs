@@ -86,33 +86,44 @@ pub async fn decide(session: &Session, ctx: &Ctx<'_>) -> Result<(ResolveAs, Stri
     Ok((how, done))
 }
 
-/// The SQL the step would run now (for `--dry-run`), or why it would not run.
-pub async fn preview(session: &Session, ctx: &Ctx<'_>, undo: bool) -> Result<Vec<String>, String> {
-    let a = analysis(session, ctx).await.map_err(|e| e.0)?;
-    if undo {
-        a.undo().map(|u| u.plan.statements())
-    } else {
-        a.finish_sql()
-    }
-}
-
-/// `--dry-run`: the SQL each finish or undo step would run now, in its planned record.
+/// `--dry-run`: what each finish, undo and `resolve = "from-diagnosis"` step would do now, in
+/// its planned record: the SQL, the way it would resolve, or why it would refuse. The analysis
+/// is computed once for the whole playbook.
 pub async fn preview_steps(session: &Session, ctx: &Ctx<'_>, playbook: &Playbook, rec: &mut RunRecord) {
+    let mut a: Option<Result<Analysis, String>> = None;
     for (i, step) in playbook.steps.iter().enumerate() {
-        let undo = match step {
-            Step::Finish { .. } => false,
-            Step::Undo { .. } => true,
-            _ => continue,
-        };
+        if !matches!(step, Step::Finish { .. } | Step::Undo { .. } | Step::Resolve(ResolveAs::FromDiagnosis)) {
+            continue;
+        }
+        if a.is_none() {
+            a = Some(analysis(session, ctx).await.map_err(|e| e.0));
+        }
         let params = &mut rec.steps[i].params;
-        match preview(session, ctx, undo).await {
-            Ok(sql) => {
+        let preview = match (step, a.as_ref().expect("computed above")) {
+            (_, Err(why)) => Err(why.clone()),
+            (Step::Undo { .. }, Ok(a)) => a.undo().map(|u| Preview::Sql(u.plan.statements())),
+            (Step::Finish { .. }, Ok(a)) => a.finish_sql().map(Preview::Sql),
+            (_, Ok(a)) => a.resolution().map(|how| Preview::Resolve(how, a.evidence.stop.leftover.is_some())),
+        };
+        match preview {
+            Ok(Preview::Sql(sql)) => {
                 params["sql"] =
                     serde_json::json!(sql.iter().map(|s| crate::redact::redact(s)).collect::<Vec<_>>())
+            }
+            Ok(Preview::Resolve(how, leftover)) => {
+                params["would_resolve"] = serde_json::json!(how);
+                if leftover && how == ResolveAs::RolledBack {
+                    params["would_drop_invalid_index"] = serde_json::json!(true);
+                }
             }
             Err(why) => params["refused"] = serde_json::json!(crate::redact::redact(&why)),
         }
     }
+}
+
+enum Preview {
+    Sql(Vec<String>),
+    Resolve(ResolveAs, bool),
 }
 
 pub async fn finish(session: &Session, ctx: &Ctx<'_>, timeout: Duration) -> Result<String, StepFailure> {

@@ -61,7 +61,7 @@ pub struct InProcessSnapshots(pub Snapshotter);
 #[async_trait]
 impl PreRepairSnapshot for InProcessSnapshots {
     async fn take(&self, db: &DatabaseConfig, trigger: &str) -> Result<Manifest, String> {
-        let req = Request { reason: crate::snapshot::PRE_REPAIR.into(), trigger: trigger.into() };
+        let req = Request::asked(crate::snapshot::PRE_REPAIR, trigger);
         self.0.take(db, &req, &CancellationToken::new()).await.map_err(|e| e.to_string())
     }
 }
@@ -161,7 +161,7 @@ impl Repairer {
         .map_err(|e| session.err("set statement_timeout and lock_timeout", e))?;
         let dialect = watch::dialect(mig);
         // `auto` finds its tool (and so its lock) at the first read.
-        let _ = dialect.read(&session).await?;
+        let _ = watch::read(&session, dialect.as_ref()).await?;
         if !req.dry_run && !self.lock(&session, db, dialect.as_ref(), rec).await? {
             return Ok(());
         }
@@ -186,6 +186,10 @@ impl Repairer {
         if !running.is_empty() {
             return refuse(rec, preflight::still_running(&running));
         }
+        let now = server_now(&session).await?;
+        if let Some(why) = preflight::too_recent(&target, self.config.repair.crash_grace, now) {
+            return refuse(rec, why);
+        }
         rec.steps = playbook.steps.iter().enumerate().map(|(i, s)| planned(i, s, &target.name)).collect();
         if req.dry_run {
             let name = target.name.clone();
@@ -196,6 +200,10 @@ impl Repairer {
         rec.rows_before = dialect.raw_rows(&session).await?;
         if !self.start(&session, db, log, rec).await? {
             return Ok(());
+        }
+        // Read again: the snapshot took time, and a deploy without its lock may have moved on.
+        if let Some(why) = preflight::changed_since(&target, &watch::read(&session, dialect.as_ref()).await?) {
+            return refuse(rec, why);
         }
         let run = Target { session: &session, db, mig, dialect: dialect.as_ref(), migration: &target };
         let failed = self.run_steps(&run, playbook, log, rec).await;
@@ -344,6 +352,12 @@ struct Target<'a> {
     mig: &'a MigrationsConfig,
     dialect: &'a dyn Dialect,
     migration: &'a Migration,
+}
+
+/// The server's clock: a migration's timestamps were written by it, not by this host.
+async fn server_now(session: &Session) -> Result<chrono::DateTime<Utc>, RepairError> {
+    let row = session.client().query_one("SELECT now()", &[]).await.map_err(|e| session.err("read the server's clock", e))?;
+    Ok(row.get(0))
 }
 
 fn refuse(rec: &mut RunRecord, why: String) -> Result<(), RepairError> {

@@ -21,6 +21,12 @@ pub struct Manifest {
     pub taken_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
     pub host: String,
+    /// The installation that took it (`daemon.instance`; absent before version 0.4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    /// A scheduled run's due time: the run this snapshot covers for every installation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<DateTime<Utc>>,
     pub pg_dump_version: String,
     /// Where that pg_dump was (chosen for the server's major; absent before version 0.3).
     #[serde(default)]
@@ -140,11 +146,26 @@ fn is_manifest_key(key: &str) -> bool {
         && super::id::is_valid(parts[1])
 }
 
+/// The largest manifest read: a forged one of gigabytes must not take the daemon's memory (a
+/// real one is kilobytes, or a few MiB with a hundred thousand tables' row counts).
+const MAX_MANIFEST: u64 = 64 << 20;
+
 async fn load(storage: &Arc<dyn Storage>, key: &str) -> Result<Manifest, SnapshotError> {
-    let bytes = storage.get(key).await?;
-    let m: Manifest = serde_json::from_slice(&bytes)
-        .map_err(|e| SnapshotError::BadManifest { key: key.into(), message: e.to_string() })?;
-    belongs(&m, key).map_err(|message| SnapshotError::BadManifest { key: key.into(), message })?;
+    use tokio::io::AsyncReadExt;
+    let bad = |message: String| SnapshotError::BadManifest { key: key.into(), message };
+    let mut bytes = Vec::new();
+    let reader = storage.open(key).await?;
+    reader.take(MAX_MANIFEST + 1).read_to_end(&mut bytes).await.map_err(|e| bad(e.to_string()))?;
+    if bytes.len() as u64 > MAX_MANIFEST {
+        return Err(bad(format!("larger than {} MiB: not a manifest pgmedic wrote", MAX_MANIFEST >> 20)));
+    }
+    parse(&bytes, key).map_err(bad)
+}
+
+/// A manifest's bytes, read from `key`: well-formed, and belonging there.
+pub fn parse(bytes: &[u8], key: &str) -> Result<Manifest, String> {
+    let m: Manifest = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    belongs(&m, key)?;
     Ok(m)
 }
 
@@ -211,4 +232,54 @@ pub async fn remove_orphans(storage: &Arc<dyn Storage>, database: &str) -> Resul
         removed += 1;
     }
     Ok(removed)
+}
+
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::parse;
+
+    const KEY: &str = "app/20260101T000000Z-abcd/manifest.json";
+
+    fn sample() -> String {
+        serde_json::json!({
+            "format_version": 1, "id": "20260101T000000Z-abcd", "database": "app", "reason": "scheduled",
+            "trigger": "cron", "taken_at": "2026-01-01T00:00:00Z", "finished_at": "2026-01-01T00:00:01Z",
+            "host": "h", "pg_dump_version": "15", "server_version": "15", "format": "custom",
+            "compression": {"algorithm": "zstd", "level": 3}, "object": "dump.zst", "raw_bytes": 10,
+            "stored_bytes": 5, "sha256": "00", "tables": [{"schema": "public", "table": "t", "rows": 1}],
+            "globals": null, "schema": {"object": "schema.sql.zst", "raw_bytes": 1, "stored_bytes": 1, "sha256": "00"},
+            "migrations": {"tool": "prisma", "schema": "public", "table": "_prisma_migrations", "rows": [{"logs": "x"}]}
+        })
+        .to_string()
+    }
+
+    #[test]
+    fn the_sample_parses() {
+        assert!(parse(sample().as_bytes(), KEY).is_ok());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        /// Any bytes: an error or a manifest, never a panic; one accepted names only its own
+        /// folder's objects.
+        #[test]
+        fn mutated_manifests_never_panic(cut in 0usize..2000, at in 0usize..2000, junk in proptest::collection::vec(any::<u8>(), 0..16)) {
+            let mut bytes = sample().into_bytes();
+            let at = at.min(bytes.len());
+            bytes.splice(at..(at + junk.len()).min(bytes.len()), junk);
+            bytes.truncate(cut.max(1).min(bytes.len()));
+            if let Ok(m) = parse(&bytes, KEY) {
+                for k in m.keys() {
+                    prop_assert!(k.starts_with("app/20260101T000000Z-abcd/") && !k.contains(".."), "{k}");
+                }
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = parse(&bytes, KEY);
+        }
+    }
 }

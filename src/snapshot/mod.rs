@@ -36,6 +36,9 @@ pub enum SnapshotError {
     Dump { database: String, source: ToolError },
     #[error("snapshot of {database} is refused: another snapshot of it is running (pgmedic's snapshot lock on the database is held); wait for it, or see `pgmedic status`")]
     Busy { database: String },
+    /// A scheduled run another installation sharing the storage covers (or a standby's).
+    #[error("scheduled snapshot of {database} skipped: {why}")]
+    Skipped { database: String, why: String, newest_at: Option<chrono::DateTime<Utc>> },
     #[error("snapshot {id} of {database} failed while compressing: {message}")]
     Pipeline { database: String, id: String, message: String },
     #[error("snapshot of {database} failed: pgmedic's snapshot lock on it was lost ({detail}); another snapshot may have started meanwhile, so nothing of this one was kept: take a new snapshot")]
@@ -55,7 +58,13 @@ pub enum SnapshotError {
 impl SnapshotError {
     /// Refusals exit 3: nothing was wrong, it was not safe to go on.
     pub fn is_refusal(&self) -> bool {
-        matches!(self, SnapshotError::Busy { .. })
+        matches!(self, SnapshotError::Busy { .. } | SnapshotError::Skipped { .. })
+    }
+
+    /// Not a failure: another snapshot of the database runs, or another installation covers
+    /// this run. Status and metrics say "skipped"; no failure webhook or alert.
+    pub fn is_skip(&self) -> bool {
+        matches!(self, SnapshotError::Busy { .. } | SnapshotError::Skipped { .. })
     }
 }
 
@@ -72,6 +81,19 @@ pub struct Snapshotter {
 pub struct Request {
     pub reason: String,
     pub trigger: String,
+    /// Taken by the daemon on its schedule (or catching up): skipped on a standby unless
+    /// `snapshot.on_standby = "snapshot"`.
+    pub scheduled: bool,
+    /// The scheduled run's due time: skipped when another installation sharing the storage
+    /// already took this slot.
+    pub slot: Option<chrono::DateTime<Utc>>,
+}
+
+impl Request {
+    /// A snapshot an operator or a repair asked for: always taken.
+    pub fn asked(reason: impl Into<String>, trigger: impl Into<String>) -> Request {
+        Request { reason: reason.into(), trigger: trigger.into(), scheduled: false, slot: None }
+    }
 }
 
 /// Advisory lock keys, two-int form, scoped to the database like every advisory lock.
@@ -102,7 +124,7 @@ impl Snapshotter {
         taken_at: chrono::DateTime<Utc>,
         cancel: &CancellationToken,
     ) -> Result<Manifest, SnapshotError> {
-        let (session, shared) = self.open_locked(db).await?;
+        let (session, shared) = self.open_locked(db, req).await?;
         let server_version = session.server_version().await?;
         let mut migrations = read_migrations(&session, db).await?;
         if self.cfg.encryption.is_some() {
@@ -140,6 +162,8 @@ impl Snapshotter {
             taken_at,
             finished_at: Utc::now(),
             host: hostname(),
+            instance: Some(self.cfg.instance.clone()).filter(|i| !i.is_empty()),
+            slot: req.slot,
             pg_dump_version,
             pg_bin_dir: this.tools.bin_dir().map(|d| d.display().to_string()),
             server_version,
@@ -165,15 +189,48 @@ impl Snapshotter {
         Ok(manifest)
     }
 
+    /// Err(Skipped) when this scheduled run is not this installation's to take: its server is a
+    /// standby (the primary's daemon takes them, unless `snapshot.on_standby = "snapshot"`), or
+    /// another installation sharing the storage already took this slot. Checked under the
+    /// snapshot lock, so two daemons on one server never both pass.
+    async fn covered_elsewhere(&self, session: &pg::Session, db: &DatabaseConfig, req: &Request) -> Result<(), SnapshotError> {
+        let standby = !self.cfg.snapshot_standbys && session.is_in_recovery().await?;
+        let listed = manifest::list(&self.storage, Some(&db.name)).await?;
+        let newest_at = listed.last().map(|m| m.finished_at);
+        let skipped = |why: String| Err(SnapshotError::Skipped { database: db.name.clone(), why, newest_at });
+        if standby {
+            return skipped("its server is a standby (in recovery): the primary's pgmedic takes the scheduled snapshots; set snapshot.on_standby = \"snapshot\" to dump this standby instead".into());
+        }
+        let Some(slot) = req.slot else { return Ok(()) };
+        match listed.iter().rev().find(|m| m.slot == Some(slot)) {
+            Some(m) => skipped(format!(
+                "the run due at {} was taken by {} (snapshot {}): one snapshot per scheduled run across the installations sharing the storage",
+                slot.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                m.instance.as_deref().unwrap_or(&m.host),
+                m.id
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// A session holding the database's snapshot lock, with leftovers cleaned, and the id of an
     /// exported database snapshot that the migrations rows, the dump and the schema all read.
-    async fn open_locked(&self, db: &DatabaseConfig) -> Result<(pg::Session, Option<String>), SnapshotError> {
+    async fn open_locked(
+        &self,
+        db: &DatabaseConfig,
+        req: &Request,
+    ) -> Result<(pg::Session, Option<String>), SnapshotError> {
         let session = pg::connect(&db.url).await?;
         // The lock lives as long as this session: the database's idle_session_timeout must not
         // end it half way through a dump.
         session.immune_to_timeouts().await?;
         if !session.try_advisory_lock(locks::CLASS, locks::SNAPSHOT).await? {
             return Err(SnapshotError::Busy { database: db.name.clone() });
+        }
+        // Before any cleaning: the lock is this server's, and a run that is another
+        // installation's must not touch the storage they share (its snapshot may be in flight).
+        if req.scheduled {
+            self.covered_elsewhere(&session, db, req).await?;
         }
         self.clean_leftovers(&session, db).await?;
         let shared = session.export_snapshot().await;

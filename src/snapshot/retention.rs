@@ -145,6 +145,8 @@ mod tests {
             taken_at: t,
             finished_at: t,
             host: String::new(),
+            instance: None,
+            slot: None,
             pg_dump_version: String::new(),
             pg_bin_dir: None,
             server_version: String::new(),

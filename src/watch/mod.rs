@@ -12,7 +12,6 @@ mod knex;
 mod liquibase;
 mod live;
 mod prisma;
-mod prisma_resolve;
 mod sqlx;
 
 use std::path::PathBuf;
@@ -226,5 +225,19 @@ pub async fn read(session: &Session, dialect: &dyn Dialect) -> Result<TableState
     if session.is_in_recovery().await? {
         return Ok(TableState::Standby);
     }
-    dialect.read(session).await
+    dialect.read(session).await.map_err(|e| match e {
+        // A table of the tool's name without its columns: say which table, and what to check.
+        DbError::Query { target, what, message } if message.contains("does not exist") && message.contains("column") => {
+            DbError::Query {
+                target,
+                what,
+                message: format!(
+                    "{message}: {} is not {}'s table; check `tool` and `table` in [databases.migrations]",
+                    dialect.qualified(),
+                    dialect.tool()
+                ),
+            }
+        }
+        other => other,
+    })
 }

@@ -26,6 +26,16 @@ fn run_as() -> Option<(u32, u32)> {
     Some(unsafe { ((*pw).pw_uid, (*pw).pw_gid) })
 }
 
+/// A folder the server user owns.
+fn new_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    if let Some((uid, gid)) = run_as() {
+        let path = std::ffi::CString::new(dir.path().as_os_str().as_encoded_bytes()).unwrap();
+        assert_eq!(unsafe { libc::chown(path.as_ptr(), uid, gid) }, 0);
+    }
+    dir
+}
+
 fn as_server_user(cmd: &mut Command) -> &mut Command {
     if let Some((uid, gid)) = run_as() {
         cmd.uid(uid).gid(gid);
@@ -51,12 +61,43 @@ impl Cluster {
         Cluster::start_auth(bin, None)
     }
 
+    /// The system's PostgreSQL 15, trusting every local client.
+    pub fn pg15() -> Cluster {
+        Cluster::start(Path::new("/usr/lib/postgresql/15/bin"))
+    }
+
+    /// A streaming standby of this cluster (`pg_basebackup -R`), on its own port.
+    pub fn standby(&self) -> Cluster {
+        let dir = new_dir();
+        let data = dir.path().join("data");
+        let out = as_server_user(
+            Command::new(self.bin.join("pg_basebackup"))
+                .arg("-h")
+                .arg(self._dir.path())
+                .args(["-p", &self.port.to_string(), "-U", "postgres", "-R", "-X", "stream", "--checkpoint=fast", "--no-sync", "-D"])
+                .arg(&data),
+        )
+        .output()
+        .unwrap();
+        assert!(out.status.success(), "pg_basebackup: {}", String::from_utf8_lossy(&out.stderr));
+        Cluster::spawn(&self.bin, dir, &data)
+    }
+
+    /// `pg_ctl promote`, waiting until the standby accepts writes.
+    pub fn promote(&self) {
+        let out = as_server_user(
+            Command::new(self.bin.join("pg_ctl")).arg("promote").arg("-w").arg("-D").arg(self._dir.path().join("data")),
+        )
+        .output()
+        .unwrap();
+        assert!(out.status.success(), "pg_ctl promote: {}", String::from_utf8_lossy(&out.stderr));
+        wait_for("the promoted standby", Duration::from_secs(60), || {
+            self.sql("postgres", "SELECT pg_is_in_recovery()") == "f"
+        });
+    }
+
     fn start_auth(bin: &Path, password: Option<&str>) -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
-        if let Some((uid, gid)) = run_as() {
-            let path = std::ffi::CString::new(dir.path().as_os_str().as_encoded_bytes()).unwrap();
-            assert_eq!(unsafe { libc::chown(path.as_ptr(), uid, gid) }, 0);
-        }
+        let dir = new_dir();
         let data = dir.path().join("data");
         let mut initdb = Command::new(bin.join("initdb"));
         match password {
@@ -76,11 +117,16 @@ impl Cluster {
         }
         let out = as_server_user(initdb.arg("--no-sync").arg("-D").arg(&data)).output().unwrap();
         assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
+        Cluster::spawn(bin, dir, &data)
+    }
+
+    /// The server on `data`, on a port the kernel picked, its socket in `dir`.
+    fn spawn(bin: &Path, dir: tempfile::TempDir, data: &Path) -> Cluster {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let child = as_server_user(
             Command::new(bin.join("postgres"))
                 .arg("-D")
-                .arg(&data)
+                .arg(data)
                 .args(["-p", &port.to_string(), "-k"])
                 .arg(dir.path()),
         )
