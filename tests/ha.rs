@@ -24,8 +24,10 @@ fn config(pgm: &Pgmedic, instance: &str, url: &str, storage: &std::path::Path) -
          \n[[playbooks]]\nname = \"back\"\nsteps = [ {{ resolve = \"rolled-back\" }} ]\n",
         fixture("migrations").display()
     );
-    pgm.render(Backend::Local, &format!("instance = \"{instance}\"\n"), "", "", &tail)
-        .replace(&format!("path = \"{}\"", pgm.snapshots_dir().display()), &format!("path = \"{}\"", storage.display()))
+    pgm.render(Backend::Local, &format!("instance = \"{instance}\"\n"), "", "", &tail).replace(
+        &format!("path = \"{}\"", pgm.snapshots_dir().display()),
+        &format!("path = \"{}\"", storage.display()),
+    )
 }
 
 /// Scheduled snapshots in the shared storage: slot → the instances that took it.
@@ -33,7 +35,9 @@ fn slots(pgm: &Pgmedic) -> BTreeMap<DateTime<Utc>, Vec<String>> {
     let mut out: BTreeMap<DateTime<Utc>, Vec<String>> = BTreeMap::new();
     for m in pgm.run(&["snapshots", "--json"]).json().as_array().unwrap() {
         if let Some(slot) = m["slot"].as_str() {
-            out.entry(slot.parse().unwrap()).or_default().push(m["instance"].as_str().unwrap_or("?").to_string());
+            out.entry(slot.parse().unwrap())
+                .or_default()
+                .push(m["instance"].as_str().unwrap_or("?").to_string());
         }
     }
     out
@@ -76,7 +80,10 @@ fn an_ha_pair_snapshots_and_repairs_once_and_the_standby_takes_over_after_promot
     assert!(status["snapshots_skipped_total"].as_u64().unwrap() >= 2, "{status}");
     assert!(status["last_skipped"].as_str().unwrap().contains("standby"), "{status}");
     assert_eq!(status["snapshots_failure_total"], 0, "{status}");
-    assert!(status["last_success_at"].is_string(), "storage holds the primary's snapshot: not stale {status}");
+    assert!(
+        status["last_success_at"].is_string(),
+        "storage holds the primary's snapshot: not stale {status}"
+    );
 
     // Failover: the primary goes away, the standby is promoted.
     let stopped = Utc::now();

@@ -581,7 +581,11 @@ fn a_local_snapshot_fsyncs_every_folder_up_to_the_storage_root() {
     let cmd = pgm.command(&["snapshot", "--db", "app", "--json"]);
     let trace = pgm.dir.path().join("strace.txt");
     let mut strace = std::process::Command::new("strace");
-    strace.args(["-f", "-qq", "-y", "-e", "trace=fsync,fdatasync", "-o"]).arg(&trace).arg(cmd.get_program()).args(cmd.get_args());
+    strace
+        .args(["-f", "-qq", "-y", "-e", "trace=fsync,fdatasync", "-o"])
+        .arg(&trace)
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
     for (k, v) in cmd.get_envs() {
         match v {
             Some(v) => strace.env(k, v),
@@ -590,11 +594,13 @@ fn a_local_snapshot_fsyncs_every_folder_up_to_the_storage_root() {
     }
     let out = strace.output().expect("strace runs (scripts/test installs it)");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let id = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["id"].as_str().unwrap().to_string();
+    let id =
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["id"].as_str().unwrap().to_string();
     let text = std::fs::read_to_string(&trace).unwrap();
     let root = pgm.snapshots_dir();
     for dir in [root.join("app").join(&id), root.join("app"), root.clone()] {
-        let synced = text.lines().any(|l| l.contains("fsync(") && l.contains(&format!("<{}>)", dir.display())));
+        let synced =
+            text.lines().any(|l| l.contains("fsync(") && l.contains(&format!("<{}>)", dir.display())));
         assert!(synced, "no fsync of {} in\n{text}", dir.display());
     }
 }

@@ -289,7 +289,10 @@ fn a_crash_younger_than_the_grace_period_is_not_repaired() {
     assert_eq!(run.code, 3, "a deploy without its lock looks crashed: refused {run:?}");
     let rec = run.json();
     let error = rec["error"].as_str().unwrap();
-    assert!(error.contains("repair.crash_grace (2m)") && error.contains("PRISMA_SCHEMA_DISABLE_ADVISORY_LOCK"), "{error}");
+    assert!(
+        error.contains("repair.crash_grace (2m)") && error.contains("PRISMA_SCHEMA_DISABLE_ADVISORY_LOCK"),
+        "{error}"
+    );
     assert!(rec["snapshot_id"].is_null(), "nothing was done, not even a snapshot: {rec}");
     assert_eq!(failed_rows(&db), "1");
 
@@ -313,7 +316,9 @@ fn the_table_is_read_again_after_the_pre_repair_snapshot() {
     let repair = pgm.command(&["repair", "--json"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
     wait_for("the pre-repair snapshot", MINUTE, || gated.waiting() > 0);
     // Meanwhile the migration is finished by its own tool (a deploy that ran without its lock).
-    db.sql(&format!("UPDATE _prisma_migrations SET finished_at = now(), logs = NULL WHERE migration_name = '{FAILED}'"));
+    db.sql(&format!(
+        "UPDATE _prisma_migrations SET finished_at = now(), logs = NULL WHERE migration_name = '{FAILED}'"
+    ));
     gated.open();
     let out = repair.wait_with_output().unwrap();
     let rec: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -362,7 +367,8 @@ fn a_reload_during_a_repair_does_not_change_the_server_its_snapshot_reads() {
     assert_eq!(run["outcome"], "succeeded", "{reply}");
     let id = run["snapshot_id"].as_str().unwrap();
     let listed = pgm.run(&["snapshots", "--json"]).json();
-    let snap = listed.as_array().unwrap().iter().find(|m| m["id"] == id).unwrap_or_else(|| panic!("{listed}"));
+    let snap =
+        listed.as_array().unwrap().iter().find(|m| m["id"] == id).unwrap_or_else(|| panic!("{listed}"));
     let tables = snap["tables"].to_string();
     assert!(
         tables.contains("_prisma_migrations") && !tables.contains("only_elsewhere"),

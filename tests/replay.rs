@@ -297,7 +297,11 @@ fn a_failed_concurrent_index_is_rolled_back_with_its_invalid_index() {
         (Some("rolled-back"), Some(true)),
         "{dry:#}"
     );
-    assert_eq!(db.sql("SELECT version || ',' || dirty FROM schema_migrations"), "2,true", "a dry run changes nothing");
+    assert_eq!(
+        db.sql("SELECT version || ',' || dirty FROM schema_migrations"),
+        "2,true",
+        "a dry run changes nothing"
+    );
     let rec = pgm.run(&["repair", "--db", "app", "--json"]).json();
     assert_eq!(rec["outcome"], "succeeded", "{rec:#}");
     assert!(

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use super::output::{human_bytes, snapshot_line, snapshot_table, table};
 use super::context::{database, invoking_user, open_storage};
+use super::output::{human_bytes, snapshot_line, snapshot_table, table};
 use super::{Cli, Command, Refused, UsageError};
 use crate::config::{self, Config, DatabaseConfig};
 use crate::pg::PgTools;

@@ -209,7 +209,9 @@ fn snapshot(ctx: &Ctx, raw: RawSnapshot) -> Result<SnapshotConfig, ConfigError> 
             "skip" => false,
             "snapshot" => true,
             other => {
-                return Err(ctx.err("snapshot.on_standby", format!("`{other}` is not \"skip\" or \"snapshot\"")))
+                return Err(
+                    ctx.err("snapshot.on_standby", format!("`{other}` is not \"skip\" or \"snapshot\""))
+                )
             }
         },
         instance: String::new(),

@@ -43,7 +43,10 @@ fn cron_job(shared: &Arc<Shared>, key: &str, schedule: &str) -> Result<CronJob, 
                 None => {
                     let mut job = scheduled_job("schedule");
                     let cfg = shared.current().config.clone();
-                    job.slot = cfg.database(&name).and_then(|d| d.schedule.as_ref()).and_then(|s| s.slot_of(Utc::now()));
+                    job.slot = cfg
+                        .database(&name)
+                        .and_then(|d| d.schedule.as_ref())
+                        .and_then(|s| s.slot_of(Utc::now()));
                     let _ = shared.request(&name, job, None);
                 }
             }

@@ -92,7 +92,8 @@ pub async fn decide(session: &Session, ctx: &Ctx<'_>) -> Result<(ResolveAs, Stri
 pub async fn preview_steps(session: &Session, ctx: &Ctx<'_>, playbook: &Playbook, rec: &mut RunRecord) {
     let mut a: Option<Result<Analysis, String>> = None;
     for (i, step) in playbook.steps.iter().enumerate() {
-        if !matches!(step, Step::Finish { .. } | Step::Undo { .. } | Step::Resolve(ResolveAs::FromDiagnosis)) {
+        if !matches!(step, Step::Finish { .. } | Step::Undo { .. } | Step::Resolve(ResolveAs::FromDiagnosis))
+        {
             continue;
         }
         if a.is_none() {

@@ -202,7 +202,8 @@ impl Repairer {
             return Ok(());
         }
         // Read again: the snapshot took time, and a deploy without its lock may have moved on.
-        if let Some(why) = preflight::changed_since(&target, &watch::read(&session, dialect.as_ref()).await?) {
+        if let Some(why) = preflight::changed_since(&target, &watch::read(&session, dialect.as_ref()).await?)
+        {
             return refuse(rec, why);
         }
         let run = Target { session: &session, db, mig, dialect: dialect.as_ref(), migration: &target };
@@ -356,7 +357,11 @@ struct Target<'a> {
 
 /// The server's clock: a migration's timestamps were written by it, not by this host.
 async fn server_now(session: &Session) -> Result<chrono::DateTime<Utc>, RepairError> {
-    let row = session.client().query_one("SELECT now()", &[]).await.map_err(|e| session.err("read the server's clock", e))?;
+    let row = session
+        .client()
+        .query_one("SELECT now()", &[])
+        .await
+        .map_err(|e| session.err("read the server's clock", e))?;
     Ok(row.get(0))
 }
 

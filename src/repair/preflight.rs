@@ -64,7 +64,14 @@ pub(super) fn too_recent(
 pub(super) fn changed_since(before: &Migration, now: &TableState) -> Option<String> {
     let same = now.needing_repair().into_iter().any(|m| {
         (&m.name, m.status, &m.started_at, &m.finished_at, &m.logs, m.applied_steps_count)
-            == (&before.name, before.status, &before.started_at, &before.finished_at, &before.logs, before.applied_steps_count)
+            == (
+                &before.name,
+                before.status,
+                &before.started_at,
+                &before.finished_at,
+                &before.logs,
+                before.applied_steps_count,
+            )
     });
     (!same).then(|| {
         format!(

@@ -193,7 +193,12 @@ impl Snapshotter {
     /// standby (the primary's daemon takes them, unless `snapshot.on_standby = "snapshot"`), or
     /// another installation sharing the storage already took this slot. Checked under the
     /// snapshot lock, so two daemons on one server never both pass.
-    async fn covered_elsewhere(&self, session: &pg::Session, db: &DatabaseConfig, req: &Request) -> Result<(), SnapshotError> {
+    async fn covered_elsewhere(
+        &self,
+        session: &pg::Session,
+        db: &DatabaseConfig,
+        req: &Request,
+    ) -> Result<(), SnapshotError> {
         let standby = !self.cfg.snapshot_standbys && session.is_in_recovery().await?;
         let listed = manifest::list(&self.storage, Some(&db.name)).await?;
         let newest_at = listed.last().map(|m| m.finished_at);

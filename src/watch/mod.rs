@@ -227,7 +227,9 @@ pub async fn read(session: &Session, dialect: &dyn Dialect) -> Result<TableState
     }
     dialect.read(session).await.map_err(|e| match e {
         // A table of the tool's name without its columns: say which table, and what to check.
-        DbError::Query { target, what, message } if message.contains("does not exist") && message.contains("column") => {
+        DbError::Query { target, what, message }
+            if message.contains("does not exist") && message.contains("column") =>
+        {
             DbError::Query {
                 target,
                 what,

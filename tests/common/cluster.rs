@@ -74,7 +74,18 @@ impl Cluster {
             Command::new(self.bin.join("pg_basebackup"))
                 .arg("-h")
                 .arg(self._dir.path())
-                .args(["-p", &self.port.to_string(), "-U", "postgres", "-R", "-X", "stream", "--checkpoint=fast", "--no-sync", "-D"])
+                .args([
+                    "-p",
+                    &self.port.to_string(),
+                    "-U",
+                    "postgres",
+                    "-R",
+                    "-X",
+                    "stream",
+                    "--checkpoint=fast",
+                    "--no-sync",
+                    "-D",
+                ])
                 .arg(&data),
         )
         .output()
@@ -86,7 +97,11 @@ impl Cluster {
     /// `pg_ctl promote`, waiting until the standby accepts writes.
     pub fn promote(&self) {
         let out = as_server_user(
-            Command::new(self.bin.join("pg_ctl")).arg("promote").arg("-w").arg("-D").arg(self._dir.path().join("data")),
+            Command::new(self.bin.join("pg_ctl"))
+                .arg("promote")
+                .arg("-w")
+                .arg("-D")
+                .arg(self._dir.path().join("data")),
         )
         .output()
         .unwrap();
