@@ -45,6 +45,11 @@ pub struct RunRecord {
     pub rows_before: Vec<serde_json::Value>,
     pub rows_after: Vec<serde_json::Value>,
     pub steps: Vec<StepRecord>,
+    /// What the pre-repair snapshot holds (`"full"` or its tables) and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_scope: Option<crate::snapshot::Scope>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_scope_reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -17,19 +17,32 @@ pub fn snapshot_line(m: &Manifest) -> String {
 }
 
 pub fn snapshot_table(list: &[Manifest]) -> String {
-    let mut rows =
-        vec![["ID", "DATABASE", "TAKEN AT (UTC)", "REASON", "STORED", "SHA256"].map(String::from).to_vec()];
+    let mut rows = vec![["ID", "DATABASE", "TAKEN AT (UTC)", "REASON", "SCOPE", "STORED", "SHA256"]
+        .map(String::from)
+        .to_vec()];
     for m in list {
         rows.push(vec![
             m.id.clone(),
             m.database.clone(),
             m.taken_at.format("%Y-%m-%d %H:%M:%S").to_string(),
             m.reason.clone(),
+            scope(m),
             human_bytes(m.stored_bytes),
             m.sha256.chars().take(12).collect(),
         ]);
     }
     table(&rows)
+}
+
+/// `full`, or the scoped tables (`scoped: public._prisma_migrations`).
+fn scope(m: &Manifest) -> String {
+    match m.scope.tables() {
+        None => "full".into(),
+        Some(t) => {
+            let names: Vec<String> = t.iter().map(|t| format!("{}.{}", t.schema, t.table)).collect();
+            format!("scoped: {}", names.join(", "))
+        }
+    }
 }
 
 pub fn table(rows: &[Vec<String>]) -> String {

@@ -20,6 +20,9 @@ pub struct RepairConfig {
     /// A crashed migration younger than this is not repaired: with the tool's lock disabled
     /// (`PRISMA_SCHEMA_DISABLE_ADVISORY_LOCK`, behind poolers) a running deploy looks crashed.
     pub crash_grace: Duration,
+    /// `repair.snapshot = "full"`: every pre-repair snapshot dumps the whole database, never
+    /// only the tables the steps may write (`"auto"`, the default).
+    pub snapshot_full: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -145,6 +148,13 @@ pub fn repair(raw: RawRepair) -> Result<RepairConfig, (String, String)> {
             n => return Err(("repair.lock_retries".into(), format!("{n} is outside 0..=100"))),
         },
         crash_grace: d("crash_grace", raw.crash_grace, 300)?,
+        snapshot_full: match raw.snapshot.as_deref().unwrap_or("auto") {
+            "auto" => false,
+            "full" => true,
+            other => {
+                return Err(("repair.snapshot".into(), format!("`{other}` is not \"auto\" or \"full\"")))
+            }
+        },
     })
 }
 

@@ -179,6 +179,8 @@ pub struct RawRepair {
     pub lock_retries: Option<u32>,
     /// A crashed migration younger than this waits: it may be a deploy without its lock.
     pub crash_grace: Option<String>,
+    /// "auto" (a scoped pre-repair snapshot when every step's effects are known) or "full".
+    pub snapshot: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

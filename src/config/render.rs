@@ -100,12 +100,13 @@ pub fn render(cfg: &Config) -> String {
         }
     }
     out += &format!(
-        "\n[repair]\nstatement_timeout = {:?}\nlock_wait = {:?}\nlock_timeout = {:?}\nlock_retries = {}\ncrash_grace = {:?}\n",
+        "\n[repair]\nstatement_timeout = {:?}\nlock_wait = {:?}\nlock_timeout = {:?}\nlock_retries = {}\ncrash_grace = {:?}\nsnapshot = {:?}\n",
         humantime::format_duration(cfg.repair.statement_timeout).to_string(),
         humantime::format_duration(cfg.repair.lock_wait).to_string(),
         humantime::format_duration(cfg.repair.lock_timeout).to_string(),
         cfg.repair.lock_retries,
         humantime::format_duration(cfg.repair.crash_grace).to_string(),
+        if cfg.repair.snapshot_full { "full" } else { "auto" },
     );
     out += &format!(
         "\n[rehearse]\n{}max_age = {:?}\ntimeout = {:?}\n",

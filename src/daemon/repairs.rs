@@ -13,7 +13,7 @@ use super::{Runtime, Shared};
 use crate::audit::RunRecord;
 use crate::config::DatabaseConfig;
 use crate::repair::{PreRepairSnapshot, Repairer, RunRequest};
-use crate::snapshot::{Manifest, PRE_REPAIR};
+use crate::snapshot::{Manifest, Scope, PRE_REPAIR};
 
 struct ViaWorker {
     shared: Weak<Shared>,
@@ -23,11 +23,18 @@ struct ViaWorker {
 
 #[async_trait]
 impl PreRepairSnapshot for ViaWorker {
-    async fn take(&self, db: &DatabaseConfig, trigger: &str) -> Result<Manifest, String> {
+    async fn take(
+        &self,
+        db: &DatabaseConfig,
+        trigger: &str,
+        scope: &Scope,
+        reason: &str,
+    ) -> Result<Manifest, String> {
         let shared = self.shared.upgrade().ok_or("the daemon is shutting down")?;
         let (tx, rx) = oneshot::channel();
         let mut job = Job::new(PRE_REPAIR, trigger, false);
         job.pinned = Some(self.runtime.clone());
+        (job.scope, job.scope_reason) = (scope.clone(), Some(reason.to_string()));
         shared.request(&db.name, job, Some(tx)).map_err(|e| e.to_string())?;
         drop(shared);
         rx.await.map_err(|_| "the snapshot worker stopped before finishing".to_string())?
@@ -60,6 +67,7 @@ impl Shared {
         let detail = json!({
             "run_id": rec.run_id, "migration": rec.migration, "playbook": rec.playbook,
             "snapshot_id": rec.snapshot_id, "outcome": rec.outcome, "error": rec.error,
+            "snapshot_scope": rec.snapshot_scope, "snapshot_scope_reason": rec.snapshot_scope_reason,
         });
         match rec.outcome.as_str() {
             "succeeded" => notifier.send("repair_done", &rec.database, detail),

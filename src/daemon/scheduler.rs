@@ -121,7 +121,7 @@ pub async fn catch_up(shared: Arc<Shared>, databases: Vec<String>) {
         let Some(db) = rt.config.database(&name) else { continue };
         let Some(period) = db.schedule.as_ref().and_then(|s| s.period_after(now)) else { continue };
         let newest = match snapshot::list(&rt.snapshotter.storage, Some(&name)).await {
-            Ok(list) => list.last().map(|m| m.taken_at),
+            Ok(list) => list.iter().filter(|m| m.scope.is_full()).last().map(|m| m.taken_at),
             Err(e) => {
                 tracing::warn!(database = %name, error = %e, "cannot list snapshots to look for missed runs");
                 continue;

@@ -30,11 +30,22 @@ pub struct Job {
     /// A scheduled run's due time: one snapshot per slot across every installation sharing
     /// the storage.
     pub slot: Option<chrono::DateTime<Utc>>,
+    /// A pre-repair snapshot's scope (full otherwise), and why.
+    pub scope: crate::snapshot::Scope,
+    pub scope_reason: Option<String>,
 }
 
 impl Job {
     pub fn new(reason: impl Into<String>, trigger: impl Into<String>, scheduled: bool) -> Job {
-        Job { reason: reason.into(), trigger: trigger.into(), scheduled, pinned: None, slot: None }
+        Job {
+            reason: reason.into(),
+            trigger: trigger.into(),
+            scheduled,
+            pinned: None,
+            slot: None,
+            scope: crate::snapshot::Scope::Full,
+            scope_reason: None,
+        }
     }
 }
 
@@ -81,8 +92,16 @@ impl Worker {
         match (&mut slot.pending, &mut slot.running) {
             (Some((pending, waiters)), _) => {
                 if pre_repair {
-                    let scheduled = pending.scheduled;
-                    *pending = Job { scheduled, ..job };
+                    // The waiting job was to dump everything: the repair gets a full snapshot.
+                    let (scheduled, slot) = (pending.scheduled, pending.slot);
+                    let widen = !job.scope.is_full() && pending.reason != PRE_REPAIR;
+                    *pending = Job { scheduled, slot, ..job };
+                    if widen {
+                        pending.scope = crate::snapshot::Scope::Full;
+                        pending.scope_reason = Some(
+                            "full: it joined a snapshot of the whole database already waiting to run".into(),
+                        );
+                    }
                 }
                 waiters.extend(waiter);
                 Some(Enqueued::Coalesced)
@@ -192,6 +211,8 @@ async fn run_job(db: &str, job: &Job, shared: &Shared, abort: &CancellationToken
         trigger: job.trigger.clone(),
         scheduled: job.scheduled,
         slot: job.slot,
+        scope: job.scope.clone(),
+        scope_reason: job.scope_reason.clone(),
     };
     let mut busy = false;
     let mut covered_at = None;

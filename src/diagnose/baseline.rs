@@ -36,18 +36,15 @@ pub async fn find_baseline(
         snapshot::list(storage, Some(database)).await.map_err(|e| format!("cannot list snapshots: {e}"))?;
     let candidates = all.iter().rev().filter(|m| m.taken_at < started && !attempted(m, dialect, migration));
     for m in candidates {
-        let Some(obj) = &m.schema else { continue };
-        let bytes = storage
-            .get(&layout::object(database, &m.id, &obj.object))
-            .await
-            .map_err(|e| format!("cannot read the schema of snapshot {}: {e}", m.id))?;
-        if hex::encode(Sha256::digest(&bytes)) != obj.sha256 {
-            tracing::warn!(snapshot = %m.id, "a snapshot's schema text does not match its manifest's hash; trying an older one");
-            continue;
-        }
-        let raw = open_schema(m, &bytes)
-            .map_err(|e| format!("cannot read the schema of snapshot {}: {e}", m.id))?;
-        let text = String::from_utf8_lossy(&raw).into_owned();
+        let text = match schema_text(storage, m).await {
+            Ok(Some(t)) => t,
+            Ok(None) => continue,
+            Err(Mismatch) => {
+                tracing::warn!(snapshot = %m.id, "a snapshot's schema text does not match its manifest's hash; trying an older one");
+                continue;
+            }
+            Err(Unreadable(e)) => return Err(e),
+        };
         let schema = Baseline::parse(&text).resolving_in(dialect.schema());
         return Ok(BaselineSnapshot { id: m.id.clone(), taken_at: m.taken_at, text, schema });
     }
@@ -56,6 +53,32 @@ pub async fn find_baseline(
         started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         migration.name
     ))
+}
+
+pub enum SchemaTextError {
+    /// The stored bytes are not those the manifest names.
+    Mismatch,
+    Unreadable(String),
+}
+use SchemaTextError::{Mismatch, Unreadable};
+
+/// The schema text stored beside snapshot `m` (None when it has none), checked against its
+/// manifest's hash, decrypted and decompressed within bounds.
+pub async fn schema_text(
+    storage: &Arc<dyn Storage>,
+    m: &Manifest,
+) -> Result<Option<String>, SchemaTextError> {
+    let Some(obj) = &m.schema else { return Ok(None) };
+    let bytes = storage
+        .get(&layout::object(&m.database, &m.id, &obj.object))
+        .await
+        .map_err(|e| Unreadable(format!("cannot read the schema of snapshot {}: {e}", m.id)))?;
+    if hex::encode(Sha256::digest(&bytes)) != obj.sha256 {
+        return Err(Mismatch);
+    }
+    let raw = open_schema(m, &bytes)
+        .map_err(|e| Unreadable(format!("cannot read the schema of snapshot {}: {e}", m.id)))?;
+    Ok(Some(String::from_utf8_lossy(&raw).into_owned()))
 }
 
 /// No schema text is larger than this (a 100,000-table schema is ~100 MB): a forged object that

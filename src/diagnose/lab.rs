@@ -130,16 +130,22 @@ impl Lab {
     }
 }
 
+/// pg_dump's schema text as SQL for the server: its `\\restrict`/`\\unrestrict` client lines
+/// dropped (see `sql_load`).
+pub fn server_sql(schema_text: &str) -> String {
+    schema_text
+        .lines()
+        .filter(|l| !(l.starts_with("\\restrict ") || l.starts_with("\\unrestrict ")))
+        .flat_map(|l| [l, "\n"])
+        .collect()
+}
+
 /// The stored schema text sent to the server as SQL, never through psql: a forged
 /// `schema.sql.zst` must not be able to run a client meta-command (`\!`) on this host. pg_dump's
 /// own `\restrict`/`\unrestrict` lines are the only client lines it writes; they are dropped,
 /// and anything else is the server's to parse (a stray `\!` is a syntax error there).
 async fn sql_load(base: &Scratch, schema_text: &str) -> Result<(), String> {
-    let sql: String = schema_text
-        .lines()
-        .filter(|l| !(l.starts_with("\\restrict ") || l.starts_with("\\unrestrict ")))
-        .flat_map(|l| [l, "\n"])
-        .collect();
+    let sql = server_sql(schema_text);
     let session = pg::connect(&base.url).await.map_err(|e| e.to_string())?;
     session.client().batch_execute(&sql).await.map_err(|e| {
         format!("the baseline schema does not load into a scratch database: {}", pg::error_text(&e))

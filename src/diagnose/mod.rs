@@ -7,9 +7,9 @@
 //! `diagnose` prints the analysis; the playbook steps of the same names compute it again at
 //! run time, after the pre-repair snapshot.
 
-mod baseline;
+pub mod baseline;
 mod evidence;
-mod lab;
+pub mod lab;
 mod log;
 pub mod plan;
 mod proof;
@@ -223,7 +223,7 @@ pub async fn still_running(
 }
 
 /// The file's path, text and statements, or why there are none.
-fn read_file(
+pub(crate) fn read_file(
     dialect: &dyn Dialect,
     mig: &MigrationsConfig,
     m: &Migration,

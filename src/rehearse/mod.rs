@@ -235,8 +235,10 @@ impl Rehearser {
                 .map_err(|e| refuse(format!("the fresh snapshot failed: {e}")));
         }
         let all = snapshot::list(&self.storage, Some(&db.name)).await.map_err(|e| refuse(e.to_string()))?;
+        // A scoped pre-repair snapshot holds a few tables' rows: nothing to rehearse a deploy on.
         let m = all
             .into_iter()
+            .filter(|m| m.scope.is_full())
             .last()
             .ok_or_else(|| refuse(format!("{} has no snapshot yet: --fresh takes one", db.name)))?;
         let age = Utc::now() - m.taken_at;

@@ -23,6 +23,18 @@ pub struct Ctx<'a> {
     pub storage: &'a Arc<dyn Storage>,
     pub tools: PgTools,
     pub migration: &'a str,
+    /// What the pre-repair snapshot holds: the plan must write nothing outside it.
+    pub scope: &'a crate::snapshot::Scope,
+}
+
+/// Err when `sql` would write a table the scoped pre-repair snapshot does not hold.
+fn within_scope(ctx: &Ctx<'_>, sql: &[String]) -> Result<(), StepFailure> {
+    if ctx.scope.is_full() {
+        return Ok(());
+    }
+    let stmts = crate::sql::parse::parse(&sql.join(";\n"))
+        .map_err(|e| StepFailure(format!("the drafted SQL does not parse ({e}): not run")))?;
+    super::scope::check(ctx.scope, &stmts, &ctx.mig.schema).map_err(StepFailure)
 }
 
 async fn analysis(session: &Session, ctx: &Ctx<'_>) -> Result<Analysis, StepFailure> {
@@ -132,6 +144,7 @@ pub async fn finish(session: &Session, ctx: &Ctx<'_>, timeout: Duration) -> Resu
     let refused =
         |why: &String| StepFailure(format!("finish of `{}` refused, nothing changed: {why}", ctx.migration));
     let plan = a.evidence.finish.as_ref().map_err(refused)?;
+    within_scope(ctx, &plan.statements())?;
     let expect = a.evidence.expect_all.as_ref().ok_or_else(|| refused(&"no expected result".to_string()))?;
     let check =
         Check { exclude: &a.evidence.exclude, expect, what: "the baseline with the whole migration applied" };
@@ -156,6 +169,7 @@ pub async fn undo(
     let refused =
         |why: &String| StepFailure(format!("undo of `{}` refused, nothing changed: {why}", ctx.migration));
     let u = a.undo().map_err(|e| refused(&e))?;
+    within_scope(ctx, &u.plan.statements())?;
     let expect = a.evidence.expect_base.as_ref().ok_or_else(|| refused(&"no baseline shape".to_string()))?;
     let baseline = a.baseline.as_ref().map(|b| b.id.clone()).unwrap_or_default();
     let guard = RowGuard { allow_data_loss, ..u.guard.clone() };

@@ -9,6 +9,7 @@ mod drafted;
 mod locks;
 mod preflight;
 mod record;
+mod scope;
 mod sql;
 mod steps;
 
@@ -23,7 +24,7 @@ use record::{cap, planned};
 use crate::audit::{self, redact, AuditError, AuditLog, RunRecord};
 use crate::config::{Config, DatabaseConfig, MigrationsConfig, Playbook, Step};
 use crate::pg::{self, DbError, Session};
-use crate::snapshot::{Manifest, Request, Snapshotter};
+use crate::snapshot::{Manifest, Request, Scope, Snapshotter};
 use crate::storage::Storage;
 use crate::watch::{self, Dialect, Migration};
 
@@ -53,15 +54,29 @@ impl RepairError {
 /// How the pre-repair snapshot is taken: in-process, or through the daemon's worker.
 #[async_trait]
 pub trait PreRepairSnapshot: Send + Sync {
-    async fn take(&self, db: &DatabaseConfig, trigger: &str) -> Result<Manifest, String>;
+    /// A snapshot of `db` holding `scope` (the whole schema always), `reason` saying why.
+    async fn take(
+        &self,
+        db: &DatabaseConfig,
+        trigger: &str,
+        scope: &Scope,
+        reason: &str,
+    ) -> Result<Manifest, String>;
 }
 
 pub struct InProcessSnapshots(pub Snapshotter);
 
 #[async_trait]
 impl PreRepairSnapshot for InProcessSnapshots {
-    async fn take(&self, db: &DatabaseConfig, trigger: &str) -> Result<Manifest, String> {
-        let req = Request::asked(crate::snapshot::PRE_REPAIR, trigger);
+    async fn take(
+        &self,
+        db: &DatabaseConfig,
+        trigger: &str,
+        scope: &Scope,
+        reason: &str,
+    ) -> Result<Manifest, String> {
+        let mut req = Request::asked(crate::snapshot::PRE_REPAIR, trigger);
+        (req.scope, req.scope_reason) = (scope.clone(), Some(reason.to_string()));
         self.0.take(db, &req, &CancellationToken::new()).await.map_err(|e| e.to_string())
     }
 }
@@ -118,6 +133,8 @@ impl Repairer {
             rows_before: Vec::new(),
             rows_after: Vec::new(),
             steps: Vec::new(),
+            snapshot_scope: None,
+            snapshot_scope_reason: None,
         };
         if let Err(e) = self.attempt(db, &mig, req, &log, &mut rec).await {
             rec.outcome = "failed".into();
@@ -191,14 +208,20 @@ impl Repairer {
             return refuse(rec, why);
         }
         rec.steps = playbook.steps.iter().enumerate().map(|(i, s)| planned(i, s, &target.name)).collect();
+        let scoped =
+            scope::plan(&session, self.config.repair.snapshot_full, dialect.as_ref(), mig, playbook, &target)
+                .await;
+        (rec.snapshot_scope, rec.snapshot_scope_reason) =
+            (Some(scoped.scope.clone()), Some(scoped.reason.clone()));
         if req.dry_run {
             let name = target.name.clone();
-            drafted::preview_steps(&session, &self.drafted(db, mig, &name), playbook, rec).await;
+            drafted::preview_steps(&session, &self.drafted(db, mig, &name, &Scope::Full), playbook, rec)
+                .await;
             rec.outcome = "dry_run".into();
             return Ok(());
         }
         rec.rows_before = dialect.raw_rows(&session).await?;
-        if !self.start(&session, db, log, rec).await? {
+        if !self.start(&session, db, log, &scoped, rec).await? {
             return Ok(());
         }
         // Read again: the snapshot took time, and a deploy without its lock may have moved on.
@@ -206,7 +229,14 @@ impl Repairer {
         {
             return refuse(rec, why);
         }
-        let run = Target { session: &session, db, mig, dialect: dialect.as_ref(), migration: &target };
+        let run = Target {
+            session: &session,
+            db,
+            mig,
+            dialect: dialect.as_ref(),
+            migration: &target,
+            scope: &scoped.scope,
+        };
         let failed = self.run_steps(&run, playbook, log, rec).await;
         rec.rows_after = dialect.raw_rows(&session).await?;
         if !failed {
@@ -223,13 +253,16 @@ impl Repairer {
         session: &Session,
         db: &DatabaseConfig,
         log: &AuditLog,
+        scoped: &scope::Planned,
         rec: &mut RunRecord,
     ) -> Result<bool, RepairError> {
         rec.outcome = "started".into();
         if let Err(source) = log.append(rec) {
             return Err(RepairError::AuditUnavailable { database: db.name.clone(), source });
         }
-        let taken = keep_alive(session, self.snapshots.take(db, &format!("repair:{}", rec.run_id))).await;
+        let trigger = format!("repair:{}", rec.run_id);
+        let taken =
+            keep_alive(session, self.snapshots.take(db, &trigger, &scoped.scope, &scoped.reason)).await;
         match taken {
             Ok(m) => {
                 rec.snapshot_id = Some(m.id);
@@ -353,6 +386,8 @@ struct Target<'a> {
     mig: &'a MigrationsConfig,
     dialect: &'a dyn Dialect,
     migration: &'a Migration,
+    /// What the pre-repair snapshot holds: a step must not write outside it.
+    scope: &'a Scope,
 }
 
 /// The server's clock: a migration's timestamps were written by it, not by this host.

@@ -12,9 +12,10 @@ impl Repairer {
         db: &'a DatabaseConfig,
         mig: &'a MigrationsConfig,
         name: &'a str,
+        scope: &'a crate::snapshot::Scope,
     ) -> drafted::Ctx<'a> {
         let tools = crate::pg::PgTools::new(self.config.snapshot.pg_bin_dir.clone());
-        drafted::Ctx { config: &self.config, db, mig, storage: &self.storage, tools, migration: name }
+        drafted::Ctx { config: &self.config, db, mig, storage: &self.storage, tools, migration: name, scope }
     }
 
     /// A step whose statement gave up waiting for a lock (lock_timeout) is retried with backoff;
@@ -50,7 +51,7 @@ impl Repairer {
     async fn step_once(&self, run: &Target<'_>, step: &Step) -> Result<String, StepFailure> {
         let default = self.config.repair.statement_timeout;
         let (session, name) = (run.session, run.migration.name.as_str());
-        let drafted = || self.drafted(run.db, run.mig, name);
+        let drafted = || self.drafted(run.db, run.mig, name, run.scope);
         let own = |r: Result<String, String>| r.map_err(StepFailure);
         match step {
             Step::Finish { timeout } => {
@@ -60,7 +61,17 @@ impl Repairer {
                 drafted::undo(session, &drafted(), *allow_data_loss, timeout.unwrap_or(default)).await
             }
             Step::Sql { sql, timeout } => sql::run(session, sql, timeout.unwrap_or(default)).await,
-            Step::SqlFile { path, timeout } => sql::run_file(session, path, timeout.unwrap_or(default)).await,
+            Step::SqlFile { path, timeout } => {
+                // Read again when it runs: it must still write only what the snapshot holds.
+                if !run.scope.is_full() {
+                    let text = std::fs::read_to_string(path)
+                        .map_err(|e| StepFailure(format!("cannot read {}: {e}", path.display())))?;
+                    let stmts = crate::sql::parse::parse(&text)
+                        .map_err(|e| StepFailure(format!("{}: {e}", path.display())))?;
+                    super::scope::check(run.scope, &stmts, &run.mig.schema).map_err(StepFailure)?;
+                }
+                sql::run_file(session, path, timeout.unwrap_or(default)).await
+            }
             Step::Resolve(ResolveAs::FromDiagnosis) => {
                 let (how, cleared) = drafted::decide(session, &drafted()).await?;
                 let done = own(run.dialect.resolve(session, run.mig, run.migration, how).await)?;

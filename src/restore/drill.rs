@@ -91,7 +91,7 @@ impl Restorer {
         cancel: &CancellationToken,
     ) -> Result<(), RestoreError> {
         let all = snapshot::list(&self.storage, Some(database)).await?;
-        let Some(m) = all.into_iter().last() else {
+        let Some(m) = all.into_iter().filter(|m| m.scope.is_full()).last() else {
             return Err(RestoreError::NoSnapshot { database: database.to_string() });
         };
         report.snapshot_id = Some(m.id.clone());

@@ -5,6 +5,7 @@
 
 pub mod drill;
 mod progress;
+mod scoped;
 mod stream;
 mod verify;
 
@@ -187,7 +188,7 @@ impl Restorer {
         let url = url.clone();
         // An encrypted snapshot without its identity fails here, before the target is touched.
         self.keys(m)?;
-        let created = self.prepare_target(&url, opts).await?;
+        let (created, empty) = self.prepare_target(&url, opts).await?;
         let this = match self.for_target(m, &url).await {
             Ok(r) => r,
             Err(e) => {
@@ -198,7 +199,10 @@ impl Restorer {
             }
         };
         let work = async {
-            if opts.jobs <= 1 {
+            if let Some(tables) = m.scope.tables() {
+                // A scoped snapshot: the schema and those tables' rows, one transaction.
+                this.restore_scoped(m, tables, &url, empty, progress).await
+            } else if opts.jobs <= 1 {
                 this.restore_streaming(m, &url, opts, progress).await
             } else {
                 this.restore_parallel(m, &url, opts, progress).await
@@ -264,8 +268,8 @@ impl Restorer {
     }
 
     /// Creates the target if asked and missing; refuses a non-empty one without `clean`.
-    /// Returns whether this restore created it.
-    async fn prepare_target(&self, url: &DbUrl, opts: &RestoreOptions) -> Result<bool, RestoreError> {
+    /// Returns whether this restore created it, and whether it holds no user objects.
+    async fn prepare_target(&self, url: &DbUrl, opts: &RestoreOptions) -> Result<(bool, bool), RestoreError> {
         let mut created = false;
         if opts.create {
             let admin = pg::connect(&url.with_dbname("postgres")).await?;
@@ -290,15 +294,17 @@ impl Restorer {
                     examples: examples.join(", "),
                 });
             }
-            Ok(())
+            Ok(count == 0)
         };
-        if let Err(e) = check.await {
-            if created {
-                self.drop_created(url, "this failed restore had created").await;
+        match check.await {
+            Ok(empty) => Ok((created, empty)),
+            Err(e) => {
+                if created {
+                    self.drop_created(url, "this failed restore had created").await;
+                }
+                Err(e)
             }
-            return Err(e);
         }
-        Ok(created)
     }
 
     /// Drops a database this process created; `whose` says which, for the log.

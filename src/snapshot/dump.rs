@@ -28,12 +28,18 @@ impl Snapshotter {
         db: &DatabaseConfig,
         id: &str,
         snapshot: Option<&str>,
+        scope: &super::Scope,
         cancel: &CancellationToken,
     ) -> Result<Dumped, SnapshotError> {
         let key = layout::object(&db.name, id, layout::DUMP);
         let mut writer = self.storage.create(&key).await?;
         let mut args = self.dump_args(snapshot);
         args.extend(["--format=custom".into(), "--compress=0".into()]);
+        if let Some(tables) = scope.tables() {
+            // Only these tables' rows: the schema beside it is whole.
+            args.push("--data-only".into());
+            args.extend(tables.iter().map(|t| format!("--table={}", t.pattern()).into()));
+        }
         let mut proc = match self.tools.spawn(
             "pg_dump",
             Some(&db.url),

@@ -52,6 +52,83 @@ pub struct Manifest {
     /// Set when every object (dump, globals, schema) is age-encrypted: to whom, by fingerprint.
     #[serde(default)]
     pub encryption: Option<EncryptionInfo>,
+    /// `"full"`, or the tables whose rows a scoped pre-repair snapshot holds (the schema and
+    /// globals are whole either way); absent in older manifests: full.
+    #[serde(default)]
+    pub scope: Scope,
+    /// Why a pre-repair snapshot has the scope it has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope_reason: Option<String>,
+}
+
+/// A snapshot's data: the whole database, or exactly these tables' rows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Scope {
+    #[default]
+    Full,
+    Tables(Vec<ScopedTable>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ScopedTable {
+    pub schema: String,
+    pub table: String,
+}
+
+impl ScopedTable {
+    /// `"schema"."table"`, for SQL.
+    pub fn sql(&self) -> String {
+        format!("{}.{}", crate::pg::quote_ident(&self.schema), crate::pg::quote_ident(&self.table))
+    }
+
+    /// pg_dump's `--table` pattern matching exactly this table (quotes make `*`, `?`, `.` literal).
+    pub fn pattern(&self) -> String {
+        let q = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+        format!("{}.{}", q(&self.schema), q(&self.table))
+    }
+}
+
+impl Scope {
+    pub fn is_full(&self) -> bool {
+        matches!(self, Scope::Full)
+    }
+
+    pub fn tables(&self) -> Option<&[ScopedTable]> {
+        match self {
+            Scope::Full => None,
+            Scope::Tables(t) => Some(t),
+        }
+    }
+}
+
+/// `"full"` or `{"tables": [...]}` on the wire.
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum ScopeWire {
+    Word(String),
+    Tables { tables: Vec<ScopedTable> },
+}
+
+impl Serialize for Scope {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Scope::Full => ScopeWire::Word("full".into()),
+            Scope::Tables(t) => ScopeWire::Tables { tables: t.clone() },
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Scope {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Scope, D::Error> {
+        match ScopeWire::deserialize(d)? {
+            ScopeWire::Word(w) if w == "full" => Ok(Scope::Full),
+            ScopeWire::Word(w) => {
+                Err(serde::de::Error::custom(format!("scope `{w}` is not \"full\" or {{\"tables\": [...]}}")))
+            }
+            ScopeWire::Tables { tables } => Ok(Scope::Tables(tables)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

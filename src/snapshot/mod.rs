@@ -21,7 +21,8 @@ use crate::pg::{self, DbError, PgTools, ToolError};
 use crate::storage::{layout, Storage, StorageError};
 
 pub use manifest::{
-    find, list, Compression, EncryptionInfo, Manifest, MigrationRows, StoredObject, FORMAT_VERSION,
+    find, list, Compression, EncryptionInfo, Manifest, MigrationRows, Scope, ScopedTable, StoredObject,
+    FORMAT_VERSION,
 };
 pub use pipeline::{cores, CHUNK};
 pub use retention::{plan, prune, Decision, PruneReport, PRE_REPAIR};
@@ -51,6 +52,8 @@ pub enum SnapshotError {
     NotFound { id: String, location: String },
     #[error("`{id}` is not a snapshot id (they look like 20261121T031500Z-manual-a1b2c3)")]
     BadId { id: String },
+    #[error("scoped snapshot of {database} failed: {message}; no repair step runs without it")]
+    Scoped { database: String, message: String },
     #[error("manifest {key} is unreadable: {message}")]
     BadManifest { key: String, message: String },
 }
@@ -87,12 +90,23 @@ pub struct Request {
     /// The scheduled run's due time: skipped when another installation sharing the storage
     /// already took this slot.
     pub slot: Option<chrono::DateTime<Utc>>,
+    /// The whole database, or only these tables' rows (a scoped pre-repair snapshot: the
+    /// schema and globals stay whole).
+    pub scope: Scope,
+    pub scope_reason: Option<String>,
 }
 
 impl Request {
     /// A snapshot an operator or a repair asked for: always taken.
     pub fn asked(reason: impl Into<String>, trigger: impl Into<String>) -> Request {
-        Request { reason: reason.into(), trigger: trigger.into(), scheduled: false, slot: None }
+        Request {
+            reason: reason.into(),
+            trigger: trigger.into(),
+            scheduled: false,
+            slot: None,
+            scope: Scope::Full,
+            scope_reason: None,
+        }
     }
 }
 
@@ -139,10 +153,19 @@ impl Snapshotter {
         let globals = this.store_globals(db, id, cancel).await;
         tracing::info!(tools = %this.tools.bin_dir().map(|d| d.display().to_string()).unwrap_or_else(|| "PATH".into()), "dumping");
         let (dumped, schema) = tokio::join!(
-            this.dump(db, id, shared.as_deref(), cancel),
+            this.dump(db, id, shared.as_deref(), &req.scope, cancel),
             this.store_schema(db, id, shared.as_deref(), cancel)
         );
         let extras = [globals.as_ref(), schema.as_ref()];
+        if !req.scope.is_full() && schema.is_none() {
+            // Its tables' rows are nothing without the schema to put them in.
+            if dumped.is_ok() {
+                let _ = self.storage.delete(&layout::object(&db.name, id, layout::DUMP)).await;
+            }
+            self.delete_quietly(db, id, &extras).await;
+            let message = "pg_dump --schema-only failed, and a scoped snapshot needs the whole schema".into();
+            return Err(SnapshotError::Scoped { database: db.name.clone(), message });
+        }
         let dumped = match dumped {
             Ok(d) => d,
             Err(e) => return Err(self.dump_failed(&session, db, id, &extras, e).await),
@@ -178,6 +201,8 @@ impl Snapshotter {
             schema,
             migrations,
             encryption: self.encryption_info(),
+            scope: req.scope.clone(),
+            scope_reason: req.scope_reason.clone(),
         };
         self.write_manifest(&manifest).await?;
         tracing::info!(
@@ -201,7 +226,7 @@ impl Snapshotter {
     ) -> Result<(), SnapshotError> {
         let standby = !self.cfg.snapshot_standbys && session.is_in_recovery().await?;
         let listed = manifest::list(&self.storage, Some(&db.name)).await?;
-        let newest_at = listed.last().map(|m| m.finished_at);
+        let newest_at = listed.iter().filter(|m| m.scope.is_full()).last().map(|m| m.finished_at);
         let skipped = |why: String| Err(SnapshotError::Skipped { database: db.name.clone(), why, newest_at });
         if standby {
             return skipped("its server is a standby (in recovery): the primary's pgmedic takes the scheduled snapshots; set snapshot.on_standby = \"snapshot\" to dump this standby instead".into());

@@ -38,9 +38,30 @@ pub fn plan(snapshots: &[Manifest], policy: &Retention, now: DateTime<Utc>) -> V
     let mut out = Vec::new();
     for (_, mut list) in by_db {
         list.sort_by(|a, b| (b.taken_at, &b.id).cmp(&(a.taken_at, &a.id)));
-        out.extend(plan_one(&list, policy, now));
+        // A scoped pre-repair snapshot is no snapshot of the database: it never counts toward
+        // keep_last or a day's, week's or month's, and is kept by keep_pre_repair_days alone.
+        let (full, scoped): (Vec<&Manifest>, Vec<&Manifest>) =
+            list.into_iter().partition(|m| m.scope.is_full());
+        out.extend(plan_one(&full, policy, now));
+        out.extend(scoped.iter().map(|m| scoped_one(m, policy, now)));
     }
     out
+}
+
+fn scoped_one(m: &Manifest, policy: &Retention, now: DateTime<Utc>) -> Decision {
+    let cutoff = now - Duration::days(policy.keep_pre_repair_days as i64);
+    let reasons = if m.taken_at >= cutoff {
+        vec![format!("scoped pre-repair within {} days", policy.keep_pre_repair_days)]
+    } else {
+        Vec::new()
+    };
+    Decision {
+        id: m.id.clone(),
+        database: m.database.clone(),
+        taken_at: m.taken_at,
+        keep: !reasons.is_empty(),
+        reasons,
+    }
 }
 
 fn plan_one(newest_first: &[&Manifest], policy: &Retention, now: DateTime<Utc>) -> Vec<Decision> {
@@ -145,6 +166,8 @@ mod tests {
             taken_at: t,
             finished_at: t,
             host: String::new(),
+            scope: Default::default(),
+            scope_reason: None,
             instance: None,
             slot: None,
             pg_dump_version: String::new(),
@@ -204,5 +227,23 @@ mod tests {
         let d = plan(&snaps, &policy(1, 0, 2, 3, 0), now);
         // newest; Sat 21 Nov (this ISO week) and Sun 15 Nov (last week); 21 Nov, 31 Oct, 30 Sep.
         assert_eq!(kept(&d), ["20261121T03", "20261115T03", "20261031T03", "20260930T03"]);
+    }
+
+    #[test]
+    fn a_scoped_snapshot_counts_toward_nothing_but_its_pre_repair_days() {
+        let now = DateTime::parse_from_rfc3339("2026-11-21T12:00:00Z").unwrap().with_timezone(&Utc);
+        let scoped = |days, hour| {
+            let mut m = snap(days, hour, PRE_REPAIR, now);
+            m.scope = crate::snapshot::Scope::Tables(vec![]);
+            m
+        };
+        let snaps =
+            vec![snap(3, 3, "scheduled", now), snap(2, 3, "scheduled", now), scoped(1, 3), scoped(40, 3)];
+        // keep_last 2: both scheduled ones, not the newer scoped one in their place; the scoped
+        // one of yesterday stays for its pre-repair days, the one of 40 days ago goes.
+        let d = plan(&snaps, &policy(2, 0, 0, 0, 30), now);
+        assert_eq!(kept(&d), ["20261119T03", "20261118T03", "20261120T03"]);
+        let old = d.iter().find(|d| d.id.starts_with("20261012")).unwrap();
+        assert!(!old.keep, "{old:?}");
     }
 }

@@ -2,7 +2,8 @@
 //! migration files parsed with PostgreSQL's own parser into statements and their catalog
 //! effects, each effect judged against the live catalog, idempotent and inverse rewrites, schema
 //! dumps compared object by object, what a migration names (`describe`), and a whole schema as
-//! the catalog describes it (`shape`), which the replay and the repairs' proofs compare.
+//! the catalog describes it (`shape`), which the replay and the repairs' proofs compare, and which
+//! tables' rows statements may change (`writes`), which scopes a pre-repair snapshot.
 
 pub mod catalog;
 pub mod describe;
@@ -12,6 +13,7 @@ pub mod refs;
 pub mod rewrite;
 pub mod schema;
 pub mod shape;
+pub mod writes;
 
 pub use catalog::{Judged, Verdict};
 pub use names::ObjName;

@@ -126,6 +126,16 @@ impl Dialect for Auto {
         self.found.get().and_then(|d| d.file(m))
     }
 
+    fn own_tables(&self) -> Vec<crate::snapshot::ScopedTable> {
+        match self.found.get() {
+            Some(d) => d.own_tables(),
+            None => vec![crate::snapshot::ScopedTable {
+                schema: self.at.schema.clone(),
+                table: self.at.table.clone(),
+            }],
+        }
+    }
+
     fn atomic(&self) -> bool {
         self.found.get().is_some_and(|d| d.atomic())
     }

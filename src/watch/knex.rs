@@ -37,6 +37,11 @@ impl Dialect for Knex {
         &self.0
     }
 
+    fn own_tables(&self) -> Vec<crate::snapshot::ScopedTable> {
+        let t = |table: String| crate::snapshot::ScopedTable { schema: self.schema().into(), table };
+        vec![t(self.table().into()), t(format!("{}_lock", self.table()))]
+    }
+
     fn advisory_key(&self, _database: &str) -> Option<i64> {
         None
     }

@@ -133,6 +133,11 @@ pub trait Dialect: Send + Sync {
     fn qualified(&self) -> String {
         format!("{}.{}", quote_ident(self.schema()), quote_ident(self.table()))
     }
+    /// The tables the tool's own steps (resolve, release_lock, accept_checksums) write: its
+    /// table, and its lock table when it keeps one. A scoped pre-repair snapshot holds them.
+    fn own_tables(&self) -> Vec<crate::snapshot::ScopedTable> {
+        vec![crate::snapshot::ScopedTable { schema: self.schema().into(), table: self.table().into() }]
+    }
     /// One cheap read of the table, classified (files in `migrations.dir` give checksums).
     async fn read(&self, session: &Session) -> Result<TableState, DbError>;
     /// Every row as JSON, for audit records and manifests.
