@@ -23,6 +23,9 @@ What it measures
             pgmedic's own cluster start read from its debug log (median of every round)
   rehearse  pgmedic rehearse of the bench database with scratch.server = "source"   the baseline
             the same on pgmedic's ephemeral scratch server (its start, the restore, the deploy)
+  repair    for databases of about 100 MB, 700 MB and 2 GB (built once, kept): the resolve's own
+            UPDATE by psql (the floor), pgmedic repair { resolve = "rolled-back" } with its scoped
+            pre-repair snapshot, the same with repair.snapshot = "full", and a full pgmedic snapshot
 
 How
   Every command runs PGMEDIC_BENCH_ROUNDS times (default 3), interleaved (round 1: A B C D, round
@@ -55,6 +58,7 @@ from datetime import datetime, timezone
 from benchlib.database import build_database
 from benchlib.diagnose import diagnose_commands
 from benchlib.rehearse import rehearse_commands
+from benchlib.repair import repair_commands
 from benchlib.many import many
 from benchlib.measure import Meter, become_subreaper, run_rounds, summary
 from benchlib.report import report
@@ -130,6 +134,10 @@ def main():
             cmds = rehearse_commands(tmp)
             run_rounds(meter, cmds, "rehearse")
             results["rehearse"] = {c.key: summary(c) for c in cmds}
+        if "repair" in parts:
+            cmds = repair_commands(tmp)
+            run_rounds(meter, cmds, "repair")
+            results["repair"] = {c.key: summary(c) for c in cmds}
     report(results)
 
 

@@ -39,6 +39,8 @@ fn a_resolve_takes_a_scoped_snapshot_that_restores_the_tool_table_and_nothing_el
     assert!(rec["snapshot_scope_reason"].as_str().unwrap().starts_with("scoped:"), "{rec:#}");
     assert_eq!(scope_of(&pgm, &id), want);
     assert_eq!(pgm.run(&["verify", &id]).code, 0, "a scoped snapshot verifies");
+    let deep = pgm.run(&["verify", &id, "--deep", "--json"]);
+    assert_eq!(deep.code, 0, "and restores on the scratch server with its row counts: {deep:?}");
     let failed =
         "SELECT count(*) FROM _prisma_migrations WHERE finished_at IS NULL AND rolled_back_at IS NULL";
     assert_eq!(db.sql(failed), "0");

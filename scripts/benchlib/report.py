@@ -156,7 +156,13 @@ def report(results):
     if "rehearse" in results:
         print_table(f"rehearse ({ROUNDS} rounds interleaved, medians)", results["rehearse"], {"rehearse_source": "×source"})
         targets += rehearse_targets(results)
-    if any(p in results for p in ("snapshot", "restore", "diagnose", "rehearse")):
+    if "repair" in results:
+        from .repair import SIZES, repair_targets
+        for size in SIZES:
+            part = {k: v for k, v in results["repair"].items() if k.endswith(f"_{size}")}
+            print_table(f"repair, {size} ({ROUNDS} rounds interleaved, medians)", part, {f"sql_{size}": "×SQL"})
+        targets += repair_targets(results["repair"])
+    if any(p in results for p in ("snapshot", "restore", "diagnose", "rehearse", "repair")):
         print_method()
         orphans = sum(r["orphans_reaped"] for part in ("snapshot", "restore") for r in results.get(part, {}).values())
         print(f"orphaned descendants reaped by the bench (their CPU added): {orphans}")

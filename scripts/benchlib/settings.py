@@ -16,7 +16,7 @@ MANY_TIMEOUT = float(os.environ.get("PGMEDIC_BENCH_MANY_TIMEOUT", "600"))
 MANY_MAX_CONCURRENT = 1
 SAMPLE_EVERY = 0.02
 JSON_OUT = Path(os.environ.get("PGMEDIC_BENCH_JSON", ROOT / "target/bench-results.json"))
-PARTS = ("snapshot", "restore", "many", "diagnose", "rehearse")
+PARTS = ("snapshot", "restore", "many", "diagnose", "rehearse", "repair")
 PG = ["-h", "127.0.0.1", "-p", "5432", "-U", "postgres"]
 PG_URL = "postgresql://postgres@127.0.0.1:5432"
 ENV = dict(os.environ, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",

@@ -27,14 +27,11 @@ pub struct Ctx<'a> {
     pub scope: &'a crate::snapshot::Scope,
 }
 
-/// Err when `sql` would write a table the scoped pre-repair snapshot does not hold.
-fn within_scope(ctx: &Ctx<'_>, sql: &[String]) -> Result<(), StepFailure> {
-    if ctx.scope.is_full() {
-        return Ok(());
-    }
-    let stmts = crate::sql::parse::parse(&sql.join(";\n"))
-        .map_err(|e| StepFailure(format!("the drafted SQL does not parse ({e}): not run")))?;
-    super::scope::check(ctx.scope, &stmts, &ctx.mig.schema).map_err(StepFailure)
+/// Err when finish or undo of the analysed migration would write a table the scoped
+/// pre-repair snapshot does not hold (the plan is drafted from these statements).
+async fn within_scope(session: &Session, ctx: &Ctx<'_>, a: &Analysis) -> Result<(), StepFailure> {
+    let stmts: Vec<crate::sql::Statement> = a.statements.iter().map(|(s, _)| s.clone()).collect();
+    super::scope::check_migration(session, ctx.scope, &stmts, &ctx.mig.schema).await.map_err(StepFailure)
 }
 
 async fn analysis(session: &Session, ctx: &Ctx<'_>) -> Result<Analysis, StepFailure> {
@@ -144,7 +141,7 @@ pub async fn finish(session: &Session, ctx: &Ctx<'_>, timeout: Duration) -> Resu
     let refused =
         |why: &String| StepFailure(format!("finish of `{}` refused, nothing changed: {why}", ctx.migration));
     let plan = a.evidence.finish.as_ref().map_err(refused)?;
-    within_scope(ctx, &plan.statements())?;
+    within_scope(session, ctx, &a).await?;
     let expect = a.evidence.expect_all.as_ref().ok_or_else(|| refused(&"no expected result".to_string()))?;
     let check =
         Check { exclude: &a.evidence.exclude, expect, what: "the baseline with the whole migration applied" };
@@ -169,7 +166,7 @@ pub async fn undo(
     let refused =
         |why: &String| StepFailure(format!("undo of `{}` refused, nothing changed: {why}", ctx.migration));
     let u = a.undo().map_err(|e| refused(&e))?;
-    within_scope(ctx, &u.plan.statements())?;
+    within_scope(session, ctx, &a).await?;
     let expect = a.evidence.expect_base.as_ref().ok_or_else(|| refused(&"no baseline shape".to_string()))?;
     let baseline = a.baseline.as_ref().map(|b| b.id.clone()).unwrap_or_default();
     let guard = RowGuard { allow_data_loss, ..u.guard.clone() };

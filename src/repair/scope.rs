@@ -112,18 +112,47 @@ fn step_writes(
         Step::Finish { .. } | Step::Undo { .. } => {
             let (file, _, stmts) = crate::diagnose::read_file(dialect, mig, migration);
             file?;
-            // Undo inverts what the migration did (a column it added is dropped with its values,
-            // a table it created with its rows): every table it names, not only those it wrote.
-            let w = sql::writes::writes(&stmts)?;
-            let mut tables: Vec<ObjName> = w.tables.into_iter().chain(w.created).collect();
-            tables.extend(stmts.iter().filter_map(|s| match &s.node {
-                pg_query::NodeEnum::AlterTableStmt(a) => a.relation.as_ref().map(sql::names::from_range),
-                _ => None,
-            }));
-            let tables = tables.into_iter().map(|t| t.qualified_in(&mig.schema)).collect();
-            Ok(Some(Writes { tables, created: Vec::new(), functions: w.functions }))
+            migration_writes(&stmts, &mig.schema).map(Some)
         }
     }
+}
+
+/// What finish or undo of a migration may write: every table its statements write, create or
+/// alter (undo drops a column it added with its values, a table it created with its rows).
+pub fn migration_writes(stmts: &[sql::Statement], schema: &str) -> Result<Writes, String> {
+    let w = sql::writes::writes(stmts)?;
+    let mut tables: Vec<ObjName> = w.tables.into_iter().chain(w.created).collect();
+    tables.extend(stmts.iter().filter_map(|s| match &s.node {
+        pg_query::NodeEnum::AlterTableStmt(a) => a.relation.as_ref().map(sql::names::from_range),
+        _ => None,
+    }));
+    let tables = tables.into_iter().map(|t| t.qualified_in(schema)).collect();
+    Ok(Writes { tables, created: Vec::new(), functions: w.functions })
+}
+
+/// Err naming a table finish or undo of `stmts` would write that the scoped snapshot does not
+/// hold and that exists now (one that does not exist had no rows to keep when it was scoped).
+pub async fn check_migration(
+    session: &Session,
+    scope: &Scope,
+    stmts: &[sql::Statement],
+    schema: &str,
+) -> Result<(), String> {
+    let Some(held) = scope.tables() else { return Ok(()) };
+    for n in migration_writes(stmts, schema)?.tables {
+        if held.iter().any(|t| Some(&t.schema) == n.schema.as_ref() && t.table == n.name) {
+            continue;
+        }
+        let row = session
+            .client()
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&n.sql()])
+            .await
+            .map_err(|e| crate::pg::error_text(&e))?;
+        if row.get::<_, bool>(0) {
+            return Err(format!("it would write {n}, whose rows the scoped pre-repair snapshot does not hold; run the repair again (its snapshot is scoped anew) or set repair.snapshot = \"full\""));
+        }
+    }
+    Ok(())
 }
 
 /// `now`, `pg_catalog.setval`: a name that can only be a builtin's. Checked against the catalog

@@ -149,12 +149,14 @@ impl Snapshotter {
             }
         }
         let this = self.for_server(&session, db).await?;
-        let pg_dump_version = this.tools.version("pg_dump").await.map_err(|e| dump::dump_err(db, e))?;
-        let globals = this.store_globals(db, id, cancel).await;
         tracing::info!(tools = %this.tools.bin_dir().map(|d| d.display().to_string()).unwrap_or_else(|| "PATH".into()), "dumping");
-        let (dumped, schema) = tokio::join!(
+        // All at once: the small ones (globals, schema, the tool's version) ride along the dump
+        // instead of adding their start-up to the snapshot's wall time.
+        let (dumped, schema, globals, pg_dump_version) = tokio::join!(
             this.dump(db, id, shared.as_deref(), &req.scope, cancel),
-            this.store_schema(db, id, shared.as_deref(), cancel)
+            this.store_schema(db, id, shared.as_deref(), cancel),
+            this.store_globals(db, id, cancel),
+            this.tools.version("pg_dump"),
         );
         let extras = [globals.as_ref(), schema.as_ref()];
         if !req.scope.is_full() && schema.is_none() {
@@ -169,6 +171,14 @@ impl Snapshotter {
         let dumped = match dumped {
             Ok(d) => d,
             Err(e) => return Err(self.dump_failed(&session, db, id, &extras, e).await),
+        };
+        let pg_dump_version = match pg_dump_version {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = self.storage.delete(&layout::object(&db.name, id, layout::DUMP)).await;
+                self.delete_quietly(db, id, &extras).await;
+                return Err(dump::dump_err(db, e));
+            }
         };
         // Without the lock another snapshot may be cleaning this folder: never finish it then.
         if let Err(e) = check_lock(&session, db).await {
