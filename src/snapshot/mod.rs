@@ -150,12 +150,12 @@ impl Snapshotter {
         }
         let this = self.for_server(&session, db).await?;
         tracing::info!(tools = %this.tools.bin_dir().map(|d| d.display().to_string()).unwrap_or_else(|| "PATH".into()), "dumping");
-        // All at once: the small ones (globals, schema, the tool's version) ride along the dump
-        // instead of adding their start-up to the snapshot's wall time.
-        let (dumped, schema, globals, pg_dump_version) = tokio::join!(
+        // The globals first (a snapshot killed mid-dump leaves one partial object, the dump's);
+        // the schema and the tool's version ride along the dump.
+        let globals = this.store_globals(db, id, cancel).await;
+        let (dumped, schema, pg_dump_version) = tokio::join!(
             this.dump(db, id, shared.as_deref(), &req.scope, cancel),
             this.store_schema(db, id, shared.as_deref(), cancel),
-            this.store_globals(db, id, cancel),
             this.tools.version("pg_dump"),
         );
         let extras = [globals.as_ref(), schema.as_ref()];
