@@ -209,8 +209,10 @@ async fn run_job(db: &str, job: &Job, shared: &Shared, abort: &CancellationToken
     let req = Request {
         reason: job.reason.clone(),
         trigger: job.trigger.clone(),
-        scheduled: job.scheduled,
-        slot: job.slot,
+        // A repair's snapshot is always taken: one that joined a waiting scheduled run is not
+        // skipped for a standby or for a slot another installation took.
+        scheduled: job.scheduled && job.reason != PRE_REPAIR,
+        slot: job.slot.filter(|_| job.reason != PRE_REPAIR),
         scope: job.scope.clone(),
         scope_reason: job.scope_reason.clone(),
     };

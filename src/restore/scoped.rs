@@ -159,12 +159,7 @@ async fn apply<R: tokio::io::AsyncBufRead + Unpin>(
     let mut line = Vec::new();
     loop {
         line.clear();
-        if input
-            .read_until(b'\n', &mut line)
-            .await
-            .map_err(|e| format!("reading pg_restore's output: {e}"))?
-            == 0
-        {
+        if !next_line(&mut input, &mut line).await? {
             return Ok(());
         }
         let text = String::from_utf8_lossy(&line);
@@ -263,12 +258,7 @@ async fn copy<R: tokio::io::AsyncBufRead + Unpin>(
     let mut line = Vec::new();
     loop {
         line.clear();
-        if input
-            .read_until(b'\n', &mut line)
-            .await
-            .map_err(|e| format!("reading pg_restore's output: {e}"))?
-            == 0
-        {
+        if !next_line(input, &mut line).await? {
             return Err(format!("pg_restore's output ended inside `{}`", short(sql)));
         }
         if line == b"\\.\n" || line == b"\\." {
@@ -284,6 +274,15 @@ async fn copy<R: tokio::io::AsyncBufRead + Unpin>(
     }
     sink.finish().await.map_err(|e| format!("{}: {}", short(sql), pg::error_text(&e)))?;
     Ok(())
+}
+
+/// The next line of pg_restore's output into `line`; false at its end.
+async fn next_line<R: tokio::io::AsyncBufRead + Unpin>(
+    input: &mut R,
+    line: &mut Vec<u8>,
+) -> Result<bool, String> {
+    let n = input.read_until(b'\n', line).await.map_err(|e| format!("reading pg_restore's output: {e}"))?;
+    Ok(n > 0)
 }
 
 fn short(text: &str) -> String {
