@@ -110,3 +110,117 @@ fn a_killed_knex_batch_is_locked_and_the_playbook_unlocks_and_migrates() {
     assert_eq!(db.sql("SELECT is_locked FROM knex_migrations_lock"), "0");
     assert_eq!(lock_status(&pgm), "free");
 }
+
+const ACCOUNTS: &str = "exports.up = async (knex) => {
+  await knex.schema.createTable('accounts', (t) => { t.bigInteger('id').primary(); t.text('email'); });
+  await knex('accounts').insert([{ id: 1, email: 'a@example.com' }, { id: 2, email: 'a@example.com' }, { id: 3, email: 'c@example.com' }]);
+};
+exports.down = async (knex) => knex.schema.dropTable('accounts');
+";
+const AUDIT: &str = "20260102000000_audit.js";
+const AUDIT_JS: &str = "exports.config = { transaction: false };
+exports.up = async (knex) => {
+  await knex.schema.createTable('audit', (t) => { t.increments('id'); t.text('note'); });
+  await knex.schema.alterTable('accounts', (t) => { t.timestamp('verified_at'); });
+  await knex.raw('CREATE UNIQUE INDEX CONCURRENTLY accounts_email_key ON accounts (email)');
+};
+exports.down = async (knex) => {
+  await knex.raw('DROP INDEX IF EXISTS accounts_email_key');
+  await knex.schema.alterTable('accounts', (t) => { t.dropColumn('verified_at'); });
+  await knex.schema.dropTable('audit');
+};
+";
+
+/// `knex migrate:latest`: its success and everything it printed.
+fn latest(db: &TestDb, dir: &Path) -> (bool, String) {
+    let argv = knex_argv(dir);
+    let out = Command::new(&argv[0]).args(&argv[1..]).env("DATABASE_URL", db.url()).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// The real knex, a `transaction: false` migration that fails on its third statement (a unique
+/// index over duplicate emails): a table, a column and an invalid index committed, no row, and
+/// every later `migrate:latest` fails "already exists". pgmedic finds it `half_applied` from the
+/// schema against the snapshot whose rows are today's (its SQL is JavaScript), names every object
+/// it rests on and says the attribution is by position; the undo written from those objects is
+/// proven on the baseline, refuses nothing that holds no rows, and leaves the schema so that the
+/// fixed data lets knex's own next deploy succeed.
+#[test]
+fn a_half_applied_javascript_migration_is_found_undone_and_deployed_again() {
+    let db = TestDb::new("knexhalf");
+    let dir = project();
+    let migrations = dir.path().join("migrations");
+    std::fs::remove_file(migrations.join("20250101000000_slow.js")).unwrap();
+    std::fs::write(migrations.join("20260101000000_accounts.js"), ACCOUNTS).unwrap();
+    let (ok, out) = latest(&db, dir.path());
+    assert!(ok, "{out}");
+    let playbook =
+        "[[playbooks]]\nname = \"back\"\nsteps = [{ undo = true }, { resolve = \"rolled-back\" }]\n";
+    let pgm = migrate::config(&db, &migrations, &format!("tool = \"knex\"\n{playbook}"));
+    pgm.snapshot("app");
+
+    std::fs::write(migrations.join(AUDIT), AUDIT_JS).unwrap();
+    let (ok, out) = latest(&db, dir.path());
+    assert!(!ok && out.contains("accounts_email_key"), "the index fails over the duplicates: {out}");
+    assert_eq!(db.sql("SELECT string_agg(name, ',') FROM knex_migrations"), "20260101000000_accounts.js");
+    assert_eq!(db.sql("SELECT to_regclass('audit') IS NOT NULL"), "t", "the table was committed");
+    assert_eq!(db.sql("SELECT count(*) FROM pg_index WHERE NOT indisvalid"), "1");
+    let (ok, out) = latest(&db, dir.path());
+    assert!(!ok && out.contains("already exists"), "knex itself is stuck: {out}");
+
+    let run = pgm.run(&["migrations", "--json"]);
+    let app = &run.json()["app"];
+    let half = app["migrations"].as_array().unwrap().iter().find(|m| m["name"] == AUDIT).cloned();
+    let half = half.unwrap_or_else(|| panic!("the failed file is listed: {app:#}"));
+    assert_eq!(half["status"], "half_applied", "{half:#}");
+    let logs = half["logs"].as_str().unwrap();
+    for object in [
+        "table public.audit",
+        "column public.accounts.verified_at",
+        "invalid index public.accounts_email_key",
+        "by position",
+    ] {
+        assert!(logs.contains(object), "{object}: {logs}");
+    }
+
+    let r = &pgm.run(&["diagnose", "--json"]).json()[0];
+    assert_eq!(
+        (r["migration"].as_str(), r["attribution"].as_str()),
+        (Some(AUDIT), Some("position")),
+        "{r:#}"
+    );
+    assert_eq!(r["proof"], "replay", "{r:#}");
+    let n = r["statements"].as_array().unwrap().len() as u64;
+    assert_eq!(r["stopped_after"].as_u64(), Some(n - 1), "all but the failed index: {r:#}");
+    assert!(r["statements"][n as usize - 1]["sql"].as_str().unwrap().contains("CONCURRENTLY"), "{r:#}");
+    assert!(r["playbooks"]["finish"]["why"].as_str().unwrap().contains("code"), "{r:#}");
+    assert!(r["playbooks"]["undo"]["sql"].as_str().unwrap().contains("audit"), "{r:#}");
+
+    let rec = pgm.run(&["repair", "--db", "app", "--json"]).json();
+    assert_eq!(rec["outcome"], "succeeded", "{rec:#}");
+    assert_eq!(db.sql("SELECT to_regclass('audit') IS NULL AND to_regclass('audit_id_seq') IS NULL"), "t");
+    assert_eq!(
+        db.sql("SELECT count(*) FROM information_schema.columns WHERE column_name = 'verified_at'"),
+        "0"
+    );
+    assert_eq!(db.sql("SELECT count(*) FROM pg_index WHERE NOT indisvalid"), "0");
+    assert_eq!(db.sql("SELECT count(*) FROM accounts"), "3", "no row of the old table was lost");
+
+    // The data fixed: knex's own next deploy runs the whole migration and records it.
+    db.sql("DELETE FROM accounts WHERE id = 2");
+    let (ok, out) = latest(&db, dir.path());
+    assert!(ok, "{out}");
+    assert_eq!(
+        db.sql("SELECT string_agg(name, ',' ORDER BY id) FROM knex_migrations"),
+        format!("20260101000000_accounts.js,{AUDIT}")
+    );
+    let state = pgm.run(&["migrations", "--json"]).json();
+    let statuses: Vec<&str> = state["app"]["migrations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["applied", "applied"], "{state:#}");
+}

@@ -141,3 +141,58 @@ fn against_a_database_lock_warnings_carry_the_live_size_and_a_validated_check_pr
     assert_eq!(not_null, [3], "b is proven by its validated CHECK, a is not: {found:#?}");
     assert!(Path::new(&dir.path().join("0002_change/migration.sql")).exists());
 }
+
+/// `pgmedic lint --dir` on `files` (name, text) written at the folder's top level.
+fn lint_flat(files: &[(&str, &str)]) -> (i32, String, Vec<serde_json::Value>) {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_pgmedic"))
+        .args(["lint", "--json", "--dir"])
+        .arg(dir.path())
+        .env_remove("PGMEDIC_CONFIG")
+        .output()
+        .unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let findings = doc["findings"].as_array().cloned().unwrap_or_default();
+    (out.status.code().unwrap(), String::from_utf8_lossy(&out.stderr).into_owned(), findings)
+}
+
+/// golang-migrate's, Flyway's and dbmate's layouts are linted like Prisma's (the same
+/// `unknown-column` in each); a dbmate `transaction:false` file may build an index
+/// concurrently; a folder with no migration files is a usage error naming what was looked for.
+#[test]
+fn every_layout_is_linted_and_an_empty_folder_is_an_error() {
+    let bad = "CREATE INDEX IF NOT EXISTS i ON t (nope);\n";
+    let (init, change) = (
+        format!("-- migrate:up\n{INIT}-- migrate:down\nDROP TABLE t;\n"),
+        format!("-- migrate:up\n{bad}-- migrate:down\nDROP TABLE nope;\n"),
+    );
+    for files in [
+        [("1_init.up.sql", INIT), ("2_change.up.sql", bad), ("2_change.down.sql", "DROP INDEX i;\n")],
+        [("V1__init.sql", INIT), ("V2__change.sql", bad), ("README.sql", bad)],
+        [
+            ("20260101000000_init.sql", init.as_str()),
+            ("20260102000000_change.sql", change.as_str()),
+            (
+                "20260103000000_index.sql",
+                "-- migrate:up transaction:false\nCREATE INDEX CONCURRENTLY IF NOT EXISTS j ON t (a);\n",
+            ),
+        ],
+    ] {
+        let (code, err, findings) = lint_flat(&files);
+        assert_eq!(
+            (code, rules_of(&findings)),
+            (1, vec!["unknown-column".to_string()]),
+            "{files:?}: {err} {findings:#?}"
+        );
+        assert!(findings[0]["file"].as_str().unwrap().contains("change"), "{findings:#?}");
+    }
+    let (code, err, _) = lint_flat(&[("notes.txt", "hello")]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("no migration files") && err.contains("golang-migrate") && err.contains("Flyway"),
+        "{err}"
+    );
+}

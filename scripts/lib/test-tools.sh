@@ -29,6 +29,9 @@ npm_tool prisma node_modules/.bin/prisma
 export PGMEDIC_TEST_PRISMA="$PWD/.tools/prisma"
 npm_tool knex node_modules/.bin/knex
 export PGMEDIC_TEST_KNEX="$PWD/.tools/knex"
+# dbmate: its Go binary, as npm ships it for linux-x64.
+npm_tool dbmate node_modules/@dbmate/linux-x64/bin/dbmate
+export PGMEDIC_TEST_DBMATE="$PWD/.tools/dbmate"
 apt_tool java openjdk-17-jre-headless
 npm_tool liquibase node_modules/liquibase/dist/liquibase/liquibase
 export PGMEDIC_TEST_LIQUIBASE="$PWD/.tools/liquibase"

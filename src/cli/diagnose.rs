@@ -49,7 +49,7 @@ pub async fn diagnose(
         let mig = d.migrations_or_default();
         let session = pg::connect(&d.url).await?;
         let dialect = watch::dialect(&mig);
-        let state = watch::read(&session, dialect.as_ref()).await?;
+        let state = diagnose::read_state(&session, dialect.as_ref(), &storage, &d.name).await?;
         let todo = chosen(&state, migration);
         if todo.is_empty() {
             continue;

@@ -16,20 +16,22 @@ pub enum Format {
     Github,
 }
 
-/// Every `<dir>/<name>/migration.sql`, by name (the order tools apply them in).
+/// The migration files under `dir` in their tool's layout, or a usage error naming what was
+/// looked for.
 fn files(dir: &Path) -> anyhow::Result<Vec<File>> {
-    let entries = std::fs::read_dir(dir)
-        .map_err(|e| UsageError(format!("cannot read migrations dir {}: {e}", dir.display())))?;
-    let mut out: Vec<File> = entries
-        .filter_map(Result::ok)
-        .filter(|e| e.path().join("migration.sql").is_file())
-        .map(|e| File {
-            name: e.file_name().to_string_lossy().into_owned(),
-            path: e.path().join("migration.sql"),
-        })
-        .collect();
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(out)
+    Ok(lint::layout::files(dir).map_err(UsageError)?)
+}
+
+/// Whether the table records `f`: by name (Prisma, knex), by version (sqlx, dbmate, Flyway), or
+/// for golang-migrate, which keeps only the current version, by being at or below it.
+fn is_applied(tool: &str, f: &File, applied: &[watch::Migration]) -> bool {
+    let version = f.version.as_deref();
+    if tool == "golang-migrate" {
+        let v = version.and_then(|v| v.parse::<i64>().ok());
+        let current = applied.iter().filter_map(|m| m.id.parse::<i64>().ok()).max();
+        return matches!((v, current), (Some(v), Some(c)) if v <= c);
+    }
+    applied.iter().any(|m| m.name == f.name || version.is_some_and(|v| m.id == v || m.name == v))
 }
 
 fn print(findings: &[Finding], json: bool, format: Format) -> anyhow::Result<()> {
@@ -68,13 +70,14 @@ pub async fn lint_db(
         UsageError(format!("lint --db {db} needs --dir or databases.migrations.dir for {db}"))
     })?;
     let session = pg::connect(&d.url).await?;
-    let applied: Vec<String> = match watch::read(&session, watch::dialect(&mig).as_ref()).await? {
+    let applied: Vec<watch::Migration> = match watch::read(&session, watch::dialect(&mig).as_ref()).await? {
         TableState::Rows { migrations } => {
-            migrations.into_iter().filter(|m| m.status == Status::Applied).map(|m| m.name).collect()
+            migrations.into_iter().filter(|m| m.status == Status::Applied).collect()
         }
         _ => Vec::new(),
     };
-    let pending: Vec<File> = files(&dir)?.into_iter().filter(|f| !applied.contains(&f.name)).collect();
+    let pending: Vec<File> =
+        files(&dir)?.into_iter().filter(|f| !is_applied(&mig.tool, f, &applied)).collect();
     let linter = Linter {
         live: Some(session.client()),
         schema: mig.schema.clone(),

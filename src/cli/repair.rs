@@ -21,12 +21,13 @@ pub(super) fn targets<'a>(cfg: &'a Config, db: Option<&str>) -> Result<Vec<&'a D
 }
 
 pub async fn migrations(cfg: &Config, db: Option<&str>, json: bool) -> anyhow::Result<()> {
+    let storage = super::context::open_storage(cfg).await?;
     let mut all = serde_json::Map::new();
     for d in targets(cfg, db)? {
         let mig = d.migrations_or_default();
         let session = pg::connect(&d.url).await?;
         let dialect = watch::dialect(&mig);
-        let state = watch::read(&session, dialect.as_ref()).await?;
+        let state = crate::diagnose::read_state(&session, dialect.as_ref(), &storage, &d.name).await?;
         // `auto` says what it found.
         let tool = match (mig.tool.as_str(), dialect.tool()) {
             ("auto", "auto") => "auto (no migrations table found)".to_string(),
@@ -58,6 +59,13 @@ fn print_state(db: &str, table_name: &str, state: &TableState) {
     match state {
         TableState::Missing => println!("{db}: no {table_name} table (no migration has run)"),
         TableState::Standby => println!("{db}: a standby; read its primary"),
+        TableState::Unrecognised { table, columns, like } => {
+            let like = like
+                .as_deref()
+                .map(|t| format!(", which looks like {t}'s (pgmedic does not read it yet)"))
+                .unwrap_or_default();
+            println!("{db}: unrecognised migrations table {table} ({}){like}: set `tool` and `table` in [databases.migrations]", columns.join(", "))
+        }
         TableState::Rows { migrations } => {
             let failed = state.needing_repair().len();
             println!("{db}: {} migrations, {failed} failed", migrations.len());

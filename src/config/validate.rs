@@ -362,11 +362,12 @@ fn migrations(ctx: &Ctx, i: usize, raw: RawMigrations) -> Result<MigrationsConfi
         "liquibase" => "databasechangelog",
         "sqlx" => "_sqlx_migrations",
         "flyway" => "flyway_schema_history",
+        "dbmate" => "schema_migrations",
         "auto" => "",
         other => {
             return Err(ctx.err(
                 key("tool"),
-                format!("`{other}` is not supported (supported: \"prisma\", \"golang-migrate\", \"knex\", \"liquibase\", \"sqlx\", \"flyway\", \"auto\")"),
+                format!("`{other}` is not supported (supported: \"prisma\", \"golang-migrate\", \"knex\", \"liquibase\", \"sqlx\", \"flyway\", \"dbmate\", \"auto\")"),
             ));
         }
     };

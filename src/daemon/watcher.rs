@@ -108,7 +108,11 @@ async fn tick(
         let _slot = shared.watch_slots.acquire().await.expect("the semaphore is never closed");
         let session = pg::connect(&cfg.url).await?;
         let state = match mig {
-            Some(m) => Some(watch::read(&session, watch::dialect(m).as_ref()).await?),
+            Some(m) => {
+                let storage = Arc::clone(&shared.current().snapshotter.storage);
+                let dialect = watch::dialect(m);
+                Some(crate::diagnose::read_state(&session, dialect.as_ref(), &storage, &cfg.name).await?)
+            }
             None => None,
         };
         (state, watch::indexes::invalid(&session).await?)
@@ -119,6 +123,7 @@ async fn tick(
     let label = match &state {
         TableState::Missing => "missing",
         TableState::Standby => "standby",
+        TableState::Unrecognised { .. } => "unrecognised",
         TableState::Rows { .. } if failing.is_empty() => "ok",
         TableState::Rows { .. } => "failed",
     };

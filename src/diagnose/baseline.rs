@@ -24,11 +24,14 @@ fn attempted(m: &Manifest, dialect: &dyn Dialect, migration: &Migration) -> bool
     m.migrations.as_ref().is_some_and(|rows| dialect.attempted(&rows.rows, migration))
 }
 
+/// `before`: whether a candidate's schema can be from before the migration (for a half-applied
+/// one, which no row dates: the schema must lack what the migration created).
 pub async fn find_baseline(
     storage: &Arc<dyn Storage>,
     database: &str,
     migration: &Migration,
     dialect: &dyn Dialect,
+    before: &(dyn Fn(&Baseline) -> bool + Sync),
 ) -> Result<BaselineSnapshot, String> {
     // A tool that records no start time (golang-migrate): the rows alone tell.
     let started = migration.started_at.unwrap_or_else(Utc::now);
@@ -46,6 +49,10 @@ pub async fn find_baseline(
             Err(Unreadable(e)) => return Err(e),
         };
         let schema = Baseline::parse(&text).resolving_in(dialect.schema());
+        if !before(&schema) {
+            tracing::info!(snapshot = %m.id, migration = %migration.name, "a snapshot already holds what the migration created; trying an older one");
+            continue;
+        }
         return Ok(BaselineSnapshot { id: m.id.clone(), taken_at: m.taken_at, text, schema });
     }
     Err(format!(

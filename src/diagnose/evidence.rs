@@ -142,7 +142,7 @@ async fn with_lab(
     dialect: &dyn Dialect,
 ) -> Result<Evidence, String> {
     let r = replay::run(lab, stmts, mode, live).await?;
-    let code = a.migration.logs.as_deref().and_then(sqlstate).map(|c| c.0);
+    let code = a.migration.tool_log().and_then(sqlstate).map(|c| c.0);
     let failed = a.migration.status == Status::Failed;
     let stop = proof::decide(&r, stmts, mode, failed, code.as_deref());
     let mut ev = Evidence {
@@ -174,7 +174,10 @@ async fn with_lab(
     };
     let proof = |want, roll_back| proof::Proof { lab, replay: &r, k, want, roll_back };
     ev.undo = undo(a, proof(0, true), &at_k, stmts, k, ev.stop.leftover.as_ref()).await;
-    ev.finish = finish(a, proof(stmts.len(), false), &at_k, &ev.stop, stmts, code.as_deref(), dialect).await;
+    ev.finish = match &a.reconstructed {
+        Some(_) => Err("the migration is code: pgmedic wrote statements only for what it left, not for what it would have run after it stopped; undo it, fix the migration, and let the tool run it again".into()),
+        None => finish(a, proof(stmts.len(), false), &at_k, &ev.stop, stmts, code.as_deref(), dialect).await,
+    };
     Ok(ev)
 }
 

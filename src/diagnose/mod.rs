@@ -10,6 +10,7 @@
 pub mod baseline;
 mod evidence;
 pub mod lab;
+pub mod leftovers;
 mod log;
 pub mod plan;
 mod proof;
@@ -51,6 +52,9 @@ pub struct Analysis {
     /// Live backends still running the migration's statements (a crashed migrator's).
     pub running: Vec<String>,
     pub baseline: Result<BaselineSnapshot, String>,
+    /// A half-applied code migration: the objects its statements were written from (attributed
+    /// to it by position and by the names its file mentions, not by its SQL).
+    pub reconstructed: Option<Vec<String>>,
     pub evidence: Evidence,
 }
 
@@ -160,6 +164,23 @@ impl Analysis {
     }
 }
 
+/// The tool's table read as `watch::read` reads it, and a code migration that ran half way
+/// without a row (`half_applied` from the schema against the snapshots, see `leftovers`).
+pub async fn read_state(
+    session: &crate::pg::Session,
+    dialect: &dyn Dialect,
+    storage: &Arc<dyn Storage>,
+    database: &str,
+) -> Result<crate::watch::TableState, crate::pg::DbError> {
+    let mut state = crate::watch::read(session, dialect).await?;
+    if let crate::watch::TableState::Rows { migrations } = &mut state {
+        if let Some(m) = leftovers::detect(session, dialect, migrations, storage, database).await? {
+            migrations.push(m);
+        }
+    }
+    Ok(state)
+}
+
 /// Analyses `migration` of `db` on `client`, a session on that database.
 pub async fn analyse(
     client: &Client,
@@ -175,7 +196,35 @@ pub async fn analyse(
         migration: migration.name.clone(),
         message: crate::pg::error_text(&e),
     };
-    let (file, file_text, parsed) = read_file(dialect, mig, migration);
+    // A half-applied code migration: its statements are written from what it left.
+    let code = migration.status == Status::HalfApplied && dialect.code_file(migration).is_some();
+    let recon = match code {
+        true => Some(leftovers::reconstruct(client, db, dialect, storage, migration, env.tools).await),
+        false => None,
+    };
+    let (file, file_text, parsed, recon) = match recon {
+        None => {
+            let (f, t, p) = read_file(dialect, mig, migration);
+            (f, t, p, None)
+        }
+        Some(Err(why)) => (
+            Err(format!("it is code, and its effects cannot be written as statements: {why}")),
+            None,
+            vec![],
+            None,
+        ),
+        Some(Ok(r)) => match sql::parse::parse(&r.statements) {
+            Ok(p) => {
+                (Ok(dialect.code_file(migration).unwrap_or_default()), Some(r.statements.clone()), p, Some(r))
+            }
+            Err(e) => (
+                Err(format!("the statements written from its effects do not parse: {e}")),
+                None,
+                vec![],
+                None,
+            ),
+        },
+    };
     let old = sql::catalog::set_search_path(client, &mig.schema).await.map_err(fail)?;
     let mut statements = Vec::new();
     for s in parsed {
@@ -189,7 +238,17 @@ pub async fn analyse(
         .collect::<Result<Vec<_>, _>>()
         .map_err(fail)?;
     let running = still_running(client, dialect, mig, migration).await.map_err(fail)?;
-    let baseline = find_baseline(storage, &db.name, migration, dialect).await;
+    let made = made_by(migration, &statements);
+    let before = |b: &sql::Baseline| {
+        !made.iter().any(|(kind, name, column)| match column {
+            Some(c) => b.column(name, c).is_some(),
+            None => b.has(kind, name),
+        })
+    };
+    let (baseline, reconstructed) = match recon {
+        Some(r) => (Ok(r.baseline), Some(r.objects)),
+        None => (find_baseline(storage, &db.name, migration, dialect, &before).await, None),
+    };
     let exclude =
         sql::shape::Exclude { schema: dialect.schema().into(), table_prefix: dialect.table().into() };
     let mut a = Analysis {
@@ -200,10 +259,31 @@ pub async fn analyse(
         statements,
         running,
         baseline,
+        reconstructed,
         evidence: Evidence::pending(exclude),
     };
     a.evidence = evidence::gather(&a, client, db, mig, dialect, env).await;
     Ok(a)
+}
+
+/// What a half-applied migration's statements made that is in the catalog now (pg_dump's kind,
+/// the relation, the column): a snapshot holding any of it was taken after it ran.
+fn made_by(
+    m: &Migration,
+    statements: &[(Statement, Judged)],
+) -> Vec<(&'static str, ObjName, Option<String>)> {
+    if m.status != Status::HalfApplied {
+        return Vec::new();
+    }
+    let applied = statements.iter().filter(|(_, j)| j.verdict == Verdict::Applied);
+    applied
+        .flat_map(|(s, _)| &s.effects)
+        .filter_map(|e| match e {
+            sql::Effect::CreateRelation { kind, name, .. } => Some((kind.word(), name.clone(), None)),
+            sql::Effect::AddColumn { table, column } => Some(("TABLE", table.clone(), Some(column.clone()))),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Live backends still running the statements of a crashed (or in-progress) migration: while
@@ -241,7 +321,7 @@ pub(crate) fn read_file(
         Ok(t) => t,
         Err(e) => return (Err(format!("cannot read {}: {e}", path.display())), None, vec![]),
     };
-    match sql::parse::parse(&text) {
+    match sql::parse::parse(&dialect.up_sql(&text)) {
         Ok(stmts) => (Ok(path), Some(text), stmts),
         Err(e) => (Err(format!("{}: {e}", path.display())), Some(text), vec![]),
     }

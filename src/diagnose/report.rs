@@ -29,6 +29,12 @@ pub struct Report {
     /// Why the statements could not be judged.
     pub file_error: Option<String>,
     pub statements: Vec<StatementReport>,
+    /// How the migration was tied to what the catalog shows: `"replay"` (its own SQL replayed),
+    /// or `"position"` for a code migration whose SQL is unknown: the first pending one, whose
+    /// file names the objects; its statements are written from those objects.
+    pub attribution: &'static str,
+    /// For `"position"`: every object the attribution rests on.
+    pub attributed_objects: Vec<String>,
     /// Statements that took effect, when the evidence proves it.
     pub stopped_after: Option<usize>,
     /// `replay`, `catalog` or `none`: what the verdicts stand on.
@@ -114,7 +120,7 @@ pub async fn report(
     now: Result<&crate::sql::Baseline, String>,
 ) -> Report {
     let m = &a.migration;
-    let code = m.logs.as_deref().and_then(sqlstate);
+    let code = m.tool_log().and_then(sqlstate);
     let mut created = Vec::new();
     let old = crate::sql::catalog::set_search_path(client, schema).await.ok();
     for t in a.created_tables() {
@@ -149,6 +155,8 @@ pub async fn report(
                 StatementReport { index: s.index, line: s.line, sql: redact(&s.sql), verdict, reason }
             })
             .collect(),
+        attribution: if a.reconstructed.is_some() { "position" } else { "replay" },
+        attributed_objects: a.reconstructed.clone().unwrap_or_default(),
         stopped_after: a.evidence.stop.stopped_after,
         proof: a.evidence.proof,
         stopped_range: a.evidence.stop.range.map(|(lo, hi)| [lo, hi]),
@@ -268,6 +276,9 @@ impl Report {
         }
         if let Some(wait) = &self.wait {
             let _ = writeln!(o, "WAIT: {wait}");
+        }
+        if self.attribution == "position" {
+            let _ = writeln!(o, "attributed by position, not proven by its own SQL (the migration is code): the first pending migration, whose file names {}; the statements below are written from those objects and replayed on the baseline", self.attributed_objects.join(", "));
         }
     }
 

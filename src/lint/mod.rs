@@ -5,6 +5,7 @@
 //! rewrite or scan an existing table (with its live size when a database is given). A finding is
 //! silenced by `-- pgmedic: allow <rule-id>` on the statement's lines or the line above it.
 
+pub mod layout;
 mod model;
 mod rules;
 
@@ -35,10 +36,12 @@ pub struct Finding {
     pub fix: String,
 }
 
-/// One migration file: its name (the folder) and path.
+/// One migration file: its name (Prisma's folder, else the file without `.sql`/`.up.sql`), path,
+/// and version (the leading number the tool records, where it has one).
 pub struct File {
     pub name: String,
     pub path: PathBuf,
+    pub version: Option<String>,
 }
 
 pub struct Linter<'a> {
@@ -96,6 +99,7 @@ impl Linter<'_> {
                     continue;
                 }
             };
+            let (text, in_transaction) = layout::up_text(&text);
             let stmts = match sql::parse::parse(&text) {
                 Ok(s) => s,
                 Err(sql::SqlError::Parse { message, line }) => {
@@ -111,7 +115,7 @@ impl Linter<'_> {
                     continue;
                 }
             };
-            let wraps = self.wraps_files && stmts.len() > 1;
+            let wraps = self.wraps_files && in_transaction && stmts.len() > 1;
             model.begin_file();
             for s in &stmts {
                 let mut found = Vec::new();

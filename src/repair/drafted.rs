@@ -36,7 +36,9 @@ async fn within_scope(session: &Session, ctx: &Ctx<'_>, a: &Analysis) -> Result<
 
 async fn analysis(session: &Session, ctx: &Ctx<'_>) -> Result<Analysis, StepFailure> {
     let dialect = watch::dialect(ctx.mig);
-    let state = watch::read(session, dialect.as_ref()).await.map_err(|e| StepFailure(e.to_string()))?;
+    let state = diagnose::read_state(session, dialect.as_ref(), ctx.storage, &ctx.db.name)
+        .await
+        .map_err(|e| StepFailure(e.to_string()))?;
     let TableState::Rows { migrations } = state else {
         return Err(StepFailure("the migrations table cannot be read".into()));
     };

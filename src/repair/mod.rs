@@ -26,7 +26,7 @@ use crate::config::{Config, DatabaseConfig, MigrationsConfig, Playbook, Step};
 use crate::pg::{self, DbError, Session};
 use crate::snapshot::{Manifest, Request, Scope, Snapshotter};
 use crate::storage::Storage;
-use crate::watch::{self, Dialect, Migration};
+use crate::watch::{self, Dialect, Migration, TableState};
 
 /// Why a step failed, in words for the audit record.
 #[derive(Debug)]
@@ -182,7 +182,7 @@ impl Repairer {
         if !req.dry_run && !self.lock(&session, db, dialect.as_ref(), rec).await? {
             return Ok(());
         }
-        let state = watch::read(&session, dialect.as_ref()).await?;
+        let state = self.read(&session, db, dialect.as_ref()).await?;
         if let Some(why) = preflight::blocked(db, &state) {
             return refuse(rec, why);
         }
@@ -225,7 +225,8 @@ impl Repairer {
             return Ok(());
         }
         // Read again: the snapshot took time, and a deploy without its lock may have moved on.
-        if let Some(why) = preflight::changed_since(&target, &watch::read(&session, dialect.as_ref()).await?)
+        if let Some(why) =
+            preflight::changed_since(&target, &self.read(&session, db, dialect.as_ref()).await?)
         {
             return refuse(rec, why);
         }
@@ -240,7 +241,7 @@ impl Repairer {
         let failed = self.run_steps(&run, playbook, log, rec).await;
         rec.rows_after = dialect.raw_rows(&session).await?;
         if !failed {
-            let after = watch::read(&session, dialect.as_ref()).await?;
+            let after = self.read(&session, db, dialect.as_ref()).await?;
             (rec.outcome, rec.error) = preflight::outcome(&after);
         }
         Ok(())
@@ -302,6 +303,16 @@ impl Repairer {
             return Ok(false);
         }
         Ok(true)
+    }
+
+    /// The tool's table, with a half-applied code migration found against the snapshots.
+    async fn read(
+        &self,
+        session: &Session,
+        db: &DatabaseConfig,
+        dialect: &dyn Dialect,
+    ) -> Result<TableState, DbError> {
+        crate::diagnose::read_state(session, dialect, &self.storage, &db.name).await
     }
 
     fn choose<'a>(&'a self, db: &DatabaseConfig, m: &Migration, named: Option<&str>) -> Option<&'a Playbook> {

@@ -3,12 +3,22 @@
 //! with no live migrator is `locked` (a killed `transaction: false` batch leaves it so: "Migration
 //! table is already locked"); with a live session it is in progress. knex records nothing about
 //! the holder, so any other active session, or one whose last query touched knex's tables,
-//! counts as live. Release is `knex migrate:unlock`'s two statements.
+//! counts as live. Release is `knex migrate:unlock`'s two statements. Its migrations are
+//! JavaScript files in `dir`, run in file-name order and recorded by file name: a `transaction:
+//! false` one that fails half way leaves no row, which `half_applied` finds from the schema (see
+//! `diagnose::leftovers`). resolve writes the row knex's own success writes.
+
+use std::path::PathBuf;
 
 use async_trait::async_trait;
 
 use super::{live, Dialect, Migration, Place, Status, StepResult, TableState};
+use crate::config::{MigrationsConfig, ResolveAs};
 use crate::pg::{error_text, quote_ident, DbError, Session};
+
+/// The extensions knex loads migrations from (its default `loadExtensions`).
+const EXTENSIONS: &[&str] =
+    &[".js", ".cjs", ".mjs", ".ts", ".cts", ".mts", ".coffee", ".litcoffee", ".ls", ".eg", ".iced", ".co"];
 
 pub struct Knex(pub Place);
 
@@ -20,6 +30,21 @@ impl Knex {
     async fn live(&self, s: &Session) -> Result<Vec<String>, DbError> {
         let table = self.table().replace('\'', "''");
         live::sessions(s, &format!("a.state <> 'idle' OR a.query ILIKE '%{table}%'")).await
+    }
+
+    /// Every migration file in `dir`, as knex names and orders them (by file name).
+    fn files(&self) -> Vec<(String, PathBuf)> {
+        let Some(dir) = &self.0.dir else { return Vec::new() };
+        let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+        let mut out: Vec<(String, PathBuf)> = entries
+            .filter_map(Result::ok)
+            .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+            .filter(|(n, p)| {
+                p.is_file() && !n.ends_with(".d.ts") && EXTENSIONS.iter().any(|x| n.ends_with(x))
+            })
+            .collect();
+        out.sort();
+        out
     }
 
     async fn lock_rows(&self, s: &Session) -> Result<Vec<serde_json::Value>, String> {
@@ -84,6 +109,48 @@ impl Dialect for Knex {
 
     fn attempted(&self, rows: &[serde_json::Value], m: &Migration) -> bool {
         rows.iter().any(|r| r.get("name").and_then(|v| v.as_str()) == Some(m.name.as_str()))
+    }
+
+    fn pending(&self, recorded: &[Migration]) -> Vec<Migration> {
+        self.files()
+            .into_iter()
+            .filter(|(n, _)| !recorded.iter().any(|m| m.name == *n))
+            .map(|(n, _)| Migration::bare(n, Status::Applied, None))
+            .collect()
+    }
+
+    fn code_file(&self, m: &Migration) -> Option<PathBuf> {
+        self.files().into_iter().find(|(n, _)| *n == m.name).map(|(_, p)| p)
+    }
+
+    /// applied: the row knex's own success writes (`name`, the next batch, now); rolled back:
+    /// nothing to write once the table holds no row for it (knex runs it again).
+    async fn resolve(
+        &self,
+        s: &Session,
+        _cfg: &MigrationsConfig,
+        m: &Migration,
+        how: ResolveAs,
+    ) -> StepResult {
+        let t = self.qualified();
+        let c = s.client();
+        let held = c
+            .query(&format!("SELECT 1 FROM {t} WHERE name = $1"), &[&m.name])
+            .await
+            .map_err(|e| error_text(&e))?;
+        match how {
+            ResolveAs::Applied if !held.is_empty() => Ok(format!("{t} already records {}", m.name)),
+            ResolveAs::Applied => {
+                let sql = format!("INSERT INTO {t} (name, batch, migration_time) SELECT $1, coalesce(max(batch), 0) + 1, now() FROM {t}");
+                c.execute(&sql, &[&m.name]).await.map_err(|e| error_text(&e))?;
+                Ok(format!("recorded {} in a new batch, as knex's own success does", m.name))
+            }
+            ResolveAs::RolledBack if held.is_empty() => {
+                Ok(format!("{t} holds no row for {}: knex runs it again on its next migrate:latest", m.name))
+            }
+            ResolveAs::RolledBack => Err(format!("{t} records {} as applied; knex has no rolled-back state to write (run `knex migrate:down`, or fix the table by hand)", m.name)),
+            ResolveAs::FromDiagnosis => Err("from-diagnosis is decided before the tool's table is written".into()),
+        }
     }
 
     /// `knex migrate:unlock`: `DELETE FROM knex_migrations_lock; INSERT … (is_locked) VALUES (0)`.

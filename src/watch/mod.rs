@@ -5,8 +5,10 @@
 //! `migrations`, `diagnose` and the audit only see this trait.
 
 mod auto;
+mod dbmate;
 mod flyway;
 mod golang_migrate;
+mod half;
 pub mod indexes;
 mod knex;
 mod liquibase;
@@ -35,6 +37,7 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("liquibase", "databasechangelog"),
     ("sqlx", "_sqlx_migrations"),
     ("flyway", "flyway_schema_history"),
+    ("dbmate", "schema_migrations"),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -54,12 +57,24 @@ pub enum Status {
     Dirty,
     /// An applied migration whose file changed since (a checksum that no longer matches).
     Drifted,
+    /// Not recorded as applied, yet some of its effects are in the catalog: a non-transactional
+    /// migration that failed or was killed half way (the tool wrote nothing), or a pending
+    /// migration whose objects already exist. Every next deploy fails "already exists".
+    HalfApplied,
 }
 
 impl Status {
     /// The states that stop deploys until someone acts.
     pub fn needs_repair(self) -> bool {
-        matches!(self, Status::Failed | Status::Crashed | Status::Locked | Status::Dirty | Status::Drifted)
+        matches!(
+            self,
+            Status::Failed
+                | Status::Crashed
+                | Status::Locked
+                | Status::Dirty
+                | Status::Drifted
+                | Status::HalfApplied
+        )
     }
 }
 
@@ -74,9 +89,19 @@ pub struct Migration {
     pub rolled_back_at: Option<DateTime<Utc>>,
     pub applied_steps_count: i32,
     pub logs: Option<String>,
+    /// For a half-applied code migration: the snapshot whose schema it was judged against (the
+    /// oldest whose recorded migrations are today's), which diagnose replays on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub judged_against: Option<String>,
 }
 
 impl Migration {
+    /// The tool's own error text, where the tool stored one: a half-applied migration's `logs`
+    /// are pgmedic's finding, and carry no SQLSTATE of the failure.
+    pub fn tool_log(&self) -> Option<&str> {
+        self.logs.as_deref().filter(|_| self.status != Status::HalfApplied)
+    }
+
     /// A row with only a name, a state and a note (lock rows, other tools' rows).
     pub fn bare(name: impl Into<String>, status: Status, logs: Option<String>) -> Migration {
         Migration {
@@ -89,6 +114,7 @@ impl Migration {
             rolled_back_at: None,
             applied_steps_count: 0,
             logs,
+            judged_against: None,
         }
     }
 }
@@ -104,6 +130,13 @@ pub enum TableState {
     Missing,
     /// The server is a standby: it cannot be repaired, only its primary.
     Standby,
+    /// `tool = "auto"` found a migrations table it cannot read: `like` names the tool it looks
+    /// like (one pgmedic does not read yet), or none when only its name is a tool's.
+    Unrecognised {
+        table: String,
+        columns: Vec<String>,
+        like: Option<String>,
+    },
 }
 
 impl TableState {
@@ -153,6 +186,20 @@ pub trait Dialect: Send + Sync {
     fn file(&self, _m: &Migration) -> Option<PathBuf> {
         None
     }
+    /// The part of a migration file the tool runs going up (dbmate's `-- migrate:up` section).
+    fn up_sql(&self, text: &str) -> String {
+        text.to_string()
+    }
+    /// The migrations in `dir` the table does not record, in the order the tool would run them,
+    /// each named as the tool would record it (`half_applied` looks at the first).
+    fn pending(&self, _recorded: &[Migration]) -> Vec<Migration> {
+        Vec::new()
+    }
+    /// The file of a migration written as code (knex's JavaScript): its SQL is unknown, but the
+    /// names it mentions corroborate what a half-applied run left.
+    fn code_file(&self, _m: &Migration) -> Option<PathBuf> {
+        None
+    }
     /// Whether the tool runs a file in one transaction (so a failure applied none or all of it).
     fn atomic(&self) -> bool {
         false
@@ -199,6 +246,7 @@ fn by_tool(tool: &str, at: Place) -> Box<dyn Dialect> {
     match tool {
         "golang-migrate" => Box::new(golang_migrate::GolangMigrate(at)),
         "knex" => Box::new(knex::Knex(at)),
+        "dbmate" => Box::new(dbmate::Dbmate(at)),
         "liquibase" => Box::new(liquibase::Liquibase(at)),
         "sqlx" => Box::new(sqlx::Sqlx(at)),
         "flyway" => Box::new(flyway::Flyway(at)),
@@ -230,6 +278,16 @@ pub async fn read(session: &Session, dialect: &dyn Dialect) -> Result<TableState
     if session.is_in_recovery().await? {
         return Ok(TableState::Standby);
     }
+    let mut state = read_table(session, dialect).await?;
+    if let TableState::Rows { migrations } = &mut state {
+        if let Some(m) = half::detect(session, dialect, migrations).await? {
+            migrations.push(m);
+        }
+    }
+    Ok(state)
+}
+
+async fn read_table(session: &Session, dialect: &dyn Dialect) -> Result<TableState, DbError> {
     dialect.read(session).await.map_err(|e| match e {
         // A table of the tool's name without its columns: say which table, and what to check.
         DbError::Query { target, what, message }

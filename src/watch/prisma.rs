@@ -48,6 +48,7 @@ fn row(r: &tokio_postgres::Row) -> Result<Migration, tokio_postgres::Error> {
         rolled_back_at: rolled_back,
         applied_steps_count: r.try_get::<_, Option<i32>>(6)?.unwrap_or_default(),
         logs,
+        judged_against: None,
         status,
     })
 }

@@ -361,10 +361,28 @@ pub fn fill_random(db: &TestDb, mib: u32) {
 /// A webhook receiver on a loopback port the kernel picks: the URL to configure (with `path`),
 /// and the one request it receives, head and body, after answering it 204.
 pub fn webhook(path: &str) -> (String, std::thread::JoinHandle<String>) {
-    use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}{path}", listener.local_addr().unwrap());
-    let handle = std::thread::spawn(move || {
+    (url, std::thread::spawn(move || receive(&listener)))
+}
+
+/// The same, answering requests until one's body names `event` (`"event":"<event>"`): that one.
+pub fn webhook_event(path: &str, event: &str) -> (String, std::thread::JoinHandle<String>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}{path}", listener.local_addr().unwrap());
+    let wanted = format!("\"event\":\"{event}\"");
+    let handle = std::thread::spawn(move || loop {
+        let req = receive(&listener);
+        if req.contains(&wanted) {
+            return req;
+        }
+    });
+    (url, handle)
+}
+
+fn receive(listener: &std::net::TcpListener) -> String {
+    use std::io::{Read, Write};
+    {
         let (mut conn, _) = listener.accept().unwrap();
         conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         let mut req = Vec::new();
@@ -384,8 +402,7 @@ pub fn webhook(path: &str) -> (String, std::thread::JoinHandle<String>) {
         }
         let _ = conn.write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n");
         String::from_utf8_lossy(&req).to_string()
-    });
-    (url, handle)
+    }
 }
 
 /// A datagram socket that listens as systemd does for `NOTIFY_SOCKET` messages.
