@@ -224,3 +224,110 @@ fn a_half_applied_javascript_migration_is_found_undone_and_deployed_again() {
         .collect();
     assert_eq!(statuses, ["applied", "applied"], "{state:#}");
 }
+
+const CRASH: &str = "20260103000000_audit_slow.js";
+const CRASH_JS: &str = "exports.config = { transaction: false };
+exports.up = async (knex) => {
+  await knex.schema.createTable('audit', (t) => { t.increments('id'); t.text('note'); });
+  await knex.raw('SELECT pg_sleep(3)');
+};
+exports.down = async (knex) => knex.schema.dropTable('audit');
+";
+
+/// A psql session kept open on `db` after running `sql` (its stdin held), killed on drop.
+struct Psql(Child);
+
+impl Psql {
+    fn start(db: &TestDb, sql: &str) -> Psql {
+        let mut child = Command::new("psql")
+            .args(["-h", PG_HOST, "-U", "postgres", "-d", &db.name, "-Xq"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        writeln!(child.stdin.as_mut().unwrap(), "{sql}").unwrap();
+        Psql(child)
+    }
+}
+
+impl Drop for Psql {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// knex killed while its `transaction: false` migration ran: the lock row stays taken and the
+/// orphaned backend commits the migration, with no row. While that statement runs the lock is in
+/// progress; an application busy meanwhile (an unrelated query running, an idle pooled
+/// connection whose last query read knex_migrations) is not taken for the migrator. Once it ends,
+/// the migration is half_applied ahead of the lock, and one run releases the lock and resolves
+/// the migration applied as knex's own success records it: knex's next deploy has nothing to do.
+#[test]
+fn a_killed_batch_is_unlocked_and_resolved_in_one_run_while_the_application_is_busy() {
+    let db = TestDb::new("knexcrash");
+    let dir = project();
+    let migrations = dir.path().join("migrations");
+    std::fs::remove_file(migrations.join("20250101000000_slow.js")).unwrap();
+    std::fs::write(migrations.join("20260101000000_accounts.js"), ACCOUNTS).unwrap();
+    let (ok, out) = latest(&db, dir.path());
+    assert!(ok, "{out}");
+    let playbook =
+        "[[playbooks]]\nname = \"crashed\"\nsteps = [{ release_lock = true }, { resolve = \"applied\" }]\n";
+    let pgm = migrate::config(&db, &migrations, &format!("tool = \"knex\"\n{playbook}"));
+    pgm.snapshot("app");
+
+    std::fs::write(migrations.join(CRASH), CRASH_JS).unwrap();
+    let argv = knex_argv(dir.path());
+    let mut knex = Command::new(&argv[0])
+        .args(&argv[1..])
+        .env("DATABASE_URL", db.url())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let sleeping =
+        "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(3)' AND state = 'active'";
+    wait_for("knex's slow statement", Duration::from_secs(60), || db.sql(sleeping) == "1");
+    knex.kill().unwrap();
+    knex.wait().unwrap();
+    let _app = Psql::start(&db, "SELECT pg_sleep(60);");
+    let _pool = Psql::start(&db, "SELECT count(*) FROM knex_migrations;");
+    wait_for("the application's sessions", Duration::from_secs(10), || {
+        db.sql("SELECT count(*) FROM pg_stat_activity WHERE query IN ('SELECT pg_sleep(60);', 'SELECT count(*) FROM knex_migrations;')") == "2"
+    });
+    assert_eq!(lock_status(&pgm), "in_progress", "the orphaned statement still runs");
+    wait_for("the orphaned statement to end", Duration::from_secs(30), || db.sql(sleeping) == "0");
+
+    let state = pgm.run(&["migrations", "--json"]).json();
+    let rows: Vec<(String, String)> = state["app"]["migrations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["name"].as_str().unwrap().into(), m["status"].as_str().unwrap().into()))
+        .collect();
+    let want = [
+        ("20260101000000_accounts.js", "applied"),
+        (CRASH, "half_applied"),
+        ("knex_migrations_lock", "locked"),
+    ];
+    assert_eq!(rows, want.map(|(a, b)| (a.to_string(), b.to_string())), "{state:#}");
+
+    let rec = pgm.run(&["repair", "--db", "app", "--json"]).json();
+    assert_eq!(
+        (rec["outcome"].as_str(), rec["migration"].as_str()),
+        (Some("succeeded"), Some(CRASH)),
+        "{rec:#}"
+    );
+    assert_eq!(db.sql("SELECT is_locked FROM knex_migrations_lock"), "0");
+    assert_eq!(
+        db.sql(
+            "SELECT string_agg(name, ',' ORDER BY id) || ' ' || count(DISTINCT batch) FROM knex_migrations"
+        ),
+        format!("20260101000000_accounts.js,{CRASH} 2")
+    );
+    let (ok, out) = latest(&db, dir.path());
+    assert!(ok && out.contains("Already up to date"), "{out}");
+}

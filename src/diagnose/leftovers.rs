@@ -221,7 +221,15 @@ pub async fn detect(
     storage: &Arc<dyn Storage>,
     database: &str,
 ) -> Result<Option<Migration>, DbError> {
-    if recorded.iter().any(|m| m.status.needs_repair() || m.status == Status::InProgress) {
+    // A deploy under way may be half way on purpose; another failure is repaired first. A lock
+    // left by a killed batch is no reason to wait: its migration is what the lock hides.
+    let busy = |s: Status| {
+        matches!(
+            s,
+            Status::InProgress | Status::Failed | Status::Crashed | Status::Dirty | Status::HalfApplied
+        )
+    };
+    if recorded.iter().any(|m| busy(m.status)) {
         return Ok(None);
     }
     let Some(first) = dialect.pending(recorded).into_iter().next() else { return Ok(None) };

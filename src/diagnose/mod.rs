@@ -150,6 +150,7 @@ impl Analysis {
         if self.evidence.proof == Proof::Replay {
             return match self.evidence.stop.stopped_after {
                 Some(0) => Ok(ResolveAs::RolledBack),
+                Some(_) if self.reconstructed.is_some() => Err("the migration is code: its statements were written from what it left, so nothing shows whether it ran to its end; resolve it applied or undo it, by name in the playbook".into()),
                 Some(k) if k == n => Ok(ResolveAs::Applied),
                 Some(k) => Err(format!("the replay shows it stopped after statement {k} of {n}; finish or undo it first (see `pgmedic diagnose`)")),
                 None => Err(self.evidence.explanation.join("; ")),
@@ -175,7 +176,10 @@ pub async fn read_state(
     let mut state = crate::watch::read(session, dialect).await?;
     if let crate::watch::TableState::Rows { migrations } = &mut state {
         if let Some(m) = leftovers::detect(session, dialect, migrations, storage, database).await? {
-            migrations.push(m);
+            // Before a lock a killed batch left: a repair takes the first, and releasing the lock
+            // is a step of the playbook that resolves the migration (knex after a crash).
+            let at = migrations.iter().position(|x| x.status == Status::Locked).unwrap_or(migrations.len());
+            migrations.insert(at, m);
         }
     }
     Ok(state)

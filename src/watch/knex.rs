@@ -27,9 +27,37 @@ impl Knex {
         format!("{}.{}", quote_ident(self.schema()), quote_ident(&format!("{}_lock", self.table())))
     }
 
-    async fn live(&self, s: &Session) -> Result<Vec<String>, DbError> {
-        let table = self.table().replace('\'', "''");
-        live::sessions(s, &format!("a.state <> 'idle' OR a.query ILIKE '%{table}%'")).await
+    /// Sessions that may be the migrator: one in a transaction that touched knex's tables (its
+    /// lock taken in the batch's transaction), one waiting on a lock of those tables, one running
+    /// DDL, or one running a statement the first pending file spells out (`knex.raw`). An
+    /// ordinary application query, or an idle pooled connection whose last query read
+    /// knex_migrations, is not one.
+    async fn live(&self, s: &Session, pending: &[Migration]) -> Result<Vec<String>, DbError> {
+        let esc = |t: String| t.replace('\'', "''");
+        let tables =
+            format!("to_regclass('{}'), to_regclass('{}')", esc(self.qualified()), esc(self.lock_table()));
+        let mut cond = format!(
+            "EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = a.pid AND l.relation IN ({tables})) \
+             OR (a.wait_event_type = 'Lock' AND EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = ANY (pg_blocking_pids(a.pid)) AND l.relation IN ({tables}))) \
+             OR (a.state = 'active' AND a.query ~* '^\\s*(create|alter|drop|comment|reindex|cluster|vacuum|truncate|grant|revoke)\\M')"
+        );
+        let text =
+            pending.first().and_then(|m| self.code_file(m)).and_then(|p| std::fs::read_to_string(p).ok());
+        if let Some(text) = text {
+            let sql = "SELECT a.pid, a.query FROM pg_stat_activity a WHERE a.datname = current_database() \
+                       AND a.pid <> pg_backend_pid() AND a.state = 'active' AND a.backend_type = 'client backend'";
+            let rows =
+                s.client().query(sql, &[]).await.map_err(|e| s.err("look for live migrator sessions", e))?;
+            let squash = |q: &str| q.split_whitespace().collect::<Vec<_>>().join(" ");
+            let file = squash(&text);
+            for r in &rows {
+                let q = squash(r.get::<_, String>(1).trim().trim_end_matches(';'));
+                if q.len() >= 8 && file.contains(&q) {
+                    cond.push_str(&format!(" OR a.pid = {}", r.get::<_, i32>(0)));
+                }
+            }
+        }
+        live::sessions(s, &cond).await
     }
 
     /// Every migration file in `dir`, as knex names and orders them (by file name).
@@ -92,7 +120,7 @@ impl Dialect for Knex {
             let sql = format!("SELECT coalesce(max(is_locked), 0)::int FROM {}", self.lock_table());
             let locked: i32 = session.query(&sql, "read knex_migrations_lock").await?[0].get(0);
             if locked == 1 {
-                let live = self.live(session).await?;
+                let live = self.live(session, &self.pending(&migrations)).await?;
                 let (status, logs) = if live.is_empty() {
                     (Status::Locked, "is_locked = 1 and no live migrator: every `knex migrate` fails with \"Migration table is already locked\"".to_string())
                 } else {
@@ -155,7 +183,11 @@ impl Dialect for Knex {
 
     /// `knex migrate:unlock`: `DELETE FROM knex_migrations_lock; INSERT … (is_locked) VALUES (0)`.
     async fn release_lock(&self, s: &Session) -> StepResult {
-        let live = self.live(s).await.map_err(|e| e.to_string())?;
+        let recorded = match self.read(s).await.map_err(|e| e.to_string())? {
+            TableState::Rows { migrations } => migrations,
+            _ => Vec::new(),
+        };
+        let live = self.live(s, &self.pending(&recorded)).await.map_err(|e| e.to_string())?;
         if !live.is_empty() {
             return Err(format!(
                 "knex's lock is not released: a live session may be the migrator: {}",
