@@ -363,11 +363,12 @@ fn migrations(ctx: &Ctx, i: usize, raw: RawMigrations) -> Result<MigrationsConfi
         "sqlx" => "_sqlx_migrations",
         "flyway" => "flyway_schema_history",
         "dbmate" => "schema_migrations",
+        "node-pg-migrate" => "pgmigrations",
         "auto" => "",
         other => {
             return Err(ctx.err(
                 key("tool"),
-                format!("`{other}` is not supported (supported: \"prisma\", \"golang-migrate\", \"knex\", \"liquibase\", \"sqlx\", \"flyway\", \"dbmate\", \"auto\")"),
+                format!("`{other}` is not supported (supported: \"prisma\", \"golang-migrate\", \"knex\", \"liquibase\", \"sqlx\", \"flyway\", \"dbmate\", \"node-pg-migrate\", \"auto\")"),
             ));
         }
     };

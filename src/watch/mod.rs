@@ -13,6 +13,7 @@ pub mod indexes;
 mod knex;
 mod liquibase;
 mod live;
+mod node_pg_migrate;
 mod prisma;
 mod sqlx;
 
@@ -38,6 +39,7 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("sqlx", "_sqlx_migrations"),
     ("flyway", "flyway_schema_history"),
     ("dbmate", "schema_migrations"),
+    ("node-pg-migrate", "pgmigrations"),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -247,6 +249,7 @@ fn by_tool(tool: &str, at: Place) -> Box<dyn Dialect> {
         "golang-migrate" => Box::new(golang_migrate::GolangMigrate(at)),
         "knex" => Box::new(knex::Knex(at)),
         "dbmate" => Box::new(dbmate::Dbmate(at)),
+        "node-pg-migrate" => Box::new(node_pg_migrate::NodePgMigrate(at)),
         "liquibase" => Box::new(liquibase::Liquibase(at)),
         "sqlx" => Box::new(sqlx::Sqlx(at)),
         "flyway" => Box::new(flyway::Flyway(at)),
