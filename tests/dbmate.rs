@@ -104,6 +104,11 @@ fn a_failed_concurrent_index_is_half_applied_and_rolled_back_so_the_fixed_file_d
     let r = &pgm.run(&["diagnose", "--json"]).json()[0];
     assert_eq!(r["migration"], TWO, "{r:#}");
     assert_eq!((r["proof"].as_str(), r["stopped_after"].as_u64()), (Some("replay"), Some(0)), "{r:#}");
+    // dbmate stores no error and prints "Applied:": the server's log has the cause, the first
+    // error of the file since the baseline (not the "already exists" of the retry).
+    let log = r["server_log"].as_str().unwrap_or_else(|| panic!("{r:#}"));
+    assert!(log.starts_with("ERROR:  could not create unique index \"accounts_email_key\""), "{log}");
+    assert!(log.contains("DETAIL:") && log.contains("STATEMENT:"), "{log}");
 
     let rec = pgm.run(&["repair", "--db", "app", "--json"]).json();
     assert_eq!(rec["outcome"], "succeeded", "{rec:#}");

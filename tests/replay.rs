@@ -289,6 +289,13 @@ fn a_failed_concurrent_index_is_rolled_back_with_its_invalid_index() {
     let ms = pgm.run(&["diagnose", "--json"]).json();
     let r = &ms[0];
     assert_eq!((r["proof"].as_str(), r["stopped_after"].as_u64()), (Some("replay"), Some(0)), "{r:#}");
+    // golang-migrate stores no error text: the server's log has it.
+    let log = r["server_log"].as_str().unwrap_or_else(|| panic!("{r:#}"));
+    assert!(
+        log.contains("could not create unique index \"users_email_key\"")
+            && log.contains("DETAIL:  Key (email)=("),
+        "{log}"
+    );
     // The dry run says which way it would resolve, and that the invalid index would go first.
     let dry = pgm.run(&["repair", "--db", "app", "--dry-run", "--json"]).json();
     let params = &dry["steps"][0]["params"];

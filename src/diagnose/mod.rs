@@ -16,6 +16,7 @@ pub mod plan;
 mod proof;
 mod replay;
 mod report;
+mod serverlog;
 
 use std::path::PathBuf;
 use std::sync::Arc;

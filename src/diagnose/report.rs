@@ -43,8 +43,11 @@ pub struct Report {
     pub stopped_range: Option<[usize; 2]>,
     /// 1-based index of the statement that failed, or null.
     pub failed_statement: Option<usize>,
-    /// The server log's ERROR lines for it (not read yet: null).
+    /// The server log's ERROR (with DETAIL, HINT, STATEMENT) of the failure, for a tool that
+    /// stores no error text; redacted.
     pub server_log: Option<String>,
+    /// Why `server_log` is null when it was looked for (which grant or setting would let it).
+    pub server_log_why: Option<String>,
     /// Where the replay ran (`ephemeral`, `source` or a URL without its password).
     pub scratch_server: Option<String>,
     /// What the replay showed, or why there was none.
@@ -136,6 +139,19 @@ pub async fn report(
         (Ok(_), Err(why)) => (Vec::new(), Some(format!("cannot dump today's schema to compare: {why}"))),
     };
     schema_diff.extend(invalid_indexes(client).await);
+    // Only Prisma stores the server's error; for the others the log is the only witness.
+    let log = match code {
+        Some(_) => None,
+        None => {
+            let stmts: Vec<crate::sql::Statement> = a.statements.iter().map(|(s, _)| s.clone()).collect();
+            let since = a.baseline.as_ref().ok().map(|b| b.taken_at);
+            Some(super::serverlog::read(client, &stmts, since).await)
+        }
+    };
+    let code = code.or_else(|| {
+        let c = log.as_ref()?.sqlstate.clone()?;
+        Some((c, "the server log".to_string()))
+    });
     Report {
         database: a.database.clone(),
         migration: m.name.clone(),
@@ -161,7 +177,8 @@ pub async fn report(
         proof: a.evidence.proof,
         stopped_range: a.evidence.stop.range.map(|(lo, hi)| [lo, hi]),
         failed_statement: a.evidence.stop.failed_statement,
-        server_log: None,
+        server_log: log.as_ref().and_then(|l| l.entry.clone()),
+        server_log_why: log.and_then(|l| l.why),
         scratch_server: a.evidence.server.clone(),
         replay: a.evidence.explanation.iter().map(|l| redact(l)).collect(),
         playbooks: Playbooks { finish: finish(a), undo: undo(a, &created) },
@@ -273,6 +290,11 @@ impl Report {
         if let Some(log) = &self.log {
             let first: Vec<&str> = log.lines().take(4).collect();
             let _ = writeln!(o, "log:\n  {}", first.join("\n  "));
+        }
+        if let Some(entry) = &self.server_log {
+            let _ = writeln!(o, "server log:\n  {}", entry.lines().collect::<Vec<_>>().join("\n  "));
+        } else if let Some(why) = &self.server_log_why {
+            let _ = writeln!(o, "server log: {why}");
         }
         if let Some(wait) = &self.wait {
             let _ = writeln!(o, "WAIT: {wait}");
