@@ -34,6 +34,8 @@ npm_tool dbmate node_modules/@dbmate/linux-x64/bin/dbmate
 export PGMEDIC_TEST_DBMATE="$PWD/.tools/dbmate"
 npm_tool node-pg-migrate node_modules/node-pg-migrate/package.json
 export PGMEDIC_TEST_NODE_PG_MIGRATE="$PWD/.tools/node-pg-migrate"
+npm_tool drizzle node_modules/drizzle-kit/bin.cjs
+export PGMEDIC_TEST_DRIZZLE="$PWD/.tools/drizzle"
 apt_tool java openjdk-17-jre-headless
 npm_tool liquibase node_modules/liquibase/dist/liquibase/liquibase
 export PGMEDIC_TEST_LIQUIBASE="$PWD/.tools/liquibase"

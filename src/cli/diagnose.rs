@@ -14,11 +14,19 @@ use crate::snapshot::Snapshotter;
 use crate::sql::Baseline;
 use crate::watch::{self, Migration, TableState};
 
-fn chosen(state: &TableState, name: Option<&str>) -> Vec<Migration> {
+fn chosen(state: &TableState, name: Option<&str>, dialect: &dyn watch::Dialect) -> Vec<Migration> {
     let TableState::Rows { migrations } = state else { return Vec::new() };
     match name {
-        // The newest row of that name, whatever its state.
-        Some(n) => migrations.iter().rev().find(|m| m.name == n).cloned().into_iter().collect(),
+        // The newest row of that name, whatever its state; else a pending migration of `dir`
+        // (a tool that prints no error, such as drizzle-kit: the server log says why it fails).
+        Some(n) => {
+            let row = migrations.iter().rev().find(|m| m.name == n).cloned();
+            let pending = || {
+                let m = dialect.pending(migrations).into_iter().find(|m| m.name == n)?;
+                Some(Migration { status: watch::Status::Pending, ..m })
+            };
+            row.or_else(pending).into_iter().collect()
+        }
         None => state.needing_repair().into_iter().cloned().collect(),
     }
 }
@@ -50,7 +58,7 @@ pub async fn diagnose(
         let session = pg::connect(&d.url).await?;
         let dialect = watch::dialect(&mig);
         let state = diagnose::read_state(&session, dialect.as_ref(), &storage, &d.name).await?;
-        let todo = chosen(&state, migration);
+        let todo = chosen(&state, migration, dialect.as_ref());
         if todo.is_empty() {
             continue;
         }

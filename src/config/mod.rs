@@ -173,6 +173,9 @@ pub struct MigrationsConfig {
     pub tool: String,
     pub table: String,
     pub schema: String,
+    /// The schema of the tool's own table when it is not `schema` (drizzle's `drizzle`);
+    /// `schema` stays where the migrations' unqualified names resolve.
+    pub table_schema: Option<String>,
     pub dir: Option<PathBuf>,
     pub watch_interval: Duration,
     pub on_failure: OnFailure,
@@ -215,6 +218,7 @@ impl DatabaseConfig {
             tool: "prisma".into(),
             table: "_prisma_migrations".into(),
             schema: "public".into(),
+            table_schema: None,
             dir: None,
             watch_interval: Duration::from_secs(30),
             on_failure: OnFailure::Notify,

@@ -153,6 +153,7 @@ pub struct RawMigrations {
     pub tool: Option<String>,
     pub table: Option<String>,
     pub schema: Option<String>,
+    pub table_schema: Option<String>,
     pub dir: Option<String>,
     pub watch_interval: Option<String>,
     pub on_failure: Option<String>,

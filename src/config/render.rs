@@ -90,6 +90,9 @@ pub fn render(cfg: &Config) -> String {
                 humantime::format_duration(m.watch_interval).to_string(),
                 format!("{:?}", m.on_failure).to_lowercase()
             );
+            if let Some(t) = &m.table_schema {
+                out += &format!("table_schema = {t:?}\n");
+            }
             if !m.rehearse_command.is_empty() {
                 let argv: Vec<String> = m.rehearse_command.iter().map(|a| crate::redact::redact(a)).collect();
                 out += &format!("rehearse_command = {argv:?}\n");

@@ -364,11 +364,12 @@ fn migrations(ctx: &Ctx, i: usize, raw: RawMigrations) -> Result<MigrationsConfi
         "flyway" => "flyway_schema_history",
         "dbmate" => "schema_migrations",
         "node-pg-migrate" => "pgmigrations",
+        "drizzle" => "__drizzle_migrations",
         "auto" => "",
         other => {
             return Err(ctx.err(
                 key("tool"),
-                format!("`{other}` is not supported (supported: \"prisma\", \"golang-migrate\", \"knex\", \"liquibase\", \"sqlx\", \"flyway\", \"dbmate\", \"node-pg-migrate\", \"auto\")"),
+                format!("`{other}` is not supported (supported: \"prisma\", \"golang-migrate\", \"knex\", \"liquibase\", \"sqlx\", \"flyway\", \"dbmate\", \"node-pg-migrate\", \"drizzle\", \"auto\")"),
             ));
         }
     };
@@ -384,6 +385,8 @@ fn migrations(ctx: &Ctx, i: usize, raw: RawMigrations) -> Result<MigrationsConfi
     Ok(MigrationsConfig {
         table: raw.table.unwrap_or_else(|| default_table.into()),
         schema: raw.schema.unwrap_or_else(|| "public".into()),
+        // drizzle keeps its table in a schema of its own.
+        table_schema: raw.table_schema.or_else(|| (tool == "drizzle").then(|| "drizzle".into())),
         dir: raw.dir.map(|d| ctx.path(&d)),
         watch_interval: ctx.duration(
             &key("watch_interval"),

@@ -86,7 +86,8 @@ pub async fn gather(
     dialect: &dyn Dialect,
     env: Env<'_>,
 ) -> Evidence {
-    let exclude = Exclude { schema: dialect.schema().to_string(), table_prefix: dialect.table().to_string() };
+    let exclude =
+        Exclude { schema: dialect.table_schema().to_string(), table_prefix: dialect.table().to_string() };
     if let Some(why) = a.blocked() {
         let mut ev = Evidence::without(Proof::None, exclude, why.clone());
         (ev.finish, ev.undo) = (Err(why.clone()), Err(why));

@@ -150,7 +150,8 @@ pub async fn beyond(
             building: r.get(8),
         })
         .collect();
-    let own = |schema: &str, name: &str| schema == dialect.schema() && name.starts_with(dialect.table());
+    let own =
+        |schema: &str, name: &str| schema == dialect.table_schema() && name.starts_with(dialect.table());
     let has = |kind: &str, schema: &str, name: &str| {
         baseline.has(kind, &crate::sql::ObjName { schema: Some(schema.into()), name: name.into() })
     };
@@ -374,7 +375,7 @@ pub fn additions(
     dialect: &dyn Dialect,
     invalid: &[String],
 ) -> Result<Vec<String>, String> {
-    let own = |c: &Change| c.schema == dialect.schema() && c.name.starts_with(dialect.table());
+    let own = |c: &Change| c.schema == dialect.table_schema() && c.name.starts_with(dialect.table());
     let mut ranked: Vec<(u8, String)> = Vec::new();
     let mut refused = Vec::new();
     for c in base.diff(now).into_iter().filter(|c| !own(c)) {

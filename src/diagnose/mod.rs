@@ -255,7 +255,7 @@ pub async fn analyse(
         None => (find_baseline(storage, &db.name, migration, dialect, &before).await, None),
     };
     let exclude =
-        sql::shape::Exclude { schema: dialect.schema().into(), table_prefix: dialect.table().into() };
+        sql::shape::Exclude { schema: dialect.table_schema().into(), table_prefix: dialect.table().into() };
     let mut a = Analysis {
         database: db.name.clone(),
         migration: migration.clone(),

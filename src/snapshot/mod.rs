@@ -380,7 +380,7 @@ async fn read_migrations(
         return Ok(None);
     }
     let (tool, schema, table) =
-        (dialect.tool().to_string(), dialect.schema().to_string(), dialect.table().to_string());
+        (dialect.tool().to_string(), dialect.table_schema().to_string(), dialect.table().to_string());
     Ok(Some(MigrationRows { tool, schema, table, rows, logs_omitted: false }))
 }
 

@@ -73,8 +73,17 @@ const SIGNATURES: &[Signature] = &[
 ];
 
 /// The tools `auto` can hand a table to; the others' tables are reported, not read.
-const READABLE: &[&str] =
-    &["prisma", "flyway", "sqlx", "liquibase", "knex", "golang-migrate", "dbmate", "node-pg-migrate"];
+const READABLE: &[&str] = &[
+    "prisma",
+    "flyway",
+    "sqlx",
+    "liquibase",
+    "knex",
+    "golang-migrate",
+    "dbmate",
+    "node-pg-migrate",
+    "drizzle",
+];
 
 /// Table names migration tools use by default: one of these that no signature matches is
 /// `unrecognised`, never `missing`.

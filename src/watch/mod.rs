@@ -6,6 +6,7 @@
 
 mod auto;
 mod dbmate;
+mod drizzle;
 mod flyway;
 mod golang_migrate;
 mod half;
@@ -40,6 +41,7 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("flyway", "flyway_schema_history"),
     ("dbmate", "schema_migrations"),
     ("node-pg-migrate", "pgmigrations"),
+    ("drizzle", "__drizzle_migrations"),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -63,6 +65,9 @@ pub enum Status {
     /// migration that failed or was killed half way (the tool wrote nothing), or a pending
     /// migration whose objects already exist. Every next deploy fails "already exists".
     HalfApplied,
+    /// In `dir` and not recorded, with nothing of it in the catalog: only `diagnose --migration`
+    /// shows one (why the tool's next run fails, from the server log).
+    Pending,
 }
 
 impl Status {
@@ -165,19 +170,23 @@ pub trait Dialect: Send + Sync {
     fn table(&self) -> &str {
         &self.place().table
     }
+    /// The schema of the tool's own table (usually `schema`).
+    fn table_schema(&self) -> &str {
+        self.place().table_schema.as_deref().unwrap_or(self.schema())
+    }
     fn qualified(&self) -> String {
-        format!("{}.{}", quote_ident(self.schema()), quote_ident(self.table()))
+        format!("{}.{}", quote_ident(self.table_schema()), quote_ident(self.table()))
     }
     /// The tables the tool's own steps (resolve, release_lock, accept_checksums) write: its
     /// table, and its lock table when it keeps one. A scoped pre-repair snapshot holds them.
     fn own_tables(&self) -> Vec<crate::snapshot::ScopedTable> {
-        vec![crate::snapshot::ScopedTable { schema: self.schema().into(), table: self.table().into() }]
+        vec![crate::snapshot::ScopedTable { schema: self.table_schema().into(), table: self.table().into() }]
     }
     /// One cheap read of the table, classified (files in `migrations.dir` give checksums).
     async fn read(&self, session: &Session) -> Result<TableState, DbError>;
     /// Every row as JSON, for audit records and manifests.
     async fn raw_rows(&self, session: &Session) -> Result<Vec<serde_json::Value>, DbError> {
-        Ok(session.table_rows(self.schema(), self.table(), "1").await?.unwrap_or_default())
+        Ok(session.table_rows(self.table_schema(), self.table(), "1").await?.unwrap_or_default())
     }
     /// The session-level advisory lock the tool holds while it migrates, which a repair holds
     /// too so the tool cannot run meanwhile; None when the tool has none.
@@ -236,11 +245,18 @@ pub struct Place {
     pub schema: String,
     pub table: String,
     pub dir: Option<PathBuf>,
+    /// Where the tool's table is, when not in `schema` (drizzle).
+    pub table_schema: Option<String>,
 }
 
 /// The dialect of `[databases.migrations]` (validation has already refused unknown tools).
 pub fn dialect(cfg: &MigrationsConfig) -> Box<dyn Dialect> {
-    let at = Place { schema: cfg.schema.clone(), table: cfg.table.clone(), dir: cfg.dir.clone() };
+    let at = Place {
+        schema: cfg.schema.clone(),
+        table: cfg.table.clone(),
+        dir: cfg.dir.clone(),
+        table_schema: cfg.table_schema.clone(),
+    };
     by_tool(&cfg.tool, at)
 }
 
@@ -250,6 +266,7 @@ fn by_tool(tool: &str, at: Place) -> Box<dyn Dialect> {
         "knex" => Box::new(knex::Knex(at)),
         "dbmate" => Box::new(dbmate::Dbmate(at)),
         "node-pg-migrate" => Box::new(node_pg_migrate::NodePgMigrate(at)),
+        "drizzle" => Box::new(drizzle::Drizzle(at)),
         "liquibase" => Box::new(liquibase::Liquibase(at)),
         "sqlx" => Box::new(sqlx::Sqlx(at)),
         "flyway" => Box::new(flyway::Flyway(at)),
