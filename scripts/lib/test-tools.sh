@@ -36,6 +36,10 @@ npm_tool node-pg-migrate node_modules/node-pg-migrate/package.json
 export PGMEDIC_TEST_NODE_PG_MIGRATE="$PWD/.tools/node-pg-migrate"
 npm_tool drizzle node_modules/drizzle-kit/bin.cjs
 export PGMEDIC_TEST_DRIZZLE="$PWD/.tools/drizzle"
+npm_tool sequelize node_modules/sequelize-cli/package.json
+export PGMEDIC_TEST_SEQUELIZE="$PWD/.tools/sequelize"
+npm_tool typeorm node_modules/typeorm/package.json
+export PGMEDIC_TEST_TYPEORM="$PWD/.tools/typeorm"
 apt_tool java openjdk-17-jre-headless
 npm_tool liquibase node_modules/liquibase/dist/liquibase/liquibase
 export PGMEDIC_TEST_LIQUIBASE="$PWD/.tools/liquibase"

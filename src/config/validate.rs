@@ -365,11 +365,13 @@ fn migrations(ctx: &Ctx, i: usize, raw: RawMigrations) -> Result<MigrationsConfi
         "dbmate" => "schema_migrations",
         "node-pg-migrate" => "pgmigrations",
         "drizzle" => "__drizzle_migrations",
+        "sequelize" => "SequelizeMeta",
+        "typeorm" => "migrations",
         "auto" => "",
         other => {
             return Err(ctx.err(
                 key("tool"),
-                format!("`{other}` is not supported (supported: \"prisma\", \"golang-migrate\", \"knex\", \"liquibase\", \"sqlx\", \"flyway\", \"dbmate\", \"node-pg-migrate\", \"drizzle\", \"auto\")"),
+                format!("`{other}` is not supported (supported: \"prisma\", \"golang-migrate\", \"knex\", \"liquibase\", \"sqlx\", \"flyway\", \"dbmate\", \"node-pg-migrate\", \"drizzle\", \"sequelize\", \"typeorm\", \"auto\")"),
             ));
         }
     };

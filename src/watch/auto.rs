@@ -83,6 +83,8 @@ const READABLE: &[&str] = &[
     "dbmate",
     "node-pg-migrate",
     "drizzle",
+    "sequelize",
+    "typeorm",
 ];
 
 /// Table names migration tools use by default: one of these that no signature matches is

@@ -16,7 +16,9 @@ mod liquibase;
 mod live;
 mod node_pg_migrate;
 mod prisma;
+mod sequelize;
 mod sqlx;
+mod typeorm;
 
 use std::path::PathBuf;
 
@@ -42,6 +44,8 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("dbmate", "schema_migrations"),
     ("node-pg-migrate", "pgmigrations"),
     ("drizzle", "__drizzle_migrations"),
+    ("sequelize", "SequelizeMeta"),
+    ("typeorm", "migrations"),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -267,6 +271,8 @@ fn by_tool(tool: &str, at: Place) -> Box<dyn Dialect> {
         "dbmate" => Box::new(dbmate::Dbmate(at)),
         "node-pg-migrate" => Box::new(node_pg_migrate::NodePgMigrate(at)),
         "drizzle" => Box::new(drizzle::Drizzle(at)),
+        "sequelize" => Box::new(sequelize::Sequelize(at)),
+        "typeorm" => Box::new(typeorm::TypeOrm(at)),
         "liquibase" => Box::new(liquibase::Liquibase(at)),
         "sqlx" => Box::new(sqlx::Sqlx(at)),
         "flyway" => Box::new(flyway::Flyway(at)),

@@ -5,6 +5,7 @@
 
 pub mod cluster;
 mod daemon;
+pub mod js;
 pub mod migrate;
 pub mod prisma;
 pub mod prisma_cli;

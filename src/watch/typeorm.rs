@@ -1,0 +1,161 @@
+//! TypeORM: `migrations (id serial, timestamp bigint, name varchar)`, one row per applied
+//! migration: its class name (or its `name` field) and the 13-digit timestamp that name ends
+//! with. Its migrations are classes in the JavaScript or TypeScript files of `dir`, run in
+//! timestamp order. By default (`migrationsTransactionMode: "all"`) one transaction wraps the
+//! run and a failure leaves nothing; under `"each"` a class with `transaction = false` runs
+//! bare, and if it fails half way what ran is committed with no row: `half_applied`, found from
+//! the schema (see `diagnose::leftovers`). No lock. resolve applied writes what `migration:run
+//! --fake` writes.
+
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+
+use super::{Dialect, Migration, Place, Status, StepResult, TableState};
+use crate::config::{MigrationsConfig, ResolveAs};
+use crate::pg::{error_text, DbError, Session};
+
+pub struct TypeOrm(pub Place);
+
+/// Each class in `text` whose name ends in a 13-digit timestamp: `(name, timestamp)`.
+fn classes(text: &str) -> Vec<(String, i64)> {
+    let mut out = Vec::new();
+    for (i, _) in text.match_indices("class ") {
+        let before = text[..i].chars().next_back();
+        if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
+            continue;
+        }
+        let name: String = text[i + 6..]
+            .trim_start()
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '$')
+            .collect();
+        let digits = name.len().checked_sub(13).and_then(|at| name.get(at..));
+        if let Some(ts) =
+            digits.filter(|d| d.bytes().all(|b| b.is_ascii_digit())).and_then(|d| d.parse().ok())
+        {
+            out.push((name, ts));
+        }
+    }
+    out
+}
+
+impl TypeOrm {
+    /// `(class name, timestamp, file)` of every migration class in `dir`, by timestamp.
+    fn migrations(&self) -> Vec<(String, i64, PathBuf)> {
+        let Some(dir) = &self.0.dir else { return Vec::new() };
+        let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+        let mut out: Vec<(String, i64, PathBuf)> = Vec::new();
+        for e in entries.filter_map(Result::ok) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let code = [".js", ".cjs", ".mjs", ".ts", ".cts", ".mts"].iter().any(|x| name.ends_with(x));
+            if !code || name.ends_with(".d.ts") {
+                continue;
+            }
+            let Ok(text) = std::fs::read_to_string(e.path()) else { continue };
+            out.extend(classes(&text).into_iter().map(|(c, ts)| (c, ts, e.path())));
+        }
+        out.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
+        out
+    }
+}
+
+#[async_trait]
+impl Dialect for TypeOrm {
+    fn tool(&self) -> &'static str {
+        "typeorm"
+    }
+
+    fn place(&self) -> &Place {
+        &self.0
+    }
+
+    fn advisory_key(&self, _database: &str) -> Option<i64> {
+        None
+    }
+
+    async fn read(&self, session: &Session) -> Result<TableState, DbError> {
+        if !session.relation_exists(&self.qualified()).await? {
+            return Ok(TableState::Missing);
+        }
+        let sql = format!(
+            "SELECT id, \"timestamp\", name::text FROM {} ORDER BY \"timestamp\", id",
+            self.qualified()
+        );
+        let rows = session.query(&sql, "read TypeORM's migrations").await?;
+        let t = self.qualified();
+        let migrations = rows
+            .iter()
+            .map(|r| {
+                let mut m = Migration::bare(super::cell::<String>(session, &t, r, 2)?, Status::Applied, None);
+                m.id = super::cell::<i64>(session, &t, r, 1)?.to_string();
+                Ok(m)
+            })
+            .collect::<Result<_, DbError>>()?;
+        Ok(TableState::Rows { migrations })
+    }
+
+    fn attempted(&self, rows: &[serde_json::Value], m: &Migration) -> bool {
+        rows.iter().any(|r| r.get("name").and_then(|v| v.as_str()) == Some(m.name.as_str()))
+    }
+
+    fn code_file(&self, m: &Migration) -> Option<PathBuf> {
+        self.migrations().into_iter().find(|(n, ..)| *n == m.name).map(|(.., p)| p)
+    }
+
+    fn pending(&self, recorded: &[Migration]) -> Vec<Migration> {
+        self.migrations()
+            .into_iter()
+            .filter(|(n, ..)| !recorded.iter().any(|m| m.name == *n))
+            .map(|(n, ts, _)| {
+                let mut m = Migration::bare(n, Status::Applied, None);
+                m.id = ts.to_string();
+                m
+            })
+            .collect()
+    }
+
+    /// applied: `INSERT INTO "migrations"("timestamp", "name")`, as `migration:run --fake`;
+    /// rolled back: nothing to write once no row exists.
+    async fn resolve(
+        &self,
+        s: &Session,
+        _cfg: &MigrationsConfig,
+        m: &Migration,
+        how: ResolveAs,
+    ) -> StepResult {
+        let t = self.qualified();
+        let c = s.client();
+        let held = c.query(&format!("SELECT 1 FROM {t} WHERE name = $1"), &[&m.name]).await;
+        let held = !held.map_err(|e| error_text(&e))?.is_empty();
+        match how {
+            ResolveAs::Applied if held => Ok(format!("{t} already records {}", m.name)),
+            ResolveAs::Applied => {
+                let ts: i64 = m.name.get(m.name.len().saturating_sub(13)..).and_then(|d| d.parse().ok())
+                    .ok_or_else(|| format!("`{}` does not end in a JavaScript timestamp, as TypeORM requires", m.name))?;
+                let sql = format!("INSERT INTO {t} (\"timestamp\", name) VALUES ($1, $2)");
+                c.execute(&sql, &[&ts, &m.name]).await.map_err(|e| error_text(&e))?;
+                Ok(format!("recorded {} as `typeorm migration:run --fake` does", m.name))
+            }
+            ResolveAs::RolledBack if !held => Ok(format!("{t} holds no row for {}: TypeORM runs it again on its next migration:run", m.name)),
+            ResolveAs::RolledBack => Err(format!("{t} records {} as applied; TypeORM has no rolled-back state to write (run `typeorm migration:revert`, or fix the table by hand)", m.name)),
+            ResolveAs::FromDiagnosis => Err("from-diagnosis is decided before the tool's table is written".into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn classes_are_found_with_their_timestamps() {
+        let js = "module.exports = class Audit1767312000000 {\n  transaction = false;\n}\nclass Helper {}\nexport class AddUser1700000000001 implements MigrationInterface {}";
+        let found = super::classes(js);
+        assert_eq!(
+            found,
+            [
+                ("Audit1767312000000".to_string(), 1767312000000),
+                ("AddUser1700000000001".to_string(), 1700000000001)
+            ]
+        );
+    }
+}
