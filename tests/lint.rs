@@ -56,6 +56,25 @@ const CASES: &[(&str, &str, &str, &str)] = &[
         "ALTER TABLE t ADD CONSTRAINT t_fk FOREIGN KEY (a) REFERENCES t (id); -- pgmedic: allow unguarded-constraint\n",
         "ALTER TABLE t ADD CONSTRAINT t_fk FOREIGN KEY (a) REFERENCES t (id) NOT VALID; -- pgmedic: allow unguarded-constraint\n",
     ),
+    ("require-concurrent-index", "warning", "CREATE INDEX IF NOT EXISTS i ON t (a);\n", "CREATE INDEX CONCURRENTLY IF NOT EXISTS i ON t (a);\n"),
+    (
+        "missing-lock-timeout",
+        "warning",
+        "ALTER TABLE t ADD COLUMN IF NOT EXISTS c int;\n",
+        "SET lock_timeout = '5s';\nALTER TABLE t ADD COLUMN IF NOT EXISTS c int;\n",
+    ),
+    (
+        "unindexed-foreign-key",
+        "warning",
+        "CREATE TABLE IF NOT EXISTS c (id int PRIMARY KEY, t_id int REFERENCES t (id));\n",
+        "CREATE TABLE IF NOT EXISTS c (id int PRIMARY KEY, t_id int REFERENCES t (id));\nCREATE INDEX IF NOT EXISTS c_t_id ON c (t_id);\n",
+    ),
+    (
+        "unknown-type",
+        "error",
+        "CREATE TABLE IF NOT EXISTS e (id int PRIMARY KEY, email citext);\n",
+        "CREATE EXTENSION IF NOT EXISTS citext;\nCREATE TABLE IF NOT EXISTS e (id int PRIMARY KEY, email citext);\n",
+    ),
 ];
 
 #[test]
@@ -182,12 +201,14 @@ fn every_layout_is_linted_and_an_empty_folder_is_an_error() {
         ],
     ] {
         let (code, err, findings) = lint_flat(&files);
+        let errors: Vec<serde_json::Value> =
+            findings.iter().filter(|f| f["severity"] == "error").cloned().collect();
         assert_eq!(
-            (code, rules_of(&findings)),
+            (code, rules_of(&errors)),
             (1, vec!["unknown-column".to_string()]),
             "{files:?}: {err} {findings:#?}"
         );
-        assert!(findings[0]["file"].as_str().unwrap().contains("change"), "{findings:#?}");
+        assert!(errors[0]["file"].as_str().unwrap().contains("change"), "{findings:#?}");
     }
     let (code, err, _) = lint_flat(&[("notes.txt", "hello")]);
     assert_eq!(code, 2, "{err}");
@@ -195,4 +216,67 @@ fn every_layout_is_linted_and_an_empty_folder_is_an_error() {
         err.contains("no migration files") && err.contains("golang-migrate") && err.contains("Flyway"),
         "{err}"
     );
+}
+
+/// Against a database, the rows a new constraint already rejects are counted (`might-fail`, an
+/// error, for each kind), an invalid index a pending migration creates again is an error, and a
+/// foreign key no live index leads with is a warning.
+#[test]
+fn against_a_database_rows_that_break_a_new_constraint_are_counted() {
+    let db = TestDb::new("lintrows");
+    db.sql(
+        "CREATE TABLE p (id int PRIMARY KEY); INSERT INTO p VALUES (1); \
+            CREATE TABLE t (id int PRIMARY KEY, email text, n int, p_id int); \
+            INSERT INTO t VALUES (1, 'a', 1, 1), (2, 'a', NULL, 7), (3, 'b', -1, 8), (4, 'b', 2, 1); \
+            SET maintenance_work_mem = '1MB'",
+    );
+    // A failed CONCURRENTLY build leaves email_key invalid.
+    let out = std::process::Command::new("psql")
+        .args([
+            "-h",
+            PG_HOST,
+            "-U",
+            "postgres",
+            "-d",
+            &db.name,
+            "-XAtqc",
+            "CREATE UNIQUE INDEX CONCURRENTLY email_key ON t (email)",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let dir = tempfile::tempdir().unwrap();
+    let sql = "SET lock_timeout = '5s';
+CREATE UNIQUE INDEX CONCURRENTLY email_key ON t (email);
+ALTER TABLE t ALTER COLUMN n SET NOT NULL;
+ALTER TABLE t ADD CONSTRAINT t_p FOREIGN KEY (p_id) REFERENCES p;
+ALTER TABLE t ADD CONSTRAINT t_n CHECK (n > 0);
+ALTER TABLE t ADD CONSTRAINT t_id_ok CHECK (id > 0);
+";
+    migrate::write_migration(dir.path(), "0002_constraints", sql);
+    let pgm = migrate::config(&db, dir.path(), "");
+    let run = pgm.run(&["lint", "--db", "app", "--json"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let found = run.json()["findings"].as_array().unwrap().clone();
+    let at = |rule: &str| -> Vec<(u64, String)> {
+        found
+            .iter()
+            .filter(|f| f["rule"] == rule)
+            .map(|f| (f["line"].as_u64().unwrap(), f["message"].as_str().unwrap().to_string()))
+            .collect()
+    };
+    let fails = at("might-fail");
+    let lines: Vec<u64> = fails.iter().map(|(l, _)| *l).collect();
+    assert_eq!(lines, [2, 3, 4, 5], "t_id_ok holds for every row: {found:#?}");
+    assert!(fails[0].1.contains("2 values are duplicated"), "{fails:?}");
+    assert!(fails[1].1.contains("1 rows hold NULL"), "{fails:?}");
+    assert!(fails[2].1.contains("2 rows reference nothing"), "{fails:?}");
+    assert!(fails[3].1.contains("1 rows of"), "{fails:?}");
+    let invalid = at("invalid-index-present");
+    assert_eq!(invalid.len(), 1, "{found:#?}");
+    assert_eq!(invalid[0].0, 2, "on the statement that creates it again: {found:#?}");
+    let fk = at("unindexed-foreign-key");
+    assert_eq!(fk.len(), 1, "{found:#?}");
+    assert!(fk[0].1.contains("(p_id)"), "{fk:?}");
+    assert!(at("missing-lock-timeout").is_empty(), "the file sets it: {found:#?}");
 }

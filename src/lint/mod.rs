@@ -5,7 +5,9 @@
 //! rewrite or scan an existing table (with its live size when a database is given). A finding is
 //! silenced by `-- pgmedic: allow <rule-id>` on the statement's lines or the line above it.
 
+mod keys;
 pub mod layout;
+mod live;
 mod model;
 mod rules;
 
@@ -81,6 +83,7 @@ impl Linter<'_> {
         // Without a database, every earlier file is taken as deployed (its tables hold data):
         // only tables created in the same file are new. With one, the pending files are new.
         let mut model = Model::new(&self.schema, self.live.is_none());
+        let mut keys = keys::Keys::default();
         let volatile = self.volatile_functions().await?;
         let mut out = Vec::new();
         for f in files {
@@ -119,6 +122,12 @@ impl Linter<'_> {
             model.begin_file();
             for s in &stmts {
                 let mut found = Vec::new();
+                let schema = &self.schema;
+                let qualify = |n: sql::ObjName| sql::ObjName {
+                    schema: Some(n.schema.unwrap_or_else(|| schema.clone())),
+                    name: n.name,
+                };
+                keys.observe(&s.node, &file, s.line, &qualify);
                 self.statement(&mut model, &text, s, wraps, &volatile, &mut found).await?;
                 out.extend(found.into_iter().filter(|(rule, ..)| !silenced(&text, s, rule)).map(
                     |(rule, severity, line, message, fix)| Finding {
@@ -131,6 +140,10 @@ impl Linter<'_> {
                     },
                 ));
             }
+        }
+        out.extend(keys.unindexed(self.live).await?);
+        if let (Some(c), Some(first)) = (self.live, files.first()) {
+            out.extend(live::invalid_indexes(c, &keys.named, &first.path.display().to_string()).await?);
         }
         Ok(out)
     }
@@ -152,6 +165,7 @@ impl Linter<'_> {
     ) -> Result<(), tokio_postgres::Error> {
         let mut hits: Vec<rules::Hit> = rules::not_in_transaction(&s.node, wraps).into_iter().collect();
         hits.extend(rules::not_idempotent(&s.node));
+        hits.extend(self.operational(model, &s.node).await);
         if let pg_query::NodeEnum::AlterTableStmt(a) = &s.node {
             let table = a.relation.as_ref().map(names::from_range);
             if let Some(t) = table.filter(|t| !model.is_new(t)) {
@@ -181,6 +195,25 @@ impl Linter<'_> {
         }
         model.remove(&s.effects);
         Ok(())
+    }
+
+    /// The rules about running on a live, busy table: concurrent index builds, lock_timeout, and
+    /// (with a database) rows the new constraint already rejects.
+    async fn operational(&self, model: &mut Model, node: &pg_query::NodeEnum) -> Vec<rules::Hit> {
+        let mut hits: Vec<rules::Hit> =
+            rules::require_concurrent(node, &|t| !model.is_new(t)).into_iter().collect();
+        if rules::sets_lock_timeout(node) {
+            model.set_lock_timeout();
+        }
+        if let Some(t) = rules::strong_lock_target(node).filter(|t| !model.is_new(t)) {
+            if model.warn_lock_timeout() {
+                hits.push(rules::missing_lock_timeout(&t));
+            }
+        }
+        if let Some(c) = self.live {
+            hits.extend(live::might_fail(c, node, &|t| !model.is_new(t)).await);
+        }
+        hits
     }
 
     async fn reference(

@@ -86,6 +86,23 @@ pub struct Model {
     /// Only tables created in the current file count as new (`--dir` alone).
     per_file: bool,
     in_file: HashSet<(String, String)>,
+    /// The current file set lock_timeout, or was already warned about it.
+    lock_timeout: bool,
+}
+
+/// The types an extension brings, so `--dir` alone knows them after its CREATE EXTENSION.
+fn extension_types(name: &str) -> &'static [&'static str] {
+    match name {
+        "citext" => &["citext"],
+        "vector" => &["vector", "halfvec", "sparsevec"],
+        "hstore" => &["hstore"],
+        "ltree" => &["ltree", "lquery", "ltxtquery"],
+        "postgis" => &["geometry", "geography", "box2d", "box3d"],
+        "cube" => &["cube"],
+        "isn" => &["isbn", "isbn13", "ean13", "issn", "issn13", "ismn", "ismn13", "upc"],
+        "seg" => &["seg"],
+        _ => &[],
+    }
 }
 
 impl Model {
@@ -95,6 +112,17 @@ impl Model {
 
     pub fn begin_file(&mut self) {
         self.in_file.clear();
+        self.lock_timeout = false;
+    }
+
+    /// `SET lock_timeout` seen in this file.
+    pub fn set_lock_timeout(&mut self) {
+        self.lock_timeout = true;
+    }
+
+    /// Whether a strong lock in this file goes unguarded (once per file: then it counts as said).
+    pub fn warn_lock_timeout(&mut self) -> bool {
+        !std::mem::replace(&mut self.lock_timeout, true)
     }
 
     fn key(&self, n: &ObjName) -> (String, String) {
@@ -196,6 +224,11 @@ impl Model {
                 Effect::CreateType { name } => {
                     let k = self.key(name);
                     self.types.insert(k);
+                }
+                Effect::CreateExtension { name } => {
+                    for t in extension_types(name) {
+                        self.types.insert((self.schema.clone(), t.to_string()));
+                    }
                 }
                 _ => {}
             }

@@ -44,7 +44,101 @@ pub const RULES: &[(&str, &str)] = &[
         "SET NOT NULL scans the table under an ACCESS EXCLUSIVE lock unless a validated CHECK proves it",
     ),
     ("fk-not-valid", "a FOREIGN KEY added without NOT VALID scans the table while it blocks writes"),
+    (
+        "require-concurrent-index",
+        "CREATE or DROP INDEX without CONCURRENTLY on a table that exists blocks its writes for the whole build",
+    ),
+    (
+        "missing-lock-timeout",
+        "a strong lock on an existing table in a file that sets no lock_timeout first: queued behind one long query, it stalls every query on that table",
+    ),
+    (
+        "invalid-index-present",
+        "the database holds an invalid index (a failed CONCURRENTLY build); a migration creating it again fails \"already exists\"",
+    ),
+    (
+        "might-fail",
+        "UNIQUE over duplicate rows, SET NOT NULL over NULLs, a foreign key over orphans, a CHECK over violating rows: counted on the live database",
+    ),
+    (
+        "unindexed-foreign-key",
+        "a foreign key whose columns no index leads with: each delete or key update of the referenced table scans this one",
+    ),
 ];
+
+/// CREATE INDEX / DROP INDEX without CONCURRENTLY where `existing(table or index)` says the
+/// object is already there (its table holds rows others write).
+pub fn require_concurrent(node: &NodeEnum, existing: &dyn Fn(&crate::sql::ObjName) -> bool) -> Option<Hit> {
+    let fix = "CREATE INDEX CONCURRENTLY (or DROP INDEX CONCURRENTLY) in a migration file of its own, outside a transaction";
+    match node {
+        NodeEnum::IndexStmt(s) if !s.concurrent => {
+            let r = s.relation.as_ref()?;
+            existing(&crate::sql::names::from_range(r)).then(|| Hit {
+                table: Some(r.clone()),
+                ..hit(
+                    "require-concurrent-index",
+                    Severity::Warning,
+                    format!(
+                        "CREATE INDEX on {} blocks every write to it until the index is built",
+                        r.relname
+                    ),
+                    fix,
+                )
+            })
+        }
+        NodeEnum::DropStmt(s)
+            if !s.concurrent && s.remove_type == protobuf::ObjectType::ObjectIndex as i32 =>
+        {
+            let names = crate::sql::names::drop_objects(s);
+            let first = names.into_iter().find(|n| existing(n))?;
+            Some(hit(
+                "require-concurrent-index",
+                Severity::Warning,
+                format!("DROP INDEX {first} blocks every write to its table while it waits and runs"),
+                fix,
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// The existing table a statement locks ACCESS EXCLUSIVE (or SHARE, for an index build).
+pub fn strong_lock_target(node: &NodeEnum) -> Option<crate::sql::ObjName> {
+    let from = |r: &Option<protobuf::RangeVar>| r.as_ref().map(crate::sql::names::from_range);
+    match node {
+        NodeEnum::AlterTableStmt(s) => from(&s.relation),
+        NodeEnum::IndexStmt(s) if !s.concurrent => from(&s.relation),
+        NodeEnum::RenameStmt(s) => from(&s.relation),
+        NodeEnum::TruncateStmt(s) => s.relations.iter().find_map(|n| match n.node.as_ref() {
+            Some(NodeEnum::RangeVar(r)) => Some(crate::sql::names::from_range(r)),
+            _ => None,
+        }),
+        NodeEnum::DropStmt(s)
+            if !s.concurrent && s.remove_type == protobuf::ObjectType::ObjectTable as i32 =>
+        {
+            crate::sql::names::drop_objects(s).into_iter().next()
+        }
+        _ => None,
+    }
+}
+
+pub fn missing_lock_timeout(table: &crate::sql::ObjName) -> Hit {
+    Hit {
+        table: None,
+        ..hit("missing-lock-timeout", Severity::Warning, format!("{table} is locked with no lock_timeout set: behind one long query it waits, and every query on {table} waits behind it"), "SET lock_timeout = '5s'; at the top of the file (retry the deploy if it gives up)")
+    }
+}
+
+/// `SET lock_timeout = …` (not 0).
+pub fn sets_lock_timeout(node: &NodeEnum) -> bool {
+    match node {
+        NodeEnum::VariableSetStmt(v) if v.name == "lock_timeout" => {
+            let text = crate::sql::names::deparse(node);
+            !text.ends_with(" 0") && !text.ends_with("'0'")
+        }
+        _ => false,
+    }
+}
 
 fn hit(rule: &'static str, severity: Severity, message: String, fix: &str) -> Hit {
     Hit { rule, severity, message, fix: fix.to_string(), table: None }

@@ -72,6 +72,11 @@ pub fn from_object(node: &protobuf::Node) -> Option<ObjName> {
     }
 }
 
+/// The objects a DROP names.
+pub fn drop_objects(s: &protobuf::DropStmt) -> Vec<ObjName> {
+    s.objects.iter().filter_map(from_object).collect()
+}
+
 pub fn string(node: &protobuf::Node) -> Option<String> {
     match node.node.as_ref()? {
         NodeEnum::String(s) => Some(s.sval.clone()),
