@@ -10,7 +10,6 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use common::migrate;
 use common::*;
@@ -113,7 +112,7 @@ fn a_half_applied_no_transaction_migration_is_found_undone_and_deployed_again() 
 
     // While node-pg-migrate's lock is held, a deploy is under way: nothing is judged or repaired.
     {
-        let _holder = Holder::advisory(&db, 7241865325823964);
+        let _holder = common::js::Holder::advisory(&db, 7241865325823964);
         let names: Vec<String> = statuses(&pgm).into_iter().map(|(n, s)| format!("{n}:{s}")).collect();
         assert_eq!(names, ["1000_accounts:applied", "pgmigrations_lock:in_progress"]);
         let run = pgm.run(&["repair", "--db", "app", "--json"]);
@@ -145,31 +144,4 @@ fn a_half_applied_no_transaction_migration_is_found_undone_and_deployed_again() 
     let want =
         [("1000_accounts", "applied"), (AUDIT, "applied")].map(|(a, b)| (a.to_string(), b.to_string()));
     assert_eq!(statuses(&pgm), want);
-}
-
-/// A psql session holding a session-level advisory lock until dropped.
-struct Holder(std::process::Child);
-
-impl Holder {
-    fn advisory(db: &TestDb, key: i64) -> Holder {
-        let mut child = Command::new("psql")
-            .args(["-h", PG_HOST, "-U", "postgres", "-d", &db.name, "-Xq"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        writeln!(child.stdin.as_mut().unwrap(), "SELECT pg_advisory_lock({key});").unwrap();
-        wait_for("the advisory lock", Duration::from_secs(10), || {
-            db.sql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()") == "1"
-        });
-        Holder(child)
-    }
-}
-
-impl Drop for Holder {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

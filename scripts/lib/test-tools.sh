@@ -40,6 +40,21 @@ npm_tool sequelize node_modules/sequelize-cli/package.json
 export PGMEDIC_TEST_SEQUELIZE="$PWD/.tools/sequelize"
 npm_tool typeorm node_modules/typeorm/package.json
 export PGMEDIC_TEST_TYPEORM="$PWD/.tools/typeorm"
+# Django and Alembic, pinned by scripts/python-tools.txt, in a venv of their own.
+if [ ! -x .tools/py/bin/python ] || ! cmp -s scripts/python-tools.txt .tools/py/requirements.txt; then
+  echo "scripts/test: installing Django and Alembic into .tools/py" >&2
+  python3 -m venv .tools/py
+  .tools/py/bin/pip install --quiet --disable-pip-version-check -r scripts/python-tools.txt
+  cp scripts/python-tools.txt .tools/py/requirements.txt
+fi
+export PGMEDIC_TEST_PYTOOLS="$PWD/.tools/py"
+# ActiveRecord (Rails' migrations) and its PostgreSQL driver, from Debian.
+if ! ruby -e 'require "active_record"; require "pg"' 2>/dev/null; then
+  echo "scripts/test: installing ruby-activerecord and ruby-pg from Debian" >&2
+  sudo_=""
+  [ "$(id -u)" = 0 ] || sudo_=sudo
+  $sudo_ apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y --no-install-recommends ruby-activerecord ruby-pg >/dev/null
+fi
 apt_tool java openjdk-17-jre-headless
 npm_tool liquibase node_modules/liquibase/dist/liquibase/liquibase
 export PGMEDIC_TEST_LIQUIBASE="$PWD/.tools/liquibase"

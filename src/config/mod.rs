@@ -183,6 +183,11 @@ pub struct MigrationsConfig {
     pub rehearse_command: Vec<String>,
     /// Where the deploy runs (its schema, its config files); the config file's folder when None.
     pub rehearse_cwd: Option<PathBuf>,
+    /// For migrations written as code: a command that prints one migration's SQL (`{name}`,
+    /// `{prev}` replaced), run in `sql_command_cwd`.
+    pub sql_command: Vec<String>,
+    /// `rehearse_cwd`, or the config file's folder.
+    pub sql_command_cwd: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -224,6 +229,8 @@ impl DatabaseConfig {
             on_failure: OnFailure::Notify,
             rehearse_command: Vec::new(),
             rehearse_cwd: None,
+            sql_command: Vec::new(),
+            sql_command_cwd: PathBuf::from("."),
         })
     }
 }

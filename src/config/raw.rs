@@ -159,6 +159,7 @@ pub struct RawMigrations {
     pub on_failure: Option<String>,
     pub rehearse_command: Option<Vec<String>>,
     pub rehearse_cwd: Option<String>,
+    pub sql_command: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -90,6 +90,10 @@ pub fn render(cfg: &Config) -> String {
                 humantime::format_duration(m.watch_interval).to_string(),
                 format!("{:?}", m.on_failure).to_lowercase()
             );
+            if !m.sql_command.is_empty() {
+                let argv: Vec<String> = m.sql_command.iter().map(|a| crate::redact::redact(a)).collect();
+                out += &format!("sql_command = {argv:?}\n");
+            }
             if let Some(t) = &m.table_schema {
                 out += &format!("table_schema = {t:?}\n");
             }

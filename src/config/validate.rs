@@ -367,11 +367,14 @@ fn migrations(ctx: &Ctx, i: usize, raw: RawMigrations) -> Result<MigrationsConfi
         "drizzle" => "__drizzle_migrations",
         "sequelize" => "SequelizeMeta",
         "typeorm" => "migrations",
+        "django" => "django_migrations",
+        "alembic" => "alembic_version",
+        "rails" => "schema_migrations",
         "auto" => "",
         other => {
             return Err(ctx.err(
                 key("tool"),
-                format!("`{other}` is not supported (supported: \"prisma\", \"golang-migrate\", \"knex\", \"liquibase\", \"sqlx\", \"flyway\", \"dbmate\", \"node-pg-migrate\", \"drizzle\", \"sequelize\", \"typeorm\", \"auto\")"),
+                format!("`{other}` is not supported (supported: \"prisma\", \"golang-migrate\", \"knex\", \"liquibase\", \"sqlx\", \"flyway\", \"dbmate\", \"node-pg-migrate\", \"drizzle\", \"sequelize\", \"typeorm\", \"django\", \"alembic\", \"rails\", \"auto\")"),
             ));
         }
     };
@@ -406,6 +409,16 @@ fn migrations(ctx: &Ctx, i: usize, raw: RawMigrations) -> Result<MigrationsConfi
             }
             argv => argv.unwrap_or_default(),
         },
+        sql_command: match raw.sql_command {
+            Some(argv) if argv.first().is_none_or(|p| p.is_empty()) => {
+                return Err(ctx.err(
+                    key("sql_command"),
+                    "needs a program: sql_command = [\"python\", \"manage.py\", \"sqlmigrate\", \"shop\", \"{name}\"]",
+                ));
+            }
+            argv => argv.unwrap_or_default(),
+        },
+        sql_command_cwd: ctx.path(raw.rehearse_cwd.as_deref().unwrap_or(".")),
         // Relative to the config file's folder, as the operator reads the file.
         rehearse_cwd: raw.rehearse_cwd.map(|d| ctx.path(&d)),
     })

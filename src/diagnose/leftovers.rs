@@ -61,9 +61,7 @@ fn cache() -> &'static Mutex<HashMap<(String, String), Arc<Baseline>>> {
 /// Whether the manifest recorded exactly the migrations applied today.
 fn same_rows(m: &Manifest, dialect: &dyn Dialect, applied: &[&Migration]) -> bool {
     let Some(rows) = &m.migrations else { return false };
-    rows.table == dialect.table()
-        && rows.rows.len() == applied.len()
-        && applied.iter().all(|a| dialect.attempted(&rows.rows, a))
+    rows.table == dialect.table() && dialect.same_rows(&rows.rows, applied)
 }
 
 /// The oldest snapshot (with its schema text) whose recorded rows are today's: the schema as

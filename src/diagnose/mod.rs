@@ -17,6 +17,7 @@ mod proof;
 mod replay;
 mod report;
 mod serverlog;
+mod sqlcmd;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -196,14 +197,27 @@ pub async fn analyse(
     migration: &Migration,
     env: Env<'_>,
 ) -> Result<Analysis, DiagnoseError> {
-    let fail = |e: tokio_postgres::Error| DiagnoseError::Catalog {
-        database: db.name.clone(),
-        migration: migration.name.clone(),
-        message: crate::pg::error_text(&e),
-    };
-    // A half-applied code migration: its statements are written from what it left.
-    let code = migration.status == Status::HalfApplied && dialect.code_file(migration).is_some();
-    let recon = match code {
+    // A migration written as code: its SQL from the tool's own command when one is configured,
+    // else (half applied) statements written from what it left.
+    let code = dialect.file(migration).is_none() && dialect.code_file(migration).is_some();
+    if code && !mig.sql_command.is_empty() {
+        let (file, text, parsed) = match sqlcmd::statements(mig, db, dialect, migration).await {
+            Ok((text, stmts)) => (Ok(dialect.code_file(migration).unwrap_or_default()), Some(text), stmts),
+            Err(why) => (Err(why), None, vec![]),
+        };
+        return analyse_statements(
+            client,
+            db,
+            mig,
+            dialect,
+            storage,
+            migration,
+            env,
+            (file, text, parsed, None),
+        )
+        .await;
+    }
+    let recon = match code && migration.status == Status::HalfApplied {
         true => Some(leftovers::reconstruct(client, db, dialect, storage, migration, env.tools).await),
         false => None,
     };
@@ -229,6 +243,32 @@ pub async fn analyse(
                 None,
             ),
         },
+    };
+    analyse_statements(client, db, mig, dialect, storage, migration, env, (file, file_text, parsed, recon))
+        .await
+}
+
+/// Where a migration's statements came from: its file (or why not), the text, the statements,
+/// and for a half-applied code migration, the reconstruction they were written from.
+type Source = (Result<PathBuf, String>, Option<String>, Vec<Statement>, Option<leftovers::Reconstruction>);
+
+/// The analysis of `migration` from its statements: each judged on the catalog, the baseline,
+/// and the evidence gathered on the scratch server.
+#[allow(clippy::too_many_arguments)]
+async fn analyse_statements(
+    client: &Client,
+    db: &DatabaseConfig,
+    mig: &MigrationsConfig,
+    dialect: &dyn Dialect,
+    storage: &Arc<dyn Storage>,
+    migration: &Migration,
+    env: Env<'_>,
+    (file, file_text, parsed, recon): Source,
+) -> Result<Analysis, DiagnoseError> {
+    let fail = |e: tokio_postgres::Error| DiagnoseError::Catalog {
+        database: db.name.clone(),
+        migration: migration.name.clone(),
+        message: crate::pg::error_text(&e),
     };
     let old = sql::catalog::set_search_path(client, &mig.schema).await.map_err(fail)?;
     let mut statements = Vec::new();

@@ -6,7 +6,7 @@
 //! next rehearsal when a killed one left it. The source database is only ever read, and
 //! proven untouched: a deploy that changed it fails the rehearsal.
 
-mod deploy;
+pub mod deploy;
 mod locks;
 mod report;
 mod source;

@@ -85,6 +85,9 @@ const READABLE: &[&str] = &[
     "drizzle",
     "sequelize",
     "typeorm",
+    "django",
+    "alembic",
+    "rails",
 ];
 
 /// Table names migration tools use by default: one of these that no signature matches is
@@ -256,6 +259,21 @@ impl Dialect for Auto {
 
     fn pending(&self, recorded: &[Migration]) -> Vec<Migration> {
         self.found.get().map(|d| d.pending(recorded)).unwrap_or_default()
+    }
+
+    fn command_name(&self, m: &Migration) -> String {
+        self.found.get().map(|d| d.command_name(m)).unwrap_or_else(|| m.name.clone())
+    }
+
+    fn command_prev(&self, m: &Migration) -> Option<String> {
+        self.found.get().and_then(|d| d.command_prev(m))
+    }
+
+    fn same_rows(&self, rows: &[serde_json::Value], applied: &[&Migration]) -> bool {
+        match self.found.get() {
+            Some(d) => d.same_rows(rows, applied),
+            None => rows.len() == applied.len() && applied.iter().all(|a| self.attempted(rows, a)),
+        }
     }
 
     fn code_file(&self, m: &Migration) -> Option<std::path::PathBuf> {

@@ -4,8 +4,10 @@
 //! recovery written exactly as the tool's own command writes it. The watcher, the repair runner,
 //! `migrations`, `diagnose` and the audit only see this trait.
 
+mod alembic;
 mod auto;
 mod dbmate;
+mod django;
 mod drizzle;
 mod flyway;
 mod golang_migrate;
@@ -16,6 +18,7 @@ mod liquibase;
 mod live;
 mod node_pg_migrate;
 mod prisma;
+mod rails;
 mod sequelize;
 mod sqlx;
 mod typeorm;
@@ -46,6 +49,9 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("drizzle", "__drizzle_migrations"),
     ("sequelize", "SequelizeMeta"),
     ("typeorm", "migrations"),
+    ("django", "django_migrations"),
+    ("alembic", "alembic_version"),
+    ("rails", "schema_migrations"),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -215,6 +221,18 @@ pub trait Dialect: Send + Sync {
     fn code_file(&self, _m: &Migration) -> Option<PathBuf> {
         None
     }
+    /// The name `sql_command`'s `{name}` stands for (Django's module without its app).
+    fn command_name(&self, m: &Migration) -> String {
+        m.name.clone()
+    }
+    /// The migration before `m`, for `sql_command`'s `{prev}` (Alembic's down_revision).
+    fn command_prev(&self, _m: &Migration) -> Option<String> {
+        None
+    }
+    /// Whether a snapshot's recorded rows are exactly today's applied migrations.
+    fn same_rows(&self, rows: &[serde_json::Value], applied: &[&Migration]) -> bool {
+        rows.len() == applied.len() && applied.iter().all(|a| self.attempted(rows, a))
+    }
     /// Whether the tool runs a file in one transaction (so a failure applied none or all of it).
     fn atomic(&self) -> bool {
         false
@@ -273,6 +291,9 @@ fn by_tool(tool: &str, at: Place) -> Box<dyn Dialect> {
         "drizzle" => Box::new(drizzle::Drizzle(at)),
         "sequelize" => Box::new(sequelize::Sequelize(at)),
         "typeorm" => Box::new(typeorm::TypeOrm(at)),
+        "django" => Box::new(django::Django(at)),
+        "alembic" => Box::new(alembic::Alembic(at)),
+        "rails" => Box::new(rails::Rails(at)),
         "liquibase" => Box::new(liquibase::Liquibase(at)),
         "sqlx" => Box::new(sqlx::Sqlx(at)),
         "flyway" => Box::new(flyway::Flyway(at)),

@@ -107,3 +107,30 @@ pub fn half_applied_is_undone_and_deployed(
     let all = statuses(pgm);
     assert!(all.len() == 2 && all.iter().all(|s| s.ends_with(":applied")), "{all:?}");
 }
+
+/// A psql session holding a session-level advisory lock until dropped.
+pub struct Holder(std::process::Child);
+
+impl Holder {
+    pub fn advisory(db: &TestDb, key: i64) -> Holder {
+        let mut child = std::process::Command::new("psql")
+            .args(["-h", super::PG_HOST, "-U", "postgres", "-d", &db.name, "-Xq"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        writeln!(child.stdin.as_mut().unwrap(), "SELECT pg_advisory_lock({key});").unwrap();
+        super::wait_for("the advisory lock", std::time::Duration::from_secs(10), || {
+            db.sql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()") == "1"
+        });
+        Holder(child)
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
