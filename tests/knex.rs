@@ -157,7 +157,9 @@ fn a_half_applied_javascript_migration_is_found_undone_and_deployed_again() {
     assert!(ok, "{out}");
     let playbook =
         "[[playbooks]]\nname = \"back\"\nsteps = [{ undo = true }, { resolve = \"rolled-back\" }]\n";
-    let pgm = migrate::config(&db, &migrations, &format!("tool = \"knex\"\n{playbook}"));
+    let (hook, received) = webhook_event("/knex", "migration_failed");
+    let notify = format!("watch_interval = \"1s\"\n\n[[notify]]\nwebhook = \"{hook}\"\n");
+    let pgm = migrate::config(&db, &migrations, &format!("tool = \"knex\"\n{notify}{playbook}"));
     pgm.snapshot("app");
 
     std::fs::write(migrations.join(AUDIT), AUDIT_JS).unwrap();
@@ -182,6 +184,12 @@ fn a_half_applied_javascript_migration_is_found_undone_and_deployed_again() {
         "by position",
     ] {
         assert!(logs.contains(object), "{object}: {logs}");
+    }
+    // The daemon sees it within one watch interval and says so.
+    {
+        let _daemon = Daemon::start(&pgm);
+        let event = received.join().unwrap();
+        assert!(event.contains(AUDIT) && event.contains("half_applied"), "{event}");
     }
 
     let r = &pgm.run(&["diagnose", "--json"]).json()[0];
