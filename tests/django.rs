@@ -98,6 +98,13 @@ fn a_half_applied_non_atomic_migration_is_replayed_from_sqlmigrate_and_finished(
     pgm.snapshot("app");
 
     std::fs::write(root.join("shop/migrations/0002_audit.py"), AUDIT).unwrap();
+    // Linted before it runs, from the SQL sqlmigrate prints: the index would fail.
+    let lint = pgm.run(&["lint", "--db", "app", "--json"]);
+    assert_eq!(lint.code, 1, "{lint:?}");
+    let found = lint.json()["findings"].as_array().unwrap().clone();
+    let fail = found.iter().find(|f| f["rule"] == "might-fail").unwrap_or_else(|| panic!("{found:#?}"));
+    assert!(fail["file"].as_str().unwrap().ends_with("0002_audit.py (its SQL from sql_command)"), "{fail:#}");
+    assert!(fail["message"].as_str().unwrap().contains("1 values are duplicated"), "{fail:#}");
     let (ok, out) = migrate_shop(&db, root);
     assert!(!ok && out.contains("accounts_email_key"), "{out}");
     let (ok, out) = migrate_shop(&db, root);

@@ -70,19 +70,46 @@ pub async fn lint_db(
         UsageError(format!("lint --db {db} needs --dir or databases.migrations.dir for {db}"))
     })?;
     let session = pg::connect(&d.url).await?;
-    let applied: Vec<watch::Migration> = match watch::read(&session, watch::dialect(&mig).as_ref()).await? {
+    let dialect = watch::dialect(&mig);
+    let applied: Vec<watch::Migration> = match watch::read(&session, dialect.as_ref()).await? {
         TableState::Rows { migrations } => {
             migrations.into_iter().filter(|m| m.status == Status::Applied).collect()
         }
         _ => Vec::new(),
     };
-    let pending: Vec<File> =
-        files(&dir)?.into_iter().filter(|f| !is_applied(&mig.tool, f, &applied)).collect();
     let linter = Linter {
         live: Some(session.client()),
         schema: mig.schema.clone(),
         wraps_files: mig.tool == "prisma",
     };
+    // Migrations written as code: their SQL from the tool's own command.
+    if !mig.sql_command.is_empty() {
+        let tmp = tempfile::tempdir()?;
+        let mut pending = Vec::new();
+        for m in dialect.pending(&applied) {
+            let (_, stmts) = crate::diagnose::sqlcmd::statements(&mig, d, dialect.as_ref(), &m)
+                .await
+                .map_err(UsageError)?;
+            let text: String = stmts.iter().map(|s| format!("{};\n", s.sql)).collect();
+            let source = dialect.code_file(&m).unwrap_or_default();
+            let path = tmp.path().join(format!("{}.sql", pending.len()));
+            std::fs::write(&path, text)?;
+            pending.push((File { name: m.name.clone(), path, version: None }, source));
+        }
+        let files: Vec<File> = pending
+            .iter()
+            .map(|(f, _)| File { name: f.name.clone(), path: f.path.clone(), version: None })
+            .collect();
+        let mut findings = linter.lint(&files).await?;
+        for f in &mut findings {
+            if let Some((_, source)) = pending.iter().find(|(p, _)| p.path.display().to_string() == f.file) {
+                f.file = format!("{} (its SQL from sql_command)", source.display());
+            }
+        }
+        return print(&findings, json, format);
+    }
+    let pending: Vec<File> =
+        files(&dir)?.into_iter().filter(|f| !is_applied(&mig.tool, f, &applied)).collect();
     let findings = linter.lint(&pending).await?;
     print(&findings, json, format)
 }

@@ -17,7 +17,7 @@ mod proof;
 mod replay;
 mod report;
 mod serverlog;
-mod sqlcmd;
+pub mod sqlcmd;
 
 use std::path::PathBuf;
 use std::sync::Arc;
