@@ -58,6 +58,9 @@ pub struct ScratchConfig {
     pub server: ScratchServer,
     /// An ephemeral cluster's data (a rehearsal needs room for a full restore).
     pub dir: PathBuf,
+    /// Where a cluster that holds schemas only (diagnose's replays and proofs) lives; None:
+    /// "auto", a RAM-backed folder (`/dev/shm`) when it has room, else `dir`.
+    pub schema_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]

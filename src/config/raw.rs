@@ -33,6 +33,9 @@ pub struct RawScratch {
     pub server: Option<String>,
     /// An ephemeral cluster's data folder; `<state_dir>/scratch` when absent.
     pub dir: Option<String>,
+    /// Where a cluster that holds schemas only (diagnose) lives: "auto" (a RAM-backed folder
+    /// when the host has room there) or a folder.
+    pub schema_dir: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

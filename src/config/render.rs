@@ -127,6 +127,9 @@ pub fn render(cfg: &Config) -> String {
         super::ScratchServer::Url(u) => u.redacted(),
     };
     out += &format!("\n[scratch]\nserver = {server:?}\ndir = {:?}\n", cfg.scratch.dir.display().to_string());
+    let schema_dir =
+        cfg.scratch.schema_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_else(|| "auto".into());
+    out += &format!("schema_dir = {schema_dir:?}\n");
     for p in &cfg.playbooks {
         out += &render_playbook(p);
     }

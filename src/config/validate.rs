@@ -160,7 +160,12 @@ fn scratch(ctx: &Ctx, raw: super::raw::RawScratch, state_dir: &Path) -> Result<S
         Some(d) => ctx.path(&d),
         None => state_dir.join("scratch"),
     };
-    Ok(ScratchConfig { server, dir })
+    let schema_dir = match raw.schema_dir.as_deref().map(str::trim) {
+        None | Some("auto") => None,
+        Some("") => return Err(ctx.err("scratch.schema_dir", "must not be empty (\"auto\" or a folder)")),
+        Some(d) => Some(ctx.path(d)),
+    };
+    Ok(ScratchConfig { server, dir, schema_dir })
 }
 
 fn rehearse(ctx: &Ctx, raw: super::raw::RawRehearse) -> Result<super::RehearseConfig, ConfigError> {

@@ -42,8 +42,13 @@ impl Lab {
         search_path: &str,
         exclude: Exclude,
     ) -> Result<Lab, String> {
+        // Schemas only: the RAM-backed folder when the host has one.
+        let cfg = crate::config::ScratchConfig {
+            dir: crate::scratch::schema_dir(env.scratch),
+            ..env.scratch.clone()
+        };
         let server =
-            Server::open(env.scratch, env.state_dir, db, env.pg_bin_dir).await.map_err(|e| e.to_string())?;
+            Server::open(&cfg, env.state_dir, db, env.pg_bin_dir).await.map_err(|e| e.to_string())?;
         if !server.is_ephemeral() {
             // What an earlier run left when it was killed; never a live one.
             if let Err(e) = pg::scratch::sweep(server.admin()).await {

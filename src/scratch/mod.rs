@@ -245,6 +245,22 @@ async fn reached(url: &DbUrl) -> Result<DbUrl, ScratchError> {
 }
 
 /// Free bytes for an unprivileged writer on the volume of `dir` (or its nearest existing parent).
+/// The folder of a cluster that holds schemas only: `schema_dir`, else (auto) a folder of this
+/// user's in `/dev/shm` when that has 1 GiB free (creating a schema's hundreds of files there
+/// is several times faster than on disk, and nothing in it needs to survive), else `dir`.
+pub fn schema_dir(cfg: &ScratchConfig) -> PathBuf {
+    if let Some(d) = &cfg.schema_dir {
+        return d.clone();
+    }
+    let shm = Path::new("/dev/shm");
+    match free_bytes(shm) {
+        Some(free) if shm.is_dir() && free >= 1 << 30 => {
+            shm.join(format!("pgmedic-scratch-{}", unsafe { libc::geteuid() }))
+        }
+        _ => cfg.dir.clone(),
+    }
+}
+
 fn free_bytes(dir: &Path) -> Option<u64> {
     let existing = dir.ancestors().find(|a| a.exists())?;
     let c = std::ffi::CString::new(existing.as_os_str().as_encoded_bytes()).ok()?;
