@@ -77,7 +77,7 @@ pub fn heartbeat(shared: &Shared, state: &str) -> Heartbeat {
                 outcome: a.outcome.clone(),
                 error: a.error.as_deref().map(redact),
             }),
-            next_run: s.next_run,
+            next_run: db.schedule.as_ref().and_then(|x| x.next_after(Utc::now())),
             migrations: s.migrations.as_ref().map(|m| MigrationsBeat {
                 state: m.state.clone(),
                 failed: m.failed.clone(),

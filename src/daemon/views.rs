@@ -47,8 +47,11 @@ pub async fn status(shared: &Arc<Shared>) -> StatusView {
         .map(|d| {
             let s = board.get(&d.name).cloned().unwrap_or_default();
             let mut v = database(&d.name, s, &runs);
+            let now = Utc::now();
             v.schedule = d.schedule.as_ref().map(|x| x.as_str().to_string());
+            v.next_run = d.schedule.as_ref().and_then(|x| x.next_after(now));
             v.drill_schedule = d.drill.as_ref().map(|x| x.as_str().to_string());
+            v.drill_next = d.drill.as_ref().and_then(|x| x.next_after(now));
             v.snapshots = listing.by_db.get(&d.name).cloned().unwrap_or_else(|| Arc::from(Vec::new()));
             let interval = d.migrations.as_ref().map_or(DEFAULT_WATCH, |m| m.watch_interval);
             if let Some(m) = v.migrations.as_mut() {
@@ -81,7 +84,6 @@ fn database(name: &str, s: DbStatus, runs: &[RunRecord]) -> DbView {
     };
     DbView {
         name: name.to_string(),
-        next_run: s.next_run,
         running,
         attempts: s.attempts.iter().cloned().collect(),
         migrations: s.migrations.map(|m| MigrationsView {

@@ -54,19 +54,27 @@ pub fn render(out: &mut String, snaps: &[SnapPoint], attempts: &[Attempt], label
     super::html::push(out, label);
     out.push_str("\">");
     if !snaps.is_empty() {
+        let xs: Vec<i64> = snaps.iter().map(|s| x(s.taken_at, from, span)).collect();
+        // Bars up from the base, the next one's base reached from the last one's top by a
+        // relative move: `v-h0 m dx h0 v-h1 …` (a few bytes a bar).
         out.push_str("<path stroke=#0969da stroke-width=3 vector-effect=non-scaling-stroke d=\"");
-        for s in snaps {
-            let _ = write!(
-                out,
-                "M{} {H}V{}",
-                x(s.taken_at, from, span),
-                y(s.stored_bytes as f64, max_size).min(H - 1)
-            );
-        }
-        out.push_str("\"/><polyline fill=none stroke=#bf8700 vector-effect=non-scaling-stroke points=\"");
+        let _ = write!(out, "M{} {H}", xs[0]);
+        let mut last = 0;
         for (i, s) in snaps.iter().enumerate() {
-            let sep = if i == 0 { "" } else { " " };
-            let _ = write!(out, "{sep}{},{}", x(s.taken_at, from, span), y(s.duration_seconds(), max_secs));
+            let h = H - y(s.stored_bytes as f64, max_size).min(H - 1);
+            if i > 0 {
+                let _ = write!(out, "m{} {last}", xs[i] - xs[i - 1]);
+            }
+            let _ = write!(out, "v-{h}");
+            last = h;
+        }
+        // The durations as one line of relative steps.
+        out.push_str("\"/><path fill=none stroke=#bf8700 vector-effect=non-scaling-stroke d=\"");
+        let ys: Vec<i64> = snaps.iter().map(|s| y(s.duration_seconds(), max_secs)).collect();
+        let _ = write!(out, "M{} {}", xs[0], ys[0]);
+        for i in 1..snaps.len() {
+            let _ =
+                write!(out, "{}{} {}", if i == 1 { "l" } else { " " }, xs[i] - xs[i - 1], ys[i] - ys[i - 1]);
         }
         out.push_str("\"/>");
     }
@@ -109,11 +117,28 @@ mod tests {
         let snaps = [snap(0, 100, 1), snap(60, 400, 4), snap(120, 200, 2)];
         let mut out = String::new();
         render(&mut out, &snaps, &[], "three <snapshots>");
-        assert!(out.contains(&format!("M{PAD} {H}V{}", y(100.0, 400.0))), "{out}");
-        assert!(out.contains(&format!("M{} {H}V{PAD}", W / 2)), "the 400-byte bar is full height: {out}");
-        assert!(out.contains(&format!("M{} {H}V", W - PAD)), "{out}");
-        let points = format!("points=\"{PAD},{} 300,{PAD} {},{}\"", y(1.0, 4.0), W - PAD, y(2.0, 4.0));
-        assert!(out.contains(&points), "{out}");
+        let h = |v: f64| H - y(v, 400.0);
+        // From the left edge up, to the middle (full height: the largest), to the right edge.
+        let bars = format!(
+            "d=\"M{PAD} {H}v-{}m{} {}v-{}m{} {}v-{}\"",
+            h(100.0),
+            W / 2 - PAD,
+            h(100.0),
+            H - PAD,
+            W / 2 - PAD,
+            H - PAD,
+            h(200.0)
+        );
+        assert!(out.contains(&bars), "{bars}\n{out}");
+        let line = format!(
+            "d=\"M{PAD} {}l{} {} {} {}\"",
+            y(1.0, 4.0),
+            W / 2 - PAD,
+            PAD - y(1.0, 4.0),
+            W / 2 - PAD,
+            y(2.0, 4.0) - PAD
+        );
+        assert!(out.contains(&line), "{line}\n{out}");
         assert!(out.contains("aria-label=\"three &lt;snapshots&gt;\""), "{out}");
     }
 

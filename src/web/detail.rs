@@ -28,49 +28,46 @@ fn pre(out: &mut String, text: &str) {
     out.push_str("</pre>");
 }
 
-/// The overview's migrations cell.
-pub fn migration_state(out: &mut String, db: &DbView) {
+/// The migration state: a class and its (escaped) text.
+pub fn migration_state(db: &DbView) -> (&'static str, String) {
     match &db.migrations {
-        None => out.push_str("<span class=m>not watched</span>"),
-        Some(m) if m.state == "ok" => out.push_str("<span class=ok>ok</span>"),
+        None => ("m", "not watched".into()),
+        Some(m) if m.state == "ok" => ("ok", "ok".into()),
         Some(m) => {
-            out.push_str("<span class=bad>");
-            push(out, &m.state);
-            out.push_str("</span>");
+            let mut t = html::escape(&m.state);
             for f in &m.failed {
-                out.push(' ');
-                push(out, f);
+                t.push(' ');
+                push(&mut t, f);
             }
+            ("bad", t)
         }
     }
 }
 
-/// The overview's drill cell.
-pub fn drill_state(out: &mut String, db: &DbView, now: DateTime<Utc>) {
+/// The last drill: a class and its text.
+pub fn drill_state(db: &DbView, now: DateTime<Utc>) -> (&'static str, String) {
+    let mut t = String::new();
     match (&db.drill, db.drill_running) {
-        (_, true) => out.push_str("<span class=m>running</span>"),
+        (_, true) => ("m", "running".into()),
         (Some(d), _) => {
-            out.push_str(if d.ok {
-                "<span class=ok>passed</span> "
-            } else {
-                "<span class=bad>failed</span> "
-            });
-            when(out, d.started_at, now);
+            t.push_str(if d.ok { "passed " } else { "failed " });
+            html::age(&mut t, d.started_at, now);
+            (if d.ok { "ok" } else { "bad" }, t)
         }
-        (None, _) if db.drill_schedule.is_some() => out.push_str("<span class=m>none yet</span>"),
-        (None, _) => out.push_str("<span class=m>—</span>"),
+        (None, _) if db.drill_schedule.is_some() => ("m", "none yet".into()),
+        (None, _) => ("m", "—".into()),
     }
+}
+
+fn span(out: &mut String, (class, inner): (&str, String)) {
+    let _ = write!(out, "<span class={class}>{inner}</span>");
 }
 
 pub fn migrations(out: &mut String, db: &DbView, now: DateTime<Utc>) {
+    // Not watched: the overview says so, and a page of fifty databases has no room to repeat it.
+    let Some(m) = &db.migrations else { return };
     out.push_str("<h3>Migrations</h3><p>");
-    let Some(m) = &db.migrations else {
-        out.push_str(
-            "<span class=m>not watched: the database has no [databases.migrations] section</span></p>",
-        );
-        return;
-    };
-    migration_state(out, db);
+    span(out, migration_state(db));
     out.push_str(" <span class=m>· read ");
     when(out, m.checked_at, now);
     out.push_str("</span>");
@@ -326,7 +323,12 @@ pub fn drills(out: &mut String, db: &DbView, now: DateTime<Utc>) {
     if let Some(s) = &db.drill_schedule {
         out.push_str("<span class=m>schedule <code>");
         push(out, s);
-        out.push_str("</code></span> ");
+        out.push_str("</code>");
+        if let Some(t) = db.drill_next {
+            out.push_str(", next ");
+            when(out, t, now);
+        }
+        out.push_str("</span> ");
     }
     if db.drill_running {
         out.push_str("<b>a drill is running</b> ");
@@ -335,7 +337,7 @@ pub fn drills(out: &mut String, db: &DbView, now: DateTime<Utc>) {
         out.push_str("no drill yet</p>");
         return;
     };
-    drill_state(out, db, now);
+    span(out, drill_state(db, now));
     let _ = write!(
         out,
         " on snapshot <code>{}</code>: {} table(s), {} row(s) as dumped, took {}",

@@ -78,7 +78,9 @@ fn overview(out: &mut String, hosts: &[Host], v: &FleetView) {
         push(out, &b.host);
         out.push_str("<td>");
         when(out, b.written_at, v.now);
-        out.push_str("<td>");
+        out.push_str(" <small>");
+        push(out, &html::ago(b.written_at, v.now));
+        out.push_str("</small><td>");
         push(out, &b.version);
         let _ = write!(out, "<td>{}<td>", b.databases.len());
         let trouble = crate::fleet::trouble(b);

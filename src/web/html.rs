@@ -51,6 +51,11 @@ pub fn time(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M UTC").to_string()
 }
 
+/// `2026-01-02 03:04`: the pages say once that their times are UTC.
+pub fn short_time(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M").to_string()
+}
+
 /// `3h 5m ago` (or `in 2m` for a time ahead of `now`).
 pub fn ago(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
     let s = (now - t).num_seconds();
@@ -61,10 +66,15 @@ pub fn ago(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
     }
 }
 
-/// A `<time>` element: the UTC time, with how long ago in its title.
-pub fn when(out: &mut String, t: DateTime<Utc>, now: DateTime<Utc>) {
-    let _ =
-        write!(out, "<time datetime=\"{}\" title=\"{}\">{}</time>", t.format("%FT%TZ"), ago(t, now), time(t));
+/// A time as `2026-01-02 03:04` (UTC, which the page says once). No hover title: a phone
+/// has no hover, and a page of fifty databases holds hundreds of times.
+pub fn when(out: &mut String, t: DateTime<Utc>, _now: DateTime<Utc>) {
+    out.push_str(&short_time(t));
+}
+
+/// How long ago (or how soon) `t` is, as the overviews show it: `3h 5m ago`, `in 2m`.
+pub fn age(out: &mut String, t: DateTime<Utc>, now: DateTime<Utc>) {
+    out.push_str(&ago(t, now));
 }
 
 /// Seconds as `12.3s`, `4m 10s`.

@@ -100,6 +100,7 @@ pub struct DbView {
     /// Runs older than those shown.
     pub repairs_more: usize,
     pub drill_schedule: Option<String>,
+    pub drill_next: Option<DateTime<Utc>>,
     pub drill: Option<DrillReport>,
     pub drill_running: bool,
 }

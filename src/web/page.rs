@@ -43,7 +43,7 @@ fn header(out: &mut String, v: &StatusView) {
     when(out, v.started_at, v.now);
     out.push_str(" · this page ");
     when(out, v.now, v.now);
-    let _ = write!(out, ", reloads every {REFRESH_SECONDS}s · <a href=/fleet>fleet</a></p></header>");
+    let _ = write!(out, ", reloads every {REFRESH_SECONDS}s · <a href=/fleet>fleet</a></p><p class=m>Times are UTC. Timelines: a blue bar per snapshot (its size), the yellow line its duration, red a failed attempt.</p></header>");
 }
 
 /// Why what the page shows may be out of date.
@@ -97,44 +97,49 @@ fn overview(out: &mut String, v: &StatusView) {
         out.push_str(&anchor(&db.name));
         out.push_str("\">");
         push(out, &db.name);
-        out.push_str("</a><td>");
-        last_snapshot(out, db, v.now);
-        out.push_str("<td>");
+        out.push_str("</a>");
+        cell(out, last_snapshot(db, v.now));
         match db.next_run {
-            Some(t) => when(out, t, v.now),
-            None => out.push_str("<span class=m>no schedule</span>"),
-        }
-        out.push_str("<td>");
-        detail::migration_state(out, db);
-        out.push_str("<td>");
-        match db.invalid_indexes.as_deref() {
-            None => out.push_str("<span class=m>not read yet</span>"),
-            Some([]) => out.push_str("<span class=ok>none</span>"),
-            Some(ix) => {
-                let _ = write!(out, "<span class=bad>{}</span>", ix.len());
+            Some(t) => {
+                out.push_str("<td>");
+                html::age(out, t, v.now);
             }
+            None => out.push_str("<td class=m>—"),
         }
-        out.push_str("<td>");
-        detail::drill_state(out, db, v.now);
+        cell(out, detail::migration_state(db));
+        cell(
+            out,
+            match db.invalid_indexes.as_deref() {
+                None => ("m", "?".into()),
+                Some(ix) => (if ix.is_empty() { "ok" } else { "bad" }, ix.len().to_string()),
+            },
+        );
+        cell(out, detail::drill_state(db, v.now));
     }
     out.push_str("</tbody></table></div>");
 }
 
+/// A table cell of a class and its (already escaped) content.
+fn cell(out: &mut String, (class, inner): (&str, String)) {
+    let _ = write!(out, "<td class={class}>{inner}");
+}
+
 /// The newest snapshot, or the failure that came after it.
-fn last_snapshot(out: &mut String, db: &DbView, now: DateTime<Utc>) {
+fn last_snapshot(db: &DbView, now: DateTime<Utc>) -> (&'static str, String) {
     let newest = db.snapshots.last();
     let failed = db.attempts.iter().rev().find(|a| a.is_failure());
+    let mut t = String::new();
     if let Some(f) = failed.filter(|f| newest.is_none_or(|n| n.finished_at < f.at)) {
-        out.push_str("<span class=bad>failed</span> ");
-        when(out, f.at, now);
-        return;
+        t.push_str("failed ");
+        html::age(&mut t, f.at, now);
+        return ("bad", t);
     }
     match newest {
         Some(n) => {
-            out.push_str("<span class=ok>ok</span> ");
-            when(out, n.finished_at, now);
+            html::age(&mut t, n.finished_at, now);
+            ("ok", t)
         }
-        None => out.push_str("<span class=warn>none</span>"),
+        None => ("warn", "none".into()),
     }
 }
 
@@ -151,10 +156,6 @@ fn section(out: &mut String, db: &DbView, now: DateTime<Utc>) {
             out.push_str("</code>");
         }
         None => out.push_str("no schedule"),
-    }
-    if let Some(t) = db.next_run {
-        out.push_str(" · next run ");
-        when(out, t, now);
     }
     if let Some(r) = &db.running {
         out.push_str(" · <b>");
@@ -177,7 +178,7 @@ fn timeline(out: &mut String, db: &DbView, now: DateTime<Utc>) {
         out.push_str("<p class=warn>No snapshot in storage.</p>");
         return;
     }
-    let label = format!("snapshot timeline of {}: {} snapshot(s)", db.name, snaps.len());
+    let label = format!("{}: {} snapshots", db.name, snaps.len());
     chart::render(out, snaps, &db.attempts, &label);
     caption(out, snaps, &db.attempts);
     out.push_str("<div class=w><table><thead><tr><th>taken<th>size<th>took<th>outcome</thead><tbody>");
@@ -190,11 +191,13 @@ fn timeline(out: &mut String, db: &DbView, now: DateTime<Utc>) {
     }
     out.push_str("</tbody></table></div>");
     let more = snaps.len() + db.attempts.len() - shown.len();
+    out.push_str("<p class=m>");
     if more > 0 {
-        let _ = write!(out, "<p class=m>and {more} older: <code>pgmedic snapshots --db ");
-        push(out, &db.name);
-        out.push_str("</code></p>");
+        let _ = write!(out, "and {more} older; ");
     }
+    out.push_str("ids: <code>pgmedic snapshots --db ");
+    push(out, &db.name);
+    out.push_str("</code></p>");
 }
 
 fn caption(out: &mut String, snaps: &[SnapPoint], attempts: &[Attempt]) {
@@ -203,15 +206,15 @@ fn caption(out: &mut String, snaps: &[SnapPoint], attempts: &[Attempt]) {
     let longest = snaps.iter().map(SnapPoint::duration_seconds).fold(0.0, f64::max);
     let _ = write!(
         out,
-        "<p class=m>{} to {}: blue bars the size (largest {}), yellow line the duration (longest {})",
-        html::time(from),
-        html::time(to),
+        "<p class=m>{} to {} · largest {} · longest {}",
+        html::short_time(from),
+        html::short_time(to),
         human_bytes(biggest),
         html::seconds(longest)
     );
     let failed = attempts.iter().filter(|a| a.is_failure()).count();
     if failed > 0 {
-        let _ = write!(out, ", <span class=bad>red: {failed} failed</span>");
+        let _ = write!(out, " · <span class=bad>{failed} failed</span>");
     }
     out.push_str("</p>");
 }
@@ -235,12 +238,10 @@ fn snap_row(out: &mut String, s: &SnapPoint, now: DateTime<Utc>) {
     when(out, s.taken_at, now);
     let _ = write!(
         out,
-        "<td>{}<td>{}<td class=ok title=\"",
+        "<td>{}<td>{}<td class=ok>ok · ",
         human_bytes(s.stored_bytes),
         html::seconds(s.duration_seconds())
     );
-    push(out, &s.id);
-    out.push_str("\">ok · ");
     push(out, &s.reason);
     if !s.full {
         out.push_str(" (scoped)");
