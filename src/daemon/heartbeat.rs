@@ -18,16 +18,22 @@ use crate::fleet::{
 };
 use crate::redact::redact;
 
-/// The longest a heartbeat write may take before it is given up.
+/// The longest a heartbeat write (or the snapshot list before it) may take before it is given up.
 const WRITE_LIMIT: Duration = Duration::from_secs(30);
+/// The same for the stopped heartbeat at exit.
+const STOP_LIMIT: Duration = Duration::from_secs(5);
 
 /// Beats until `shutdown`.
 pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
+    tokio::select! {
+        _ = shutdown.cancelled() => return,
+        _ = warn_if_taken(&shared) => {}
+    }
     loop {
         let interval = shared.current().config.daemon.heartbeat_interval;
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = beat(&shared, "running") => {}
+            _ = beat(&shared) => {}
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -37,7 +43,7 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
 }
 
 /// One heartbeat, with the snapshot list read again first.
-pub async fn beat(shared: &Shared, state: &str) {
+pub async fn beat(shared: &Shared) {
     let storage = shared.current().snapshotter.storage.clone();
     let refreshed = tokio::time::timeout(WRITE_LIMIT, shared.catalog.refresh_unless(&storage, Utc::now()));
     if refreshed.await.is_err() {
@@ -45,13 +51,44 @@ pub async fn beat(shared: &Shared, state: &str) {
             "the snapshot list took longer than {WRITE_LIMIT:?} to read; the heartbeat uses the last one"
         );
     }
+    write(shared, "running", WRITE_LIMIT).await;
+}
+
+/// The last heartbeat, after the drain: what the board holds, written within `STOP_LIMIT` (a
+/// storage that does not answer must not hold the exit up).
+pub async fn stopped(shared: &Shared) {
+    write(shared, "stopped", STOP_LIMIT).await;
+}
+
+async fn write(shared: &Shared, state: &str, limit: Duration) {
+    let storage = shared.current().snapshotter.storage.clone();
     let doc = heartbeat(shared, state);
     let key = fleet::key(&doc.instance);
     let body = Bytes::from(serde_json::to_vec_pretty(&doc).unwrap_or_default());
-    match tokio::time::timeout(WRITE_LIMIT, storage.put(&key, body)).await {
+    match tokio::time::timeout(limit, storage.put(&key, body)).await {
         Ok(Ok(())) => tracing::debug!(key = %key, state, "heartbeat written"),
         Ok(Err(e)) => tracing::warn!(key = %key, error = %e, "cannot write the heartbeat"),
-        Err(_) => tracing::warn!(key = %key, "the heartbeat write took longer than {WRITE_LIMIT:?}"),
+        Err(_) => tracing::warn!(key = %key, "the heartbeat write took longer than {limit:?}; given up"),
+    }
+}
+
+/// Two daemons writing one heartbeat would each hide the other from the fleet: says so when
+/// the instance's heartbeat is fresh and another live daemon's (another host's, or another
+/// pgmedic process on this one).
+async fn warn_if_taken(shared: &Shared) {
+    let rt = shared.current();
+    let instance = &rt.config.daemon.instance;
+    let found =
+        tokio::time::timeout(STOP_LIMIT, fleet::one(&rt.snapshotter.storage, instance, Utc::now())).await;
+    let Ok(found) = found else { return };
+    let Some(b) = found.heartbeat.as_ref().filter(|_| found.is_up()) else { return };
+    let me = crate::snapshot::hostname();
+    let other_here = b.host == me
+        && b.pid != std::process::id()
+        && std::fs::read(format!("/proc/{}/cmdline", b.pid))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains("pgmedic"));
+    if b.host != me || other_here {
+        tracing::warn!(instance = %instance, host = %b.host, pid = b.pid, "another daemon writes its heartbeat as this instance: set daemon.instance on one of them, or the fleet view shows only one");
     }
 }
 

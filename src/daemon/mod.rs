@@ -329,7 +329,7 @@ pub async fn run(
     }
     shutdown::drain(shared.clone(), scheduler).await;
     // The fleet sees this installation stopped, not silent.
-    heartbeat::beat(&shared, "stopped").await;
+    heartbeat::stopped(&shared).await;
     let _ = std::fs::remove_file(&socket);
     tracing::info!("pgmedic daemon stopped");
     Ok(())

@@ -170,6 +170,11 @@ pub async fn read(storage: &Arc<dyn Storage>, now: DateTime<Utc>) -> Result<Vec<
     Ok(hosts)
 }
 
+/// The heartbeat of `instance`, judged at `now` (unreadable when there is none).
+pub async fn one(storage: &Arc<dyn Storage>, instance: &str, now: DateTime<Utc>) -> Host {
+    host(storage, &key(instance), instance, now).await
+}
+
 async fn host(storage: &Arc<dyn Storage>, key: &str, instance: &str, now: DateTime<Utc>) -> Host {
     let unreadable = |why: String| Host {
         instance: instance.to_string(),

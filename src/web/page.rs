@@ -256,6 +256,69 @@ fn attempt_row(out: &mut String, a: &Attempt, now: DateTime<Utc>) {
     push(out, &a.outcome);
     if let Some(e) = &a.error {
         out.push_str(": ");
-        push(out, e);
+        push(out, &crate::redact::redact(e));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::web::MigrationsView;
+
+    fn view(now: DateTime<Utc>) -> StatusView {
+        StatusView {
+            instance: "i".into(),
+            host: "h".into(),
+            version: "0".into(),
+            now,
+            started_at: now,
+            listed_at: Some(now),
+            list_error: None,
+            draining: false,
+            databases: vec![DbView { name: "app".into(), ..DbView::default() }],
+        }
+    }
+
+    #[test]
+    fn stale_data_is_said_and_fresh_data_is_not() {
+        let now = Utc::now();
+        let mut v = view(now);
+        v.databases[0].migrations = Some(MigrationsView {
+            state: "ok".into(),
+            failed: vec![],
+            checked_at: now - chrono::Duration::seconds(20),
+            error: None,
+            interval: std::time::Duration::from_secs(30),
+        });
+        assert!(stale_reasons(&v).is_empty(), "{:?}", stale_reasons(&v));
+        v.databases[0].migrations.as_mut().unwrap().checked_at = now - chrono::Duration::seconds(300);
+        v.listed_at = Some(now - chrono::Duration::seconds(600));
+        v.draining = true;
+        let why = stale_reasons(&v).join("\n");
+        assert!(why.contains("shutting down") && why.contains("snapshot list was read 10m ago"), "{why}");
+        assert!(
+            why.contains("migrations of app were last read 5m ago (the watcher reads every 30s)"),
+            "{why}"
+        );
+        v.list_error = Some("storage down".into());
+        let page = render(&v);
+        assert!(page.contains("<p class=banner>the storage could not be listed (storage down)"), "{page}");
+    }
+
+    #[test]
+    fn a_failed_snapshot_is_shown_escaped_and_the_page_has_no_script() {
+        let now = Utc::now();
+        let mut v = view(now);
+        let error = "pg_dump: <script>alert(1)</script> password=hunter2".to_string();
+        v.databases[0].attempts.push(Attempt {
+            at: now,
+            outcome: "failure".into(),
+            error: Some(error),
+            duration_seconds: 1.0,
+        });
+        let page = render(&v);
+        assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"), "{page}");
+        assert!(!page.contains("<script") && !page.contains("hunter2"), "{page}");
+        assert!(page.contains("<td class=bad>failed 0s ago"), "{page}");
     }
 }
