@@ -283,6 +283,9 @@ pub async fn run(
         None => None,
     };
     let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
+    if metrics_addr.is_some_and(|a| !a.ip().is_loopback()) && config.daemon.http_token.is_none() {
+        tracing::warn!(addr = ?metrics_addr, "daemon.metrics_listen is not a loopback address and daemon.http_token_file is not set: the status pages and metrics are open to whoever reaches it; set a token, or listen on 127.0.0.1 and use an SSH tunnel");
+    }
     let shared = Shared::new(config_path, config, storage, metrics_addr);
     let peers = shared.peers.clone();
     shutdown::report_interrupted_runs(&shared).await;
