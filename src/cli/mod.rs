@@ -4,6 +4,7 @@
 mod commands;
 mod context;
 mod diagnose;
+mod fleet;
 mod lint;
 mod output;
 mod remote;
@@ -45,6 +46,12 @@ pub enum Command {
     Daemon,
     /// Ask the running daemon for its state.
     Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every installation sharing the storage, from the heartbeats their daemons write: host,
+    /// version, up or down, and per database the last snapshot, migration state, repair, drill.
+    Fleet {
         #[arg(long)]
         json: bool,
     },

@@ -92,6 +92,18 @@ pub struct DaemonConfig {
     pub allowed_uids: Vec<u32>,
     /// This installation's name among those sharing the storage (`daemon.instance`).
     pub instance: String,
+    /// `daemon.http_token_file` and the token read from it, which the HTTP listener requires
+    /// for everything but `/healthz` and `/readyz`.
+    pub http_token: Option<HttpToken>,
+    /// How often the heartbeat is written (`daemon.heartbeat_interval`, one minute).
+    pub heartbeat_interval: Duration,
+}
+
+/// The HTTP listener's bearer token, read from its file at load (and again at each reload).
+#[derive(Debug, Clone)]
+pub struct HttpToken {
+    pub file: PathBuf,
+    pub token: Secret,
 }
 
 #[derive(Debug, Clone)]

@@ -57,6 +57,10 @@ pub struct RawDaemon {
     pub allowed_uids: Option<Vec<u32>>,
     /// This installation's name among those sharing the storage (default: the host name).
     pub instance: Option<String>,
+    /// A file holding the bearer token `/`, `/fleet` and `/metrics` require (none: open).
+    pub http_token_file: Option<String>,
+    /// How often the heartbeat under `_pgmedic/hosts/` is written.
+    pub heartbeat_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -9,13 +9,19 @@ pub fn render(cfg: &Config) -> String {
     let mut out = format!("# effective configuration from {}\n", cfg.source.display());
     let d = &cfg.daemon;
     out += &format!(
-        "[daemon]\nsocket = {:?}\nstate_dir = {:?}\nmetrics_listen = {:?}\nshutdown_timeout = {:?}\nallowed_uids = {:?}\ninstance = {:?}\n\n",
+        "[daemon]\nsocket = {:?}\nstate_dir = {:?}\nmetrics_listen = {:?}\nshutdown_timeout = {:?}\nallowed_uids = {:?}\ninstance = {:?}\nheartbeat_interval = {:?}\n{}\n",
         d.socket.display().to_string(),
         d.state_dir.display().to_string(),
         d.metrics_listen.map(|a| a.to_string()).unwrap_or_default(),
         humantime::format_duration(d.shutdown_timeout).to_string(),
         d.allowed_uids,
         d.instance,
+        humantime::format_duration(d.heartbeat_interval).to_string(),
+        // The file, never the token it holds.
+        d.http_token
+            .as_ref()
+            .map(|t| format!("http_token_file = {:?}\n", t.file.display().to_string()))
+            .unwrap_or_default(),
     );
     let s = &cfg.storage;
     out += "[storage]\n";

@@ -76,7 +76,16 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
             }
             Some(i) => i,
         },
+        http_token: raw.daemon.http_token_file.map(|f| http_token(&ctx, &f)).transpose()?,
+        heartbeat_interval: ctx.duration(
+            "daemon.heartbeat_interval",
+            raw.daemon.heartbeat_interval.as_deref(),
+            Duration::from_secs(60),
+        )?,
     };
+    if daemon.heartbeat_interval < Duration::from_secs(1) {
+        return Err(ctx.err("daemon.heartbeat_interval", "must be at least 1s"));
+    }
     let storage = storage(&ctx, raw.storage)?;
     let mut snapshot = snapshot(&ctx, raw.snapshot)?;
     snapshot.encryption = storage.encryption.clone();
@@ -138,6 +147,30 @@ fn from_config_folder(ctx: &Ctx, mut p: super::Playbook) -> super::Playbook {
         }
     }
     p
+}
+
+/// The token file's first line, trimmed; a missing, unreadable or empty file is named.
+fn http_token(ctx: &Ctx, file: &str) -> Result<super::HttpToken, ConfigError> {
+    let path = ctx.path(file);
+    let key = "daemon.http_token_file";
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| ctx.err(key, format!("cannot read the token file {}: {e}", path.display())))?;
+    let token = text.lines().next().unwrap_or("").trim().to_string();
+    if token.len() < 16 {
+        return Err(ctx.err(
+            key,
+            format!(
+                "the token file {} must hold a token of at least 16 characters on its first line",
+                path.display()
+            ),
+        ));
+    }
+    if !token.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(
+            ctx.err(key, format!("the token in {} must be printable ASCII without spaces", path.display()))
+        );
+    }
+    Ok(super::HttpToken { file: path, token: Secret::new(token) })
 }
 
 fn scratch(ctx: &Ctx, raw: super::raw::RawScratch, state_dir: &Path) -> Result<ScratchConfig, ConfigError> {
@@ -495,6 +528,31 @@ url = "postgresql://app:pw@127.0.0.1/app"
         let text = "[storage]\npath = \"s\"\n[[databases]]\nname = \"app\"\nurl = \"postgresql://app:hunter2@db/app\n";
         let err = load(text, &[]).unwrap_err();
         assert!(err.contains("line 5") && !err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn the_http_token_file_is_read_and_named_when_it_cannot_be() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.token");
+        let text = |f: &std::path::Path| {
+            format!("[daemon]\nhttp_token_file = {:?}\n{BASE}", f.display().to_string())
+        };
+        let err = load(&text(&missing), &[]).unwrap_err();
+        assert!(
+            err.contains("daemon.http_token_file") && err.contains(&missing.display().to_string()),
+            "{err}"
+        );
+        let short = dir.path().join("short.token");
+        std::fs::write(&short, "abc\n").unwrap();
+        let err = load(&text(&short), &[]).unwrap_err();
+        assert!(err.contains("at least 16") && err.contains("short.token") && !err.contains("abc"), "{err}");
+        let good = dir.path().join("good.token");
+        std::fs::write(&good, "0123456789abcdef0123\n").unwrap();
+        let cfg = load(&text(&good), &[]).unwrap();
+        assert_eq!(cfg.daemon.http_token.as_ref().unwrap().token.expose(), "0123456789abcdef0123");
+        let shown = super::super::render::render(&cfg);
+        assert!(shown.contains("good.token") && !shown.contains("0123456789abcdef"), "{shown}");
+        assert!(!format!("{cfg:?}").contains("0123456789abcdef"));
     }
 
     #[test]

@@ -40,6 +40,26 @@ pub struct DbStatus {
     pub drill_running: bool,
     /// Invalid indexes nothing is building, as the watcher last read them.
     pub invalid_indexes: Option<Vec<crate::watch::indexes::InvalidIndex>>,
+    /// The diagnosis of each failed migration the watcher saw, by the migration's id: computed
+    /// once when the failure is first seen, dropped when it clears (the status page's).
+    #[serde(skip)]
+    pub diagnoses: Vec<(String, crate::web::Diagnosis)>,
+    /// The last snapshot jobs that stored nothing (failed or skipped), oldest first.
+    #[serde(skip)]
+    pub attempts: std::collections::VecDeque<crate::web::Attempt>,
+}
+
+/// Snapshot jobs that stored nothing, kept for the status page's timeline.
+pub const ATTEMPTS_KEPT: usize = 20;
+
+impl DbStatus {
+    /// Remembers a job that stored nothing, forgetting the oldest beyond `ATTEMPTS_KEPT`.
+    pub fn remember_attempt(&mut self, attempt: crate::web::Attempt) {
+        if self.attempts.len() == ATTEMPTS_KEPT {
+            self.attempts.pop_front();
+        }
+        self.attempts.push_back(attempt);
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

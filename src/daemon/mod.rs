@@ -1,13 +1,17 @@
 //! The long-running service: wiring of the control socket, the scheduler, one snapshot worker
-//! per database behind a daemon-wide limit, migration watchers, metrics, webhooks and systemd,
-//! plus reload. Every task the daemon starts is spawned on one `TaskTracker`, so shutdown
+//! per database behind a daemon-wide limit, migration watchers, metrics and the status pages,
+//! the heartbeat, webhooks and systemd, plus reload. Every task the daemon starts is spawned on one `TaskTracker`, so shutdown
 //! (`shutdown`) waits for what is in flight — a repair above all — before the process exits.
 //! Shutdown is passed in as a token; `signals` is the only place that touches OS signals.
 
 mod api;
+mod auth;
 mod board;
+mod catalog;
+mod diagnoses;
 pub mod drills;
 mod gate;
+mod heartbeat;
 mod http;
 mod metrics;
 mod reload;
@@ -16,6 +20,7 @@ mod scheduler;
 mod shutdown;
 pub mod signals;
 mod systemd;
+mod views;
 mod watcher;
 pub mod webhook;
 mod worker;
@@ -111,6 +116,10 @@ pub struct Shared {
     pub watch_slots: tokio::sync::Semaphore,
     /// Repair runs in progress (shutdown waits for them and tells systemd how long).
     pub repairs_running: AtomicUsize,
+    /// The snapshot list and audit runs the status page and the heartbeat read.
+    pub catalog: catalog::Catalog,
+    /// Diagnoses for the status page, one at a time (each may start a scratch server).
+    pub diagnose_slots: tokio::sync::Semaphore,
 }
 
 /// Work for the main loop from the control socket.
@@ -249,6 +258,8 @@ impl Shared {
             tasks,
             watch_slots: tokio::sync::Semaphore::new(WATCH_CONNECTIONS),
             repairs_running: AtomicUsize::new(0),
+            catalog: catalog::Catalog::default(),
+            diagnose_slots: tokio::sync::Semaphore::new(1),
         })
     }
 }
@@ -272,6 +283,9 @@ pub async fn run(
         None => None,
     };
     let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
+    if metrics_addr.is_some_and(|a| !a.ip().is_loopback()) && config.daemon.http_token.is_none() {
+        tracing::warn!(addr = ?metrics_addr, "daemon.metrics_listen is not a loopback address and daemon.http_token_file is not set: the status pages and metrics are open to whoever reaches it; set a token, or listen on 127.0.0.1 and use an SSH tunnel");
+    }
     let shared = Shared::new(config_path, config, storage, metrics_addr);
     let peers = shared.peers.clone();
     shutdown::report_interrupted_runs(&shared).await;
@@ -291,6 +305,7 @@ pub async fn run(
         shared.tasks.spawn(http::serve(l, shared.clone(), shutdown.clone()));
     }
     shared.tasks.spawn(scheduler::catch_up(shared.clone(), names));
+    shared.tasks.spawn(heartbeat::run(shared.clone(), shutdown.clone()));
     tracing::info!(socket = %socket.display(), pid = std::process::id(), "pgmedic daemon ready");
     let status = format!("watching {} database(s)", shared.current().config.databases.len());
     systemd::notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
@@ -315,7 +330,9 @@ pub async fn run(
     if let Ok(Err(e)) = signal_task.await {
         return Err(DaemonError::Signals(e.to_string()));
     }
-    shutdown::drain(shared, scheduler).await;
+    shutdown::drain(shared.clone(), scheduler).await;
+    // The fleet sees this installation stopped, not silent.
+    heartbeat::stopped(&shared).await;
     let _ = std::fs::remove_file(&socket);
     tracing::info!("pgmedic daemon stopped");
     Ok(())

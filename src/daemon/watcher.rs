@@ -2,7 +2,8 @@
 //! `[databases.migrations]` section), on a connection opened for that read (and at most a few at
 //! once across the daemon), of the migrations table where there is one and of the database's
 //! invalid indexes in every case; each new failure reacted to once (`on_failure`: notify,
-//! snapshot or repair), each new invalid index announced once. A
+//! snapshot or repair) and diagnosed once for the status page (`diagnoses`), each new invalid
+//! index announced once. A
 //! missing table, a standby, an unreachable server or a table it cannot read is a state shown
 //! in `status`; the watcher backs off and tries again. A watcher that panics is restarted, with
 //! backoff, by its supervisor, and the panic is shown in `status` too.
@@ -136,6 +137,7 @@ async fn tick(
     shared.board.update(&cfg.name, |s| s.migrations = Some(status));
     // A failure is reacted to once; one that clears and comes back is new again.
     seen.failures.retain(|id| failing.iter().any(|m| &m.id == id));
+    super::diagnoses::keep_only(shared, &cfg.name, &failing);
     let grace = shared.current().config.repair.crash_grace;
     for m in failing {
         // A crash younger than the grace may be a deploy without its lock: looked at again later.
@@ -143,6 +145,8 @@ async fn tick(
             continue;
         }
         if seen.failures.insert(m.id.clone()) {
+            // For the status page: once per failure, held until it clears.
+            super::diagnoses::start(shared, cfg, mig, &m);
             react(shared, cfg, mig.on_failure, &m);
         }
     }

@@ -251,6 +251,13 @@ async fn run_job(db: &str, job: &Job, shared: &Shared, abort: &CancellationToken
                 .ok()
                 .map(|m| format!("{} in {}", m.pg_dump_version, m.pg_bin_dir.as_deref().unwrap_or("PATH"))),
         });
+        // A job that stored nothing is kept for the status page's timeline.
+        let attempt = |outcome: &str, e: &str| crate::web::Attempt {
+            at: finished,
+            outcome: outcome.into(),
+            error: Some(crate::redact::redact(e)),
+            duration_seconds: (finished - started).num_milliseconds() as f64 / 1000.0,
+        };
         match &outcome {
             Ok(_) => {
                 s.snapshots_success_total += 1;
@@ -263,10 +270,12 @@ async fn run_job(db: &str, job: &Job, shared: &Shared, abort: &CancellationToken
                 // The database has a snapshot if storage, the shared truth, holds one: the
                 // installation that skips is not stale for it.
                 s.last_success_at = s.last_success_at.max(covered_at);
+                s.remember_attempt(attempt("skipped", e));
             }
             Err(e) => {
                 s.snapshots_failure_total += 1;
                 s.last_error = Some(e.clone());
+                s.remember_attempt(attempt("failure", e));
             }
         }
     });

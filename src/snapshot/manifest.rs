@@ -215,7 +215,7 @@ pub async fn list(
 }
 
 /// `<database>/<id>/manifest.json` (never under pgmedic's own folder).
-fn is_manifest_key(key: &str) -> bool {
+pub fn is_manifest_key(key: &str) -> bool {
     let parts: Vec<&str> = key.split('/').collect();
     parts.len() == 3
         && parts[0] != layout::OWN
@@ -227,7 +227,7 @@ fn is_manifest_key(key: &str) -> bool {
 /// real one is kilobytes, or a few MiB with a hundred thousand tables' row counts).
 const MAX_MANIFEST: u64 = 64 << 20;
 
-async fn load(storage: &Arc<dyn Storage>, key: &str) -> Result<Manifest, SnapshotError> {
+pub async fn load(storage: &Arc<dyn Storage>, key: &str) -> Result<Manifest, SnapshotError> {
     use tokio::io::AsyncReadExt;
     let bad = |message: String| SnapshotError::BadManifest { key: key.into(), message };
     let mut bytes = Vec::new();

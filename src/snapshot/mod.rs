@@ -21,8 +21,8 @@ use crate::pg::{self, DbError, PgTools, ToolError};
 use crate::storage::{layout, Storage, StorageError};
 
 pub use manifest::{
-    find, list, Compression, EncryptionInfo, Manifest, MigrationRows, Scope, ScopedTable, StoredObject,
-    FORMAT_VERSION,
+    find, is_manifest_key, list, load as load_manifest, Compression, EncryptionInfo, Manifest, MigrationRows,
+    Scope, ScopedTable, StoredObject, FORMAT_VERSION,
 };
 pub use pipeline::{cores, CHUNK};
 pub use retention::{plan, prune, Decision, PruneReport, PRE_REPAIR};

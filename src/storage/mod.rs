@@ -98,4 +98,9 @@ pub mod layout {
     pub fn audit(database: &str, run_id: &str) -> String {
         format!("{OWN}/audit/{database}/{run_id}.json")
     }
+
+    /// The folder of the daemons' heartbeats (`fleet`), with its trailing `/`.
+    pub fn hosts() -> String {
+        format!("{OWN}/hosts/")
+    }
 }

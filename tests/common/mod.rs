@@ -3,6 +3,7 @@
 //! test, and a runner for the `pgmedic` binary with its own config and state directory.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod cluster;
 mod daemon;
 pub mod js;
