@@ -379,3 +379,56 @@ fn the_repair_session_outlives_idle_session_timeout_while_its_snapshot_runs() {
     assert_eq!(rec["outcome"], "succeeded", "{rec:#}\n{}", run.stderr);
     assert_eq!(case.db.sql("SELECT count(*) FROM information_schema.columns WHERE table_name = 'User' AND column_name = 'bio'"), "1");
 }
+
+/// Where nothing can read the server's log (a role without pg_read_server_files, pgmedic on a
+/// user that may not read the file), diagnose says which grant would let it, never a guess.
+#[test]
+fn an_unreadable_server_log_names_the_grant_that_would_let_diagnose_read_it() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let file2 = "CREATE UNIQUE INDEX CONCURRENTLY users_email_key ON users (email);\n";
+    let (db, _dir, _pgm) = golang("gmnolog", file2, |db| psql_fails(db, file2));
+    let role = format!("{}_ro", db.name);
+    db.sql(&format!("CREATE ROLE {role} LOGIN; GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}"));
+    // A configuration and migrations only `nobody` (uid 65534) needs to read.
+    let home = tempfile::tempdir().unwrap();
+    let root = home.path();
+    std::fs::create_dir(root.join("migrations")).unwrap();
+    std::fs::write(
+        root.join("migrations/1_users.up.sql"),
+        "CREATE TABLE users (id int PRIMARY KEY, email text);\n",
+    )
+    .unwrap();
+    std::fs::write(root.join("migrations/2_next.up.sql"), file2).unwrap();
+    let config = format!(
+        "[daemon]\nstate_dir = \"{r}/state\"\nsocket = \"{r}/state/sock\"\n[storage]\npath = \"{r}/snaps\"\n[scratch]\ndir = \"{r}/scratch\"\n[[databases]]\nname = \"app\"\nurl = \"postgresql://{role}@{PG_HOST}:{PG_PORT}/{}\"\n[databases.migrations]\ntool = \"golang-migrate\"\ndir = \"{r}/migrations\"\n",
+        db.name,
+        r = root.display()
+    );
+    std::fs::write(root.join("pgmedic.toml"), config).unwrap();
+    for p in [
+        root.to_path_buf(),
+        root.join("migrations"),
+        root.join("pgmedic.toml"),
+        root.join("migrations/1_users.up.sql"),
+        root.join("migrations/2_next.up.sql"),
+    ] {
+        std::os::unix::fs::chown(&p, Some(65534), Some(65534)).unwrap();
+    }
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgmedic"))
+        .args(["--config", &root.join("pgmedic.toml").display().to_string(), "diagnose", "--json"])
+        .env_remove("PGMEDIC_CONFIG")
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let reports: serde_json::Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{e}: {text} {}", String::from_utf8_lossy(&out.stderr)));
+    let r = &reports[0];
+    assert_eq!(r["server_log"], serde_json::Value::Null, "{r:#}");
+    let why = r["server_log_why"].as_str().unwrap_or_else(|| panic!("{r:#}"));
+    assert!(why.contains("grant pg_read_server_files") && why.contains("/var/log/postgresql/"), "{why}");
+    db.sql(&format!("DROP OWNED BY {role}; DROP ROLE {role}"));
+}

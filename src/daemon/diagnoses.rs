@@ -14,14 +14,20 @@ use crate::pg::{self, PgTools};
 use crate::watch::{self, Migration, TableState};
 use crate::web::Diagnosis;
 
+/// A failure's key on the board: its id and name (markerless tools' half-applied migrations
+/// have no id of their own).
+fn key(m: &Migration) -> String {
+    format!("{}\u{0}{}", m.id, m.name)
+}
+
 /// Starts the diagnosis of `m` unless the board has one for it.
 pub fn start(shared: &Arc<Shared>, db: &DatabaseConfig, mig: &MigrationsConfig, m: &Migration) {
     let mut known = false;
     shared.board.update(&db.name, |s| {
-        known = s.diagnoses.iter().any(|(id, _)| id == &m.id);
+        known = s.diagnoses.iter().any(|(k, _)| *k == key(m));
         if !known {
             let running = Diagnosis::Running { migration: m.name.clone(), since: Utc::now() };
-            s.diagnoses.push((m.id.clone(), running));
+            s.diagnoses.push((key(m), running));
         }
     });
     if known {
@@ -46,7 +52,7 @@ pub fn start(shared: &Arc<Shared>, db: &DatabaseConfig, mig: &MigrationsConfig, 
         };
         shared.board.update(&db.name, |s| {
             // Only while the failure is still there: a cleared one was dropped meanwhile.
-            if let Some(slot) = s.diagnoses.iter_mut().find(|(id, _)| id == &m.id) {
+            if let Some(slot) = s.diagnoses.iter_mut().find(|(k, _)| *k == key(&m)) {
                 slot.1 = held;
             }
         });
@@ -55,7 +61,7 @@ pub fn start(shared: &Arc<Shared>, db: &DatabaseConfig, mig: &MigrationsConfig, 
 
 /// Forgets the diagnoses of failures that are gone.
 pub fn keep_only(shared: &Shared, db: &str, failing: &[Migration]) {
-    shared.board.update(db, |s| s.diagnoses.retain(|(id, _)| failing.iter().any(|m| &m.id == id)));
+    shared.board.update(db, |s| s.diagnoses.retain(|(k, _)| failing.iter().any(|m| key(m) == *k)));
 }
 
 async fn compute(
@@ -77,7 +83,7 @@ async fn compute(
     let TableState::Rows { migrations } = state else {
         return Err("the migrations table cannot be read".into());
     };
-    let now_row = migrations.iter().rev().find(|x| x.id == m.id).unwrap_or(m);
+    let now_row = migrations.iter().rev().find(|x| key(x) == key(m)).unwrap_or(m);
     let tools = PgTools::new(cfg.snapshot.pg_bin_dir.clone());
     let env = diagnose::Env {
         scratch: &cfg.scratch,

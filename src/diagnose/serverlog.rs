@@ -75,24 +75,31 @@ fn sqlstate(error: &str) -> Option<String> {
 
 /// The end of the server's log and its path: through the server, else from this host's file.
 async fn tail(client: &Client) -> Result<(String, String), String> {
-    let q = "SELECT coalesce(pg_current_logfile(), '/var/log/postgresql/postgresql-' || replace(current_setting('cluster_name'), '/', '-') || '.log')";
-    let path: Option<String> = match client.query_one(q, &[]).await {
+    // pg_current_logfile() answers superusers and pg_monitor; without a collector it is NULL,
+    // and Debian's clusters log to /var/log/postgresql/postgresql-<version>-<name>.log.
+    let current: Option<String> = match client.query_one("SELECT pg_current_logfile()", &[]).await {
         Ok(r) => r.get(0),
         Err(_) => None,
     };
-    let path = path.filter(|p| !p.ends_with("postgresql-.log"));
-    let Some(path) = path else {
-        return Err("the server names no log file (no logging_collector, no cluster_name): set logging_collector = on, or grant pg_monitor to pgmedic's role so pg_current_logfile() answers".into());
+    let debian = "SELECT '/var/log/postgresql/postgresql-' || replace(current_setting('cluster_name'), '/', '-') || '.log'";
+    let path = match current {
+        Some(p) => p,
+        None => match client.query_one(debian, &[]).await {
+            Ok(r) => r.get::<_, String>(0),
+            Err(e) => return Err(crate::pg::error_text(&e)),
+        },
     };
+    if path.ends_with("postgresql-.log") {
+        return Err("the server names no log file (no logging_collector, no cluster_name): set logging_collector = on, and grant pg_monitor to pgmedic's role so pg_current_logfile() answers".into());
+    }
     let read = "SELECT pg_read_file($1::text, greatest(0, (pg_stat_file($1::text)).size - $2), $2)";
-    let through_server = client.query_one(read, &[&path, &TAIL]).await;
-    let server_err = match through_server {
+    let server_err = match client.query_one(read, &[&path, &TAIL]).await {
         Ok(r) => return Ok((r.get(0), path)),
         Err(e) => crate::pg::error_text(&e),
     };
     match local_tail(&path) {
         Ok(text) => Ok((text, path)),
-        Err(local) => Err(format!("cannot read the server log {path}: through the server: {server_err} (grant pg_read_server_files to pgmedic's role); on this host: {local}")),
+        Err(local) => Err(format!("cannot read the server log {path}: through the server: {server_err} (grant pg_read_server_files to pgmedic's role); on this host: {local} (or run pgmedic where it may read that file)")),
     }
 }
 

@@ -327,13 +327,15 @@ mod tests {
         let gm = [t("schema_migrations", &["version", "dirty"])];
         assert_eq!(classify(&gm), Some(Found::Tool("golang-migrate", "schema_migrations".into())));
         let rails = [t("ar_internal_metadata", &["key", "value"]), t("schema_migrations", &["version"])];
-        assert!(matches!(classify(&rails), Some(Found::Unrecognised { like: Some("rails"), .. })));
+        assert_eq!(classify(&rails), Some(Found::Tool("rails", "schema_migrations".into())));
     }
 
     #[test]
     fn a_known_tool_table_is_never_missing() {
         let django = [t("django_migrations", &["id", "app", "name", "applied"])];
-        assert!(matches!(classify(&django), Some(Found::Unrecognised { like: Some("django"), .. })));
+        assert_eq!(classify(&django), Some(Found::Tool("django", "django_migrations".into())));
+        let goose = [t("goose_db_version", &["id", "version_id", "is_applied", "tstamp"])];
+        assert!(matches!(classify(&goose), Some(Found::Unrecognised { like: Some("goose"), .. })));
         let odd = [t("users", &["id"]), t("knex_migrations", &["id", "title"])];
         match classify(&odd) {
             Some(Found::Unrecognised { table, columns, like: None }) => {

@@ -68,7 +68,9 @@ pub fn screenshot(url: &str, file: &Path, width: u32, height: u32) {
 
 /// Where the tests keep what the browser saw: under `target/`.
 pub fn saved(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_TARGET_TMPDIR")).join("web").join(name)
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("web");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
 }
 
 /// A GET with extra headers; the status line, headers and body.
