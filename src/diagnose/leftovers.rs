@@ -52,9 +52,20 @@ pub struct Found {
     pub objects: Vec<Leftover>,
 }
 
-/// Baselines already read, by (database, snapshot id): a watcher asks every tick.
-fn cache() -> &'static Mutex<HashMap<(String, String), Arc<Baseline>>> {
-    static CACHE: OnceLock<Mutex<HashMap<(String, String), Arc<Baseline>>>> = OnceLock::new();
+/// What was found for one database and one set of applied migrations: a watcher asks every
+/// tick while a code migration is pending, and storage (S3) is not listed every tick for it.
+#[derive(Clone)]
+struct Known {
+    found: Option<(String, Arc<Baseline>)>,
+    at: std::time::Instant,
+}
+
+/// An answer "none" is asked again after this; a baseline found stays the baseline (the oldest
+/// snapshot with today's rows is still the oldest until the rows change).
+const RETRY_NONE: std::time::Duration = std::time::Duration::from_secs(60);
+
+fn cache() -> &'static Mutex<HashMap<(String, String), Known>> {
+    static CACHE: OnceLock<Mutex<HashMap<(String, String), Known>>> = OnceLock::new();
     CACHE.get_or_init(Default::default)
 }
 
@@ -73,25 +84,37 @@ pub async fn baseline_by_rows(
     recorded: &[Migration],
 ) -> Result<Option<(String, Arc<Baseline>)>, String> {
     let applied: Vec<&Migration> = recorded.iter().filter(|m| m.status == Status::Applied).collect();
+    let names: Vec<&str> = applied.iter().map(|m| m.name.as_str()).collect();
+    let key = (database.to_string(), format!("{}\u{0}{}", dialect.qualified(), names.join("\u{0}")));
+    if let Some(k) = cache().lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        if k.found.is_some() || k.at.elapsed() < RETRY_NONE {
+            return Ok(k.found.clone());
+        }
+    }
+    let found = oldest_same_rows(storage, database, dialect, &applied).await?;
+    let mut c = cache().lock().unwrap_or_else(|e| e.into_inner());
+    if c.len() > 64 {
+        c.clear();
+    }
+    c.insert(key, Known { found: found.clone(), at: std::time::Instant::now() });
+    Ok(found)
+}
+
+async fn oldest_same_rows(
+    storage: &Arc<dyn Storage>,
+    database: &str,
+    dialect: &dyn Dialect,
+    applied: &[&Migration],
+) -> Result<Option<(String, Arc<Baseline>)>, String> {
     let all =
         snapshot::list(storage, Some(database)).await.map_err(|e| format!("cannot list snapshots: {e}"))?;
-    for m in all.iter().filter(|m| same_rows(m, dialect, &applied)) {
-        let key = (database.to_string(), m.id.clone());
-        if let Some(b) = cache().lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
-            return Ok(Some((m.id.clone(), Arc::clone(b))));
-        }
+    for m in all.iter().filter(|m| same_rows(m, dialect, applied)) {
         let text = match schema_text(storage, m).await {
             Ok(Some(t)) => t,
             Ok(None) | Err(SchemaTextError::Mismatch) => continue,
             Err(SchemaTextError::Unreadable(e)) => return Err(e),
         };
-        let b = Arc::new(Baseline::parse(&text).resolving_in(dialect.schema()));
-        let mut c = cache().lock().unwrap_or_else(|e| e.into_inner());
-        if c.len() > 32 {
-            c.clear();
-        }
-        c.insert(key, Arc::clone(&b));
-        return Ok(Some((m.id.clone(), b)));
+        return Ok(Some((m.id.clone(), Arc::new(Baseline::parse(&text).resolving_in(dialect.schema())))));
     }
     Ok(None)
 }
