@@ -14,6 +14,7 @@ pub mod leftovers;
 mod log;
 pub mod plan;
 mod proof;
+mod reconstruct;
 mod replay;
 mod report;
 mod serverlog;
@@ -218,7 +219,7 @@ pub async fn analyse(
         .await;
     }
     let recon = match code && migration.status == Status::HalfApplied {
-        true => Some(leftovers::reconstruct(client, db, dialect, storage, migration, env.tools).await),
+        true => Some(reconstruct::reconstruct(client, db, dialect, storage, migration, env.tools).await),
         false => None,
     };
     let (file, file_text, parsed, recon) = match recon {
@@ -250,7 +251,7 @@ pub async fn analyse(
 
 /// Where a migration's statements came from: its file (or why not), the text, the statements,
 /// and for a half-applied code migration, the reconstruction they were written from.
-type Source = (Result<PathBuf, String>, Option<String>, Vec<Statement>, Option<leftovers::Reconstruction>);
+type Source = (Result<PathBuf, String>, Option<String>, Vec<Statement>, Option<reconstruct::Reconstruction>);
 
 /// The analysis of `migration` from its statements: each judged on the catalog, the baseline,
 /// and the evidence gathered on the scratch server.

@@ -4,8 +4,12 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::raw::{RawConfig, RawDatabase, RawMigrations, RawRetention, RawSnapshot, RawStorage};
+use super::raw::{RawConfig, RawDatabase, RawRetention, RawSnapshot, RawStorage};
 use super::*;
+
+mod migrations;
+
+use migrations::migrations;
 
 const DEFAULT_SOCKET: &str = "/run/pgmedic/pgmedic.sock";
 const DEFAULT_STATE_DIR: &str = "/var/lib/pgmedic";
@@ -387,79 +391,6 @@ fn database(ctx: &Ctx, i: usize, raw: RawDatabase) -> Result<DatabaseConfig, Con
     let migrations = raw.migrations.map(|m| migrations(ctx, i, m)).transpose()?;
     let pg_bin_dir = raw.pg_bin_dir.map(|d| ctx.path(&d));
     Ok(DatabaseConfig { name: raw.name, url, schedule, drill, pg_bin_dir, migrations })
-}
-
-fn migrations(ctx: &Ctx, i: usize, raw: RawMigrations) -> Result<MigrationsConfig, ConfigError> {
-    let key = |k: &str| format!("databases[{i}].migrations.{k}");
-    let tool = raw.tool.unwrap_or_else(|| "prisma".into());
-    // Each tool's default table (a leaf: the list lives here, the dialects in `watch`).
-    let default_table = match tool.as_str() {
-        "prisma" => "_prisma_migrations",
-        "golang-migrate" => "schema_migrations",
-        "knex" => "knex_migrations",
-        "liquibase" => "databasechangelog",
-        "sqlx" => "_sqlx_migrations",
-        "flyway" => "flyway_schema_history",
-        "dbmate" => "schema_migrations",
-        "node-pg-migrate" => "pgmigrations",
-        "drizzle" => "__drizzle_migrations",
-        "sequelize" => "SequelizeMeta",
-        "typeorm" => "migrations",
-        "django" => "django_migrations",
-        "alembic" => "alembic_version",
-        "rails" => "schema_migrations",
-        "auto" => "",
-        other => {
-            return Err(ctx.err(
-                key("tool"),
-                format!("`{other}` is not supported (supported: \"prisma\", \"golang-migrate\", \"knex\", \"liquibase\", \"sqlx\", \"flyway\", \"dbmate\", \"node-pg-migrate\", \"drizzle\", \"sequelize\", \"typeorm\", \"django\", \"alembic\", \"rails\", \"auto\")"),
-            ));
-        }
-    };
-    let on_failure = match raw.on_failure.as_deref().unwrap_or("notify") {
-        "repair" => OnFailure::Repair,
-        "snapshot" => OnFailure::Snapshot,
-        "notify" => OnFailure::Notify,
-        other => {
-            return Err(ctx
-                .err(key("on_failure"), format!("`{other}` is not \"repair\", \"snapshot\" or \"notify\"")));
-        }
-    };
-    Ok(MigrationsConfig {
-        table: raw.table.unwrap_or_else(|| default_table.into()),
-        schema: raw.schema.unwrap_or_else(|| "public".into()),
-        // drizzle keeps its table in a schema of its own.
-        table_schema: raw.table_schema.or_else(|| (tool == "drizzle").then(|| "drizzle".into())),
-        dir: raw.dir.map(|d| ctx.path(&d)),
-        watch_interval: ctx.duration(
-            &key("watch_interval"),
-            raw.watch_interval.as_deref(),
-            Duration::from_secs(30),
-        )?,
-        on_failure,
-        tool,
-        rehearse_command: match raw.rehearse_command {
-            Some(argv) if argv.first().is_none_or(|p| p.is_empty()) => {
-                return Err(ctx.err(
-                    key("rehearse_command"),
-                    "needs a program: rehearse_command = [\"npx\", \"prisma\", \"migrate\", \"deploy\"]",
-                ));
-            }
-            argv => argv.unwrap_or_default(),
-        },
-        sql_command: match raw.sql_command {
-            Some(argv) if argv.first().is_none_or(|p| p.is_empty()) => {
-                return Err(ctx.err(
-                    key("sql_command"),
-                    "needs a program: sql_command = [\"python\", \"manage.py\", \"sqlmigrate\", \"shop\", \"{name}\"]",
-                ));
-            }
-            argv => argv.unwrap_or_default(),
-        },
-        sql_command_cwd: ctx.path(raw.rehearse_cwd.as_deref().unwrap_or(".")),
-        // Relative to the config file's folder, as the operator reads the file.
-        rehearse_cwd: raw.rehearse_cwd.map(|d| ctx.path(&d)),
-    })
 }
 
 #[cfg(test)]
