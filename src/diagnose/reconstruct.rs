@@ -43,8 +43,7 @@ pub async fn reconstruct(
         .judged_against
         .as_deref()
         .ok_or("no snapshot records today's migrations, so nothing shows what it changed")?;
-    let path =
-        dialect.code_file(m).ok_or_else(|| format!("its file is no longer in databases.migrations.dir"))?;
+    let path = dialect.code_file(m).ok_or("its file is no longer in databases.migrations.dir")?;
     let code = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let all =
         snapshot::list(storage, Some(&db.name)).await.map_err(|e| format!("cannot list snapshots: {e}"))?;

@@ -150,8 +150,11 @@ impl Wanted {
     }
 }
 
+/// One log line's parts: its time, backend pid, database, and message.
+type Parts<'a> = (Option<DateTime<Utc>>, &'a str, Option<&'a str>, &'a str);
+
 /// `2026-12-07 14:36:51.752 UTC [9345] user@db ERROR:  …` → (time, pid, database, the message).
-fn split(line: &str) -> Option<(Option<DateTime<Utc>>, &str, Option<&str>, &str)> {
+fn split(line: &str) -> Option<Parts<'_>> {
     let open = line.find(" [")?;
     let close = open + line[open..].find("] ")?;
     let pid = &line[open + 2..close];

@@ -182,10 +182,7 @@ impl Auto {
     }
 
     async fn inner(&self, session: &Session) -> Result<Option<&dyn Dialect>, DbError> {
-        Ok(match self.look(session).await? {
-            Ok(d) => Some(d),
-            Err(_) => None,
-        })
+        Ok(self.look(session).await?.ok())
     }
 
     /// The dialect of the table found, or the state to report instead (missing, unrecognised).

@@ -101,7 +101,7 @@ fn host(out: &mut String, h: &Host, now: DateTime<Utc>) {
     out.push_str(&anchor(&h.instance));
     out.push_str("\"><h2>");
     push(out, &h.instance);
-    out.push_str(" ");
+    out.push(' ');
     state(out, h);
     out.push_str("</h2>");
     if let Some(why) = &h.why {

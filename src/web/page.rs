@@ -229,7 +229,7 @@ fn rows<'a>(snaps: &'a [SnapPoint], attempts: &'a [Attempt]) -> Vec<Row<'a>> {
     let mut all: Vec<(DateTime<Utc>, Row<'a>)> =
         snaps.iter().rev().take(LIST_ROWS).map(|s| (s.taken_at, Row::Snap(s))).collect();
     all.extend(attempts.iter().rev().take(LIST_ROWS).map(|a| (a.at, Row::Attempt(a))));
-    all.sort_by(|a, b| b.0.cmp(&a.0));
+    all.sort_by_key(|r| std::cmp::Reverse(r.0));
     all.into_iter().take(LIST_ROWS).map(|(_, r)| r).collect()
 }
 
