@@ -339,3 +339,33 @@ fn a_killed_batch_is_unlocked_and_resolved_in_one_run_while_the_application_is_b
     let (ok, out) = latest(&db, dir.path());
     assert!(ok && out.contains("Already up to date"), "{out}");
 }
+
+/// `sql_command` runs against an empty database on pgmedic's scratch server, never the
+/// production one: a command that does more than print (here it also creates a table through
+/// the connection variables it is given) changes nothing on the source.
+#[test]
+fn sql_command_never_reaches_the_production_database() {
+    let db = TestDb::new("knexsqlcmd");
+    let dir = project();
+    let migrations = dir.path().join("migrations");
+    std::fs::remove_file(migrations.join("20250101000000_slow.js")).unwrap();
+    std::fs::write(migrations.join("20260101000000_accounts.js"), ACCOUNTS).unwrap();
+    let (ok, out) = latest(&db, dir.path());
+    assert!(ok, "{out}");
+    std::fs::write(migrations.join(AUDIT), AUDIT_JS).unwrap();
+    let command = "psql -qAtc 'CREATE TABLE sql_command_was_here (id int)' >/dev/null; echo 'CREATE TABLE audit (id int);'";
+    let tail = format!("tool = \"knex\"\nsql_command = [\"sh\", \"-c\", {command:?}]\n");
+    let pgm = migrate::config(&db, &migrations, &tail);
+    let run = pgm.run(&["lint", "--db", "app", "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let found = run.json()["findings"].as_array().unwrap().clone();
+    assert!(
+        found.iter().any(|f| f["file"].as_str().unwrap().ends_with("(its SQL from sql_command)")),
+        "the command ran and its SQL was linted: {found:#?}"
+    );
+    assert_eq!(
+        db.sql("SELECT to_regclass('sql_command_was_here') IS NULL"),
+        "t",
+        "the source was not touched"
+    );
+}

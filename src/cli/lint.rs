@@ -86,8 +86,15 @@ pub async fn lint_db(
     if !mig.sql_command.is_empty() {
         let tmp = tempfile::tempdir()?;
         let mut pending = Vec::new();
+        let tools = pg::PgTools::new(cfg.snapshot.pg_bin_dir.clone());
+        let env = crate::diagnose::Env {
+            scratch: &cfg.scratch,
+            state_dir: &cfg.daemon.state_dir,
+            pg_bin_dir: &cfg.snapshot.pg_bin_dir,
+            tools: &tools,
+        };
         for m in dialect.pending(&applied) {
-            let (_, stmts) = crate::diagnose::sqlcmd::statements(&mig, d, dialect.as_ref(), &m)
+            let (_, stmts) = crate::diagnose::sqlcmd::statements(&mig, d, dialect.as_ref(), &m, env)
                 .await
                 .map_err(UsageError)?;
             let text: String = stmts.iter().map(|s| format!("{};\n", s.sql)).collect();

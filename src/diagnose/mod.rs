@@ -202,7 +202,7 @@ pub async fn analyse(
     // else (half applied) statements written from what it left.
     let code = dialect.file(migration).is_none() && dialect.code_file(migration).is_some();
     if code && !mig.sql_command.is_empty() {
-        let (file, text, parsed) = match sqlcmd::statements(mig, db, dialect, migration).await {
+        let (file, text, parsed) = match sqlcmd::statements(mig, db, dialect, migration, env).await {
             Ok((text, stmts)) => (Ok(dialect.code_file(migration).unwrap_or_default()), Some(text), stmts),
             Err(why) => (Err(why), None, vec![]),
         };

@@ -1,15 +1,20 @@
 //! `sql_command`: the SQL of a migration written as code, printed by the tool's own command
 //! (`python manage.py sqlmigrate shop {name}`, `alembic upgrade {prev}:{name} --sql`). It runs in
-//! `rehearse_cwd` (or the config file's folder) in its own process group, with the database's
-//! connection variables (Django's `sqlmigrate` connects; it only reads), for at most a minute;
-//! its transaction control and its writes to the tool's own table are left out, so what remains
-//! is what the migration does, replayed like any SQL file's.
+//! `rehearse_cwd` (or the config file's folder) in its own process group, for at most a minute,
+//! with the connection variables of an empty database on pgmedic's scratch server — never the
+//! production one: Django's `sqlmigrate` connects, and a command that does more than print (an
+//! `alembic upgrade` without `--sql`) then changes a throw-away database. Its transaction control
+//! and its writes to the tool's own table are left out, so what remains is what the migration
+//! does, replayed like any SQL file's.
 
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::config::{DatabaseConfig, MigrationsConfig};
+use super::lab::Env;
+use crate::config::{DatabaseConfig, DbUrl, MigrationsConfig, ScratchConfig};
+use crate::pg::scratch::{Purpose, Scratch};
 use crate::process::{self, Group};
+use crate::scratch::Server;
 use crate::sql::{self, Statement};
 use crate::watch::{Dialect, Migration};
 
@@ -21,12 +26,42 @@ pub async fn statements(
     db: &DatabaseConfig,
     dialect: &dyn Dialect,
     m: &Migration,
+    env: Env<'_>,
+) -> Result<(String, Vec<Statement>), String> {
+    let cfg = ScratchConfig { dir: crate::scratch::schema_dir(env.scratch), ..env.scratch.clone() };
+    let server = Server::open(&cfg, env.state_dir, db, env.pg_bin_dir).await.map_err(|e| {
+        format!("sql_command runs against a scratch database, never the production one, and none could be had: {e}")
+    })?;
+    let empty = match Scratch::create(server.admin(), Purpose::Baseline).await {
+        Ok(s) => s,
+        Err(e) => {
+            server.close().await;
+            return Err(format!("cannot create a scratch database for sql_command: {e}"));
+        }
+    };
+    let out = run(mig, &empty.url, dialect, m).await;
+    if !server.is_ephemeral() {
+        if let Err(e) = empty.drop().await {
+            tracing::warn!(database = %empty.url.dbname(), error = %e, "could not drop sql_command's scratch database");
+        }
+    }
+    drop(empty);
+    server.close().await;
+    out
+}
+
+/// The command run against `url` (the scratch database), and its statements.
+async fn run(
+    mig: &MigrationsConfig,
+    url: &DbUrl,
+    dialect: &dyn Dialect,
+    m: &Migration,
 ) -> Result<(String, Vec<Statement>), String> {
     let (name, prev) = (dialect.command_name(m), dialect.command_prev(m).unwrap_or_else(|| "base".into()));
     let argv: Vec<String> =
         mig.sql_command.iter().map(|a| a.replace("{name}", &name).replace("{prev}", &prev)).collect();
     let shown = crate::redact::redact(&argv.join(" "));
-    let target = crate::rehearse::deploy::Target { url: &db.url, loopback: None, cwd: &mig.sql_command_cwd };
+    let target = crate::rehearse::deploy::Target { url, loopback: None, cwd: &mig.sql_command_cwd };
     let mut cmd = process::command(&argv[0]);
     cmd.args(&argv[1..])
         .envs(crate::rehearse::deploy::env_for(&target))
