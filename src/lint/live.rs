@@ -18,7 +18,10 @@ const CAP: i64 = 1000;
 /// `count(*)` of `select` (rows the constraint rejects), capped and bounded; None when the
 /// query cannot run (a column the migrations add, a timeout).
 async fn count(c: &Client, select: &str) -> Option<i64> {
-    c.batch_execute("BEGIN READ ONLY; SET LOCAL statement_timeout = '5s'").await.ok()?;
+    // Behind an ALTER's lock it gives up at once rather than queue the table's readers.
+    c.batch_execute("BEGIN READ ONLY; SET LOCAL statement_timeout = '5s'; SET LOCAL lock_timeout = '1s'")
+        .await
+        .ok()?;
     let q = format!("SELECT count(*) FROM ({select} LIMIT {CAP}) x");
     let n = c.query_one(&q, &[]).await.ok().map(|r| r.get::<_, i64>(0));
     let _ = c.batch_execute("ROLLBACK").await;
@@ -114,7 +117,14 @@ async fn constraint(c: &Client, t: &ObjName, k: &protobuf::Constraint) -> Option
     match ConstrType::try_from(k.contype).ok()? {
         ConstrType::ConstrUnique | ConstrType::ConstrPrimary => unique(c, t, &strings(&k.keys)).await,
         ConstrType::ConstrCheck if !k.skip_validation => {
-            let expr = names::expr_text(k.raw_expr.as_ref()?.node.as_ref()?);
+            let node = k.raw_expr.as_ref()?.node.as_ref()?;
+            // The migration's expression runs on the live database only when every function it
+            // calls is immutable (a read-only transaction still lets a function sleep, lock or
+            // signal): otherwise it is not counted.
+            if !immutable_calls(c, node).await {
+                return None;
+            }
+            let expr = names::expr_text(node);
             let n = count(c, &format!("SELECT 1 FROM {table} WHERE NOT ({expr})")).await?;
             Some(fail(
                 t,
@@ -154,6 +164,29 @@ async fn constraint(c: &Client, t: &ObjName, k: &protobuf::Constraint) -> Option
         }
         _ => None,
     }
+}
+
+/// Whether every function `expr` calls is immutable in the live catalog (every overload).
+async fn immutable_calls(c: &Client, expr: &NodeEnum) -> bool {
+    let mut called: Vec<String> = expr
+        .nodes()
+        .into_iter()
+        .filter_map(|(n, ..)| match n {
+            pg_query::NodeRef::FuncCall(f) => f.funcname.iter().filter_map(names::string).next_back(),
+            _ => None,
+        })
+        .collect();
+    if let NodeEnum::FuncCall(f) = expr {
+        called.extend(f.funcname.iter().filter_map(names::string).next_back());
+    }
+    for f in called {
+        let q = "SELECT coalesce(bool_and(provolatile = 'i'), false) FROM pg_proc WHERE proname = $1";
+        match c.query_one(q, &[&f]).await {
+            Ok(r) if r.get::<_, bool>(0) => {}
+            _ => return false,
+        }
+    }
+    true
 }
 
 async fn unique(c: &Client, t: &ObjName, cols: &[String]) -> Option<Hit> {
