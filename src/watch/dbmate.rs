@@ -15,7 +15,7 @@ use async_trait::async_trait;
 
 use super::{Dialect, Migration, Place, Status, StepResult, TableState};
 use crate::config::{MigrationsConfig, ResolveAs};
-use crate::pg::{error_text, DbError, Session};
+use crate::pg::{DbError, Session};
 
 pub struct Dbmate(pub Place);
 
@@ -112,30 +112,18 @@ impl Dialect for Dbmate {
         how: ResolveAs,
     ) -> StepResult {
         let t = self.qualified();
-        let c = s.client();
-        match how {
-            ResolveAs::Applied => {
-                let sql = format!("INSERT INTO {t} (version) VALUES ($1)");
-                c.execute(&sql, &[&m.id]).await.map_err(|e| error_text(&e))?;
-                Ok(format!("recorded version {} as dbmate's own success does", m.id))
-            }
-            ResolveAs::RolledBack => {
-                let sql = format!("SELECT 1 FROM {t} WHERE version = $1");
-                if c.query(&sql, &[&m.id]).await.map_err(|e| error_text(&e))?.is_empty() {
-                    return Ok(format!(
-                        "{t} holds no row for {}: dbmate runs it again on its next `up`",
-                        m.id
-                    ));
-                }
-                Err(format!(
-                    "{t} records version {} as applied; dbmate has no rolled-back state to write (run `dbmate rollback`, or fix the table by hand)",
-                    m.id
-                ))
-            }
-            ResolveAs::FromDiagnosis => {
-                Err("from-diagnosis is decided before the tool's table is written".into())
-            }
-        }
+        let row = super::row::Row {
+            tool: "dbmate",
+            label: &m.id,
+            find: "version = $1",
+            find_params: vec![&m.id],
+            insert: Ok((format!("INSERT INTO {t} (version) VALUES ($1)"), vec![&m.id])),
+            done: format!("recorded version {} as dbmate's own success does", m.id),
+            again: "its next `up`",
+            undo_hint: " (run `dbmate rollback`, or fix the table by hand)",
+            table: t,
+        };
+        super::row::resolve(s, row, how).await
     }
 }
 

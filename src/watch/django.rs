@@ -14,7 +14,7 @@ use async_trait::async_trait;
 
 use super::{Dialect, Migration, Place, Status, StepResult, TableState};
 use crate::config::{MigrationsConfig, ResolveAs};
-use crate::pg::{error_text, DbError, Session};
+use crate::pg::{DbError, Session};
 
 pub struct Django(pub Place);
 
@@ -123,19 +123,22 @@ impl Dialect for Django {
     ) -> StepResult {
         let t = self.qualified();
         let (app, name) = Self::split(m).ok_or_else(|| format!("`{}` is not <app>.<migration>", m.name))?;
-        let c = s.client();
-        let held = c.query(&format!("SELECT 1 FROM {t} WHERE app = $1 AND name = $2"), &[&app, &name]).await;
-        let held = !held.map_err(|e| error_text(&e))?.is_empty();
-        match how {
-            ResolveAs::Applied if held => Ok(format!("{t} already records {}", m.name)),
-            ResolveAs::Applied => {
-                let sql = format!("INSERT INTO {t} (app, name, applied) VALUES ($1, $2, now())");
-                c.execute(&sql, &[&app, &name]).await.map_err(|e| error_text(&e))?;
-                Ok(format!("recorded {} as `manage.py migrate {app} {name} --fake` does", m.name))
-            }
-            ResolveAs::RolledBack if !held => Ok(format!("{t} holds no row for {}: Django runs it again on its next migrate", m.name)),
-            ResolveAs::RolledBack => Err(format!("{t} records {} as applied; Django has no rolled-back state to write (migrate {app} to the migration before it)", m.name)),
-            ResolveAs::FromDiagnosis => Err("from-diagnosis is decided before the tool's table is written".into()),
-        }
+        let (app, name) = (app.to_string(), name.to_string());
+        let hint = format!(" (migrate {app} to the migration before it)");
+        let row = super::row::Row {
+            tool: "Django",
+            label: &m.name,
+            find: "app = $1 AND name = $2",
+            find_params: vec![&app, &name],
+            insert: Ok((
+                format!("INSERT INTO {t} (app, name, applied) VALUES ($1, $2, now())"),
+                vec![&app, &name],
+            )),
+            done: format!("recorded {} as `manage.py migrate {app} {name} --fake` does", m.name),
+            again: "its next migrate",
+            undo_hint: &hint,
+            table: t,
+        };
+        super::row::resolve(s, row, how).await
     }
 }

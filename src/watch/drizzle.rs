@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 
 use super::{Dialect, Migration, Place, Status, StepResult, TableState};
 use crate::config::{MigrationsConfig, ResolveAs};
-use crate::pg::{error_text, DbError, Session};
+use crate::pg::{DbError, Session};
 
 pub struct Drizzle(pub Place);
 
@@ -130,31 +130,31 @@ impl Dialect for Drizzle {
         how: ResolveAs,
     ) -> StepResult {
         let t = self.qualified();
-        let c = s.client();
         let when: i64 =
-            m.id.parse()
-                .map_err(|_| format!("`{}` has no journal entry in {}", m.name, "meta/_journal.json"))?;
-        let held = c.query(&format!("SELECT 1 FROM {t} WHERE created_at = $1"), &[&when]).await;
-        let held = !held.map_err(|e| error_text(&e))?.is_empty();
-        match how {
-            ResolveAs::Applied if held => Ok(format!("{t} already records {}", m.name)),
-            ResolveAs::Applied => {
-                let hash = self
-                    .hash(&m.name)
-                    .ok_or_else(|| format!("cannot read {}.sql in databases.migrations.dir", m.name))?;
-                let sql = format!("INSERT INTO {t} (hash, created_at) VALUES ($1, $2)");
-                c.execute(&sql, &[&hash, &when]).await.map_err(|e| error_text(&e))?;
-                Ok(format!("recorded {} (hash {hash}, created_at {when}) as drizzle's migrate does", m.name))
-            }
-            ResolveAs::RolledBack if !held => {
-                Ok(format!("{t} holds no row for {}: drizzle runs it on its next migrate", m.name))
-            }
-            ResolveAs::RolledBack => {
-                Err(format!("{t} records {} as applied; drizzle has no rolled-back state to write", m.name))
-            }
-            ResolveAs::FromDiagnosis => {
-                Err("from-diagnosis is decided before the tool's table is written".into())
-            }
-        }
+            m.id.parse().map_err(|_| format!("`{}` has no entry in meta/_journal.json", m.name))?;
+        let hash = self.hash(&m.name);
+        let insert = match &hash {
+            Some(h) => Ok((
+                format!("INSERT INTO {t} (hash, created_at) VALUES ($1, $2)"),
+                vec![h as super::row::Param, &when],
+            )),
+            None => Err(format!("cannot read {}.sql in databases.migrations.dir", m.name)),
+        };
+        let row = super::row::Row {
+            tool: "drizzle",
+            label: &m.name,
+            find: "created_at = $1",
+            find_params: vec![&when],
+            insert,
+            done: format!(
+                "recorded {} (hash {}, created_at {when}) as drizzle's migrate does",
+                m.name,
+                hash.as_deref().unwrap_or("")
+            ),
+            again: "its next migrate",
+            undo_hint: "",
+            table: t,
+        };
+        super::row::resolve(s, row, how).await
     }
 }

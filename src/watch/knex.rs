@@ -161,24 +161,19 @@ impl Dialect for Knex {
         how: ResolveAs,
     ) -> StepResult {
         let t = self.qualified();
-        let c = s.client();
-        let held = c
-            .query(&format!("SELECT 1 FROM {t} WHERE name = $1"), &[&m.name])
-            .await
-            .map_err(|e| error_text(&e))?;
-        match how {
-            ResolveAs::Applied if !held.is_empty() => Ok(format!("{t} already records {}", m.name)),
-            ResolveAs::Applied => {
-                let sql = format!("INSERT INTO {t} (name, batch, migration_time) SELECT $1, coalesce(max(batch), 0) + 1, now() FROM {t}");
-                c.execute(&sql, &[&m.name]).await.map_err(|e| error_text(&e))?;
-                Ok(format!("recorded {} in a new batch, as knex's own success does", m.name))
-            }
-            ResolveAs::RolledBack if held.is_empty() => {
-                Ok(format!("{t} holds no row for {}: knex runs it again on its next migrate:latest", m.name))
-            }
-            ResolveAs::RolledBack => Err(format!("{t} records {} as applied; knex has no rolled-back state to write (run `knex migrate:down`, or fix the table by hand)", m.name)),
-            ResolveAs::FromDiagnosis => Err("from-diagnosis is decided before the tool's table is written".into()),
-        }
+        let insert = format!("INSERT INTO {t} (name, batch, migration_time) SELECT $1, coalesce(max(batch), 0) + 1, now() FROM {t}");
+        let row = super::row::Row {
+            tool: "knex",
+            label: &m.name,
+            find: "name = $1",
+            find_params: vec![&m.name],
+            insert: Ok((insert, vec![&m.name])),
+            done: format!("recorded {} in a new batch, as knex's own success does", m.name),
+            again: "its next migrate:latest",
+            undo_hint: " (run `knex migrate:down`, or fix the table by hand)",
+            table: t,
+        };
+        super::row::resolve(s, row, how).await
     }
 
     /// `knex migrate:unlock`: `DELETE FROM knex_migrations_lock; INSERT … (is_locked) VALUES (0)`.

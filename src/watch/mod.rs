@@ -19,6 +19,7 @@ mod live;
 mod node_pg_migrate;
 mod prisma;
 mod rails;
+mod row;
 mod sequelize;
 mod sqlx;
 mod typeorm;

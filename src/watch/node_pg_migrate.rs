@@ -14,7 +14,7 @@ use async_trait::async_trait;
 
 use super::{live, Dialect, Migration, Place, Status, StepResult, TableState};
 use crate::config::{MigrationsConfig, ResolveAs};
-use crate::pg::{error_text, DbError, Session};
+use crate::pg::{DbError, Session};
 
 /// `pg_try_advisory_lock(7241865325823964)`, taken by the CLI for the whole run.
 pub const LOCK: i64 = 7_241_865_325_823_964;
@@ -130,22 +130,18 @@ impl Dialect for NodePgMigrate {
         how: ResolveAs,
     ) -> StepResult {
         let t = self.qualified();
-        let c = s.client();
-        let held = c.query(&format!("SELECT 1 FROM {t} WHERE name = $1"), &[&m.name]).await;
-        let held = !held.map_err(|e| error_text(&e))?.is_empty();
-        match how {
-            ResolveAs::Applied if held => Ok(format!("{t} already records {}", m.name)),
-            ResolveAs::Applied => {
-                let sql = format!("INSERT INTO {t} (name, run_on) VALUES ($1, NOW())");
-                c.execute(&sql, &[&m.name]).await.map_err(|e| error_text(&e))?;
-                Ok(format!("recorded {} as `node-pg-migrate up --fake` does", m.name))
-            }
-            ResolveAs::RolledBack if !held => {
-                Ok(format!("{t} holds no row for {}: node-pg-migrate runs it again on its next up", m.name))
-            }
-            ResolveAs::RolledBack => Err(format!("{t} records {} as applied; node-pg-migrate has no rolled-back state to write (run `node-pg-migrate down`, or fix the table by hand)", m.name)),
-            ResolveAs::FromDiagnosis => Err("from-diagnosis is decided before the tool's table is written".into()),
-        }
+        let row = super::row::Row {
+            tool: "node-pg-migrate",
+            label: &m.name,
+            find: "name = $1",
+            find_params: vec![&m.name],
+            insert: Ok((format!("INSERT INTO {t} (name, run_on) VALUES ($1, NOW())"), vec![&m.name])),
+            done: format!("recorded {} as `node-pg-migrate up --fake` does", m.name),
+            again: "its next up",
+            undo_hint: " (run `node-pg-migrate down`, or fix the table by hand)",
+            table: t,
+        };
+        super::row::resolve(s, row, how).await
     }
 }
 

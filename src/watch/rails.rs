@@ -13,7 +13,7 @@ use async_trait::async_trait;
 
 use super::{live, Dialect, Migration, Place, Status, StepResult, TableState};
 use crate::config::{MigrationsConfig, ResolveAs};
-use crate::pg::{error_text, DbError, Session};
+use crate::pg::{DbError, Session};
 
 pub struct Rails(pub Place);
 
@@ -112,19 +112,19 @@ impl Dialect for Rails {
         how: ResolveAs,
     ) -> StepResult {
         let t = self.qualified();
-        let c = s.client();
-        let held = c.query(&format!("SELECT 1 FROM {t} WHERE version = $1"), &[&m.id]).await;
-        let held = !held.map_err(|e| error_text(&e))?.is_empty();
-        match how {
-            ResolveAs::Applied if held => Ok(format!("{t} already records {}", m.id)),
-            ResolveAs::Applied => {
-                c.execute(&format!("INSERT INTO {t} (version) VALUES ($1)"), &[&m.id]).await.map_err(|e| error_text(&e))?;
-                Ok(format!("recorded version {} as ActiveRecord's own success does", m.id))
-            }
-            ResolveAs::RolledBack if !held => Ok(format!("{t} holds no row for {}: Rails runs it again on its next migrate", m.id)),
-            ResolveAs::RolledBack => Err(format!("{t} records {} as applied; Rails has no rolled-back state to write (db:migrate:down VERSION={})", m.id, m.id)),
-            ResolveAs::FromDiagnosis => Err("from-diagnosis is decided before the tool's table is written".into()),
-        }
+        let hint = format!(" (db:migrate:down VERSION={})", m.id);
+        let row = super::row::Row {
+            tool: "Rails",
+            label: &m.id,
+            find: "version = $1",
+            find_params: vec![&m.id],
+            insert: Ok((format!("INSERT INTO {t} (version) VALUES ($1)"), vec![&m.id])),
+            done: format!("recorded version {} as ActiveRecord's own success does", m.id),
+            again: "its next migrate",
+            undo_hint: &hint,
+            table: t,
+        };
+        super::row::resolve(s, row, how).await
     }
 }
 

@@ -14,7 +14,7 @@ use async_trait::async_trait;
 
 use super::{Dialect, Migration, Place, Status, StepResult, TableState};
 use crate::config::{MigrationsConfig, ResolveAs};
-use crate::pg::{error_text, DbError, Session};
+use crate::pg::{DbError, Session};
 
 pub struct Sequelize(pub Place);
 
@@ -88,18 +88,17 @@ impl Dialect for Sequelize {
         how: ResolveAs,
     ) -> StepResult {
         let t = self.qualified();
-        let c = s.client();
-        let held = c.query(&format!("SELECT 1 FROM {t} WHERE name = $1"), &[&m.name]).await;
-        let held = !held.map_err(|e| error_text(&e))?.is_empty();
-        match how {
-            ResolveAs::Applied if held => Ok(format!("{t} already records {}", m.name)),
-            ResolveAs::Applied => {
-                c.execute(&format!("INSERT INTO {t} (name) VALUES ($1)"), &[&m.name]).await.map_err(|e| error_text(&e))?;
-                Ok(format!("recorded {} as sequelize-cli's own success does", m.name))
-            }
-            ResolveAs::RolledBack if !held => Ok(format!("{t} holds no row for {}: sequelize runs it again on its next db:migrate", m.name)),
-            ResolveAs::RolledBack => Err(format!("{t} records {} as applied; sequelize has no rolled-back state to write (run `sequelize-cli db:migrate:undo`, or fix the table by hand)", m.name)),
-            ResolveAs::FromDiagnosis => Err("from-diagnosis is decided before the tool's table is written".into()),
-        }
+        let row = super::row::Row {
+            tool: "sequelize",
+            label: &m.name,
+            find: "name = $1",
+            find_params: vec![&m.name],
+            insert: Ok((format!("INSERT INTO {t} (name) VALUES ($1)"), vec![&m.name])),
+            done: format!("recorded {} as sequelize-cli's own success does", m.name),
+            again: "its next db:migrate",
+            undo_hint: " (run `sequelize-cli db:migrate:undo`, or fix the table by hand)",
+            table: t,
+        };
+        super::row::resolve(s, row, how).await
     }
 }

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 
 use super::{Dialect, Migration, Place, Status, StepResult, TableState};
 use crate::config::{MigrationsConfig, ResolveAs};
-use crate::pg::{error_text, DbError, Session};
+use crate::pg::{DbError, Session};
 
 pub struct TypeOrm(pub Place);
 
@@ -125,22 +125,26 @@ impl Dialect for TypeOrm {
         how: ResolveAs,
     ) -> StepResult {
         let t = self.qualified();
-        let c = s.client();
-        let held = c.query(&format!("SELECT 1 FROM {t} WHERE name = $1"), &[&m.name]).await;
-        let held = !held.map_err(|e| error_text(&e))?.is_empty();
-        match how {
-            ResolveAs::Applied if held => Ok(format!("{t} already records {}", m.name)),
-            ResolveAs::Applied => {
-                let ts: i64 = m.name.get(m.name.len().saturating_sub(13)..).and_then(|d| d.parse().ok())
-                    .ok_or_else(|| format!("`{}` does not end in a JavaScript timestamp, as TypeORM requires", m.name))?;
-                let sql = format!("INSERT INTO {t} (\"timestamp\", name) VALUES ($1, $2)");
-                c.execute(&sql, &[&ts, &m.name]).await.map_err(|e| error_text(&e))?;
-                Ok(format!("recorded {} as `typeorm migration:run --fake` does", m.name))
-            }
-            ResolveAs::RolledBack if !held => Ok(format!("{t} holds no row for {}: TypeORM runs it again on its next migration:run", m.name)),
-            ResolveAs::RolledBack => Err(format!("{t} records {} as applied; TypeORM has no rolled-back state to write (run `typeorm migration:revert`, or fix the table by hand)", m.name)),
-            ResolveAs::FromDiagnosis => Err("from-diagnosis is decided before the tool's table is written".into()),
-        }
+        let ts: Option<i64> = m.name.get(m.name.len().saturating_sub(13)..).and_then(|d| d.parse().ok());
+        let insert = match &ts {
+            Some(ts) => Ok((
+                format!("INSERT INTO {t} (\"timestamp\", name) VALUES ($1, $2)"),
+                vec![ts as super::row::Param, &m.name],
+            )),
+            None => Err(format!("`{}` does not end in a JavaScript timestamp, as TypeORM requires", m.name)),
+        };
+        let row = super::row::Row {
+            tool: "TypeORM",
+            label: &m.name,
+            find: "name = $1",
+            find_params: vec![&m.name],
+            insert,
+            done: format!("recorded {} as `typeorm migration:run --fake` does", m.name),
+            again: "its next migration:run",
+            undo_hint: " (run `typeorm migration:revert`, or fix the table by hand)",
+            table: t,
+        };
+        super::row::resolve(s, row, how).await
     }
 }
 
