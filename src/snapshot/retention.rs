@@ -1,8 +1,11 @@
 //! Retention: which complete snapshots to keep, per database. Buckets follow restic's rule (the
 //! newest snapshot of each of the last N days, ISO weeks and months that have snapshots), so a
 //! daemon that was down for a week does not lose its older dailies. Pre-repair snapshots are
-//! kept for `keep_pre_repair_days`, and the newest snapshot is never deleted. Deletion removes
-//! the manifest first, so a half-deleted snapshot is already invisible.
+//! kept for `keep_pre_repair_days`, and the newest snapshot is never deleted. Nor is the oldest
+//! snapshot whose recorded migration rows are the newest one's: it is the schema diagnose compares
+//! with to find what a migration that recorded nothing left behind, and a failure that writes no
+//! row leaves every later snapshot with the same rows, so only the oldest predates it. Deletion
+//! removes the manifest first, so a half-deleted snapshot is already invisible.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -89,6 +92,9 @@ fn plan_one(newest_first: &[&Manifest], policy: &Retention, now: DateTime<Utc>) 
             last = Some(k);
         }
     }
+    if let Some(i) = baseline_of_newest(newest_first) {
+        reasons[i].push("oldest with the newest's migration rows (diagnose's baseline)".into());
+    }
     let cutoff = now - Duration::days(policy.keep_pre_repair_days as i64);
     for (i, m) in newest_first.iter().enumerate() {
         if m.reason == PRE_REPAIR && m.taken_at >= cutoff {
@@ -106,6 +112,17 @@ fn plan_one(newest_first: &[&Manifest], policy: &Retention, now: DateTime<Utc>) 
             reasons,
         })
         .collect()
+}
+
+/// The index of the oldest snapshot recording the same migration rows as the newest (none when
+/// the newest recorded none, or is itself the oldest such).
+fn baseline_of_newest(newest_first: &[&Manifest]) -> Option<usize> {
+    fn rows(m: &Manifest) -> Option<(&String, &String, &Vec<serde_json::Value>)> {
+        m.migrations.as_ref().map(|r| (&r.schema, &r.table, &r.rows))
+    }
+    let newest = rows(newest_first.first()?)?;
+    let oldest = newest_first.iter().rposition(|m| rows(m) == Some(newest))?;
+    (oldest > 0).then_some(oldest)
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -245,5 +262,33 @@ mod tests {
         assert_eq!(kept(&d), ["20261119T03", "20261118T03", "20261120T03"]);
         let old = d.iter().find(|d| d.id.starts_with("20261012")).unwrap();
         assert!(!old.keep, "{old:?}");
+    }
+
+    #[test]
+    fn the_oldest_snapshot_with_the_newest_rows_is_kept() {
+        let now = DateTime::parse_from_rfc3339("2026-11-21T12:00:00Z").unwrap().with_timezone(&Utc);
+        let with_rows = |days, names: &[&str]| {
+            let mut m = snap(days, 3, "scheduled", now);
+            let rows = names.iter().map(|n| serde_json::json!({ "name": n })).collect();
+            m.migrations = Some(crate::snapshot::MigrationRows {
+                tool: "knex".into(),
+                schema: "public".into(),
+                table: "knex_migrations".into(),
+                rows,
+                logs_omitted: false,
+            });
+            m
+        };
+        // A deploy 6 days ago recorded b; a code migration c failed later and recorded nothing,
+        // so every snapshot since has [a, b]: only the one of 6 days ago predates c's leftovers.
+        let mut snaps = vec![with_rows(8, &["a"]), with_rows(7, &["a"])];
+        snaps.extend((0..=6).map(|d| with_rows(d, &["a", "b"])));
+        let d = plan(&snaps, &policy(2, 0, 0, 0, 0), now);
+        assert_eq!(kept(&d), ["20261121T03", "20261120T03", "20261115T03"]);
+        let why = &d.iter().find(|d| d.id.starts_with("20261115")).unwrap().reasons;
+        assert_eq!(why, &["oldest with the newest's migration rows (diagnose's baseline)"]);
+        // Without rows in the manifests nothing more is kept.
+        let bare: Vec<Manifest> = (0..=6).map(|d| snap(d, 3, "scheduled", now)).collect();
+        assert_eq!(kept(&plan(&bare, &policy(2, 0, 0, 0, 0), now)).len(), 2);
     }
 }
