@@ -67,6 +67,11 @@ fn multipart_upload_of_many_parts_round_trips() {
     let pgm = Pgmedic::new(Backend::S3(&s3), &[("big", &src.url())], "part_size_mib = 5\n", "");
     let m = pgm.snapshot("big");
     assert!(m["stored_bytes"].as_u64().unwrap() > 10 * 1024 * 1024, "want several 5 MiB parts: {m}");
+    // Every part went up with its CRC32, and the store composed them: the bytes it holds are the
+    // bytes pgmedic sent, part by part.
+    let dump = format!("test/prod/big/{}/dump.zst", m["id"].as_str().unwrap());
+    let held = s3.crc32(&dump).expect("the store keeps a CRC32 for the dump");
+    assert_eq!(held, composite_crc32(&s3.get(&dump), 5 * 1024 * 1024));
     let run = pgm.run(&["restore", m["id"].as_str().unwrap(), "--target", &dst.name, "--create"]);
     assert_eq!(run.code, 0, "{run:?}");
     let sum = "SELECT md5(string_agg(payload, '' ORDER BY id)) FROM filler";

@@ -1,7 +1,10 @@
 //! The S3-compatible backend. Streams go up as multipart uploads whose part size doubles every
 //! 1,000 parts (so the 10,000-part limit is never reached while memory stays bounded by a few
-//! parts), with a bounded number of parts in flight and the SDK's retries on each part. Any
-//! failure aborts the upload, so a failed snapshot leaves no object behind.
+//! parts), with a bounded number of parts in flight and the SDK's retries on each part. Every
+//! part carries its CRC32, which the store checks on arrival and keeps (a composite checksum of
+//! the object): the classic flexible-checksum header, not the SDK's default trailers that many
+//! S3-compatible stores reject. Any failure aborts the upload, so a failed snapshot leaves no
+//! object behind.
 
 use std::time::Duration;
 
@@ -11,7 +14,7 @@ use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::DisplayErrorContext;
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
 use bytes::{Bytes, BytesMut};
 use tokio::task::JoinSet;
@@ -41,6 +44,15 @@ pub struct S3Storage {
 pub fn part_size(base: u64, n: i32) -> u64 {
     let doublings = ((n.max(1) - 1) / PARTS_PER_DOUBLING).min(20) as u32;
     (base << doublings).min(MAX_PART)
+}
+
+/// A part's CRC32 as S3's `x-amz-checksum-crc32` spells it: base64 of the big-endian value.
+pub fn crc32_base64(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let v = u64::from(crc32fast::hash(data)) << 16; // 32 bits, then 16 zero bits: six 6-bit digits
+    let mut out: String = (0..6).map(|i| ALPHABET[((v >> (42 - 6 * i)) & 63) as usize] as char).collect();
+    out.push_str("==");
+    out
 }
 
 impl S3Storage {
@@ -115,7 +127,10 @@ impl Storage for S3Storage {
 
     async fn create(&self, key: &str) -> Result<Box<dyn ObjectWriter>, StorageError> {
         let full = self.full(key);
-        let start = self.client.create_multipart_upload().bucket(&self.bucket).key(&full);
+        // With the algorithm named here the store checks each part's CRC32 and composes them at
+        // completion instead of reading the whole object again for a checksum of its own.
+        let start = (self.client.create_multipart_upload().bucket(&self.bucket).key(&full))
+            .checksum_algorithm(ChecksumAlgorithm::Crc32);
         let start =
             start.set_server_side_encryption(self.sse.clone()).set_ssekms_key_id(self.kms_key_id.clone());
         let out = start.send().await.map_err(|e| self.err("start upload of", key, e))?;
@@ -246,14 +261,17 @@ impl S3Writer {
         let next_size = part_size(self.base_part, self.next_part) as usize;
         let body =
             std::mem::replace(&mut self.buf, BytesMut::with_capacity(next_size + CHUNK_SLACK)).freeze();
+        let crc = crc32_base64(&body);
         let req = (self.client.upload_part().bucket(&self.bucket).key(&self.full_key))
             .upload_id(self.upload_id.clone().unwrap_or_default())
             .part_number(n)
+            .checksum_crc32(&crc)
             .body(ByteStream::from(body));
         let (location, key) = (self.location.clone(), self.key.clone());
         self.in_flight.spawn(async move {
             let out = req.send().await.map_err(|e| backend_err(location, "upload part of", &key, e))?;
-            Ok(CompletedPart::builder().part_number(n).set_e_tag(out.e_tag().map(str::to_string)).build())
+            let part = CompletedPart::builder().part_number(n).checksum_crc32(crc);
+            Ok(part.set_e_tag(out.e_tag().map(str::to_string)).build())
         });
         Ok(())
     }
@@ -298,11 +316,17 @@ impl S3Writer {
 
 #[async_trait]
 impl ObjectWriter for S3Writer {
-    async fn write(&mut self, chunk: Bytes) -> Result<(), StorageError> {
+    async fn write(&mut self, mut chunk: Bytes) -> Result<(), StorageError> {
         self.size += chunk.len() as u64;
-        self.buf.extend_from_slice(&chunk);
-        if self.buf.len() as u64 >= part_size(self.base_part, self.next_part) {
-            self.send_part().await?;
+        // Parts of exactly their size (the last one excepted), so a part's checksum can be
+        // checked by anyone who knows the part size.
+        while !chunk.is_empty() {
+            let part = part_size(self.base_part, self.next_part) as usize;
+            let take = (part - self.buf.len()).min(chunk.len());
+            self.buf.extend_from_slice(&chunk.split_to(take));
+            if self.buf.len() == part {
+                self.send_part().await?;
+            }
         }
         Ok(())
     }
@@ -348,7 +372,15 @@ impl Drop for S3Writer {
 
 #[cfg(test)]
 mod tests {
-    use super::part_size;
+    use super::{crc32_base64, part_size};
+
+    #[test]
+    fn crc32_header_is_base64_of_the_big_endian_value() {
+        // Python: base64.b64encode(zlib.crc32(d).to_bytes(4, "big"))
+        assert_eq!(crc32_base64(b""), "AAAAAA==");
+        assert_eq!(crc32_base64(b"hello world"), "DUoRhQ==");
+        assert_eq!(crc32_base64(&[b'x'; 1000]), "O0HJ5g==");
+    }
 
     #[test]
     fn ten_thousand_parts_hold_terabytes() {

@@ -108,6 +108,17 @@ impl S3Server {
         )
     }
 
+    /// The object's CRC32 checksum as the server keeps it (a multipart upload's composite, whose
+    /// `-<parts>` suffix moto leaves out of HEAD); None when it keeps none.
+    pub fn crc32(&self, key: &str) -> Option<String> {
+        let req = self.client.head_object().bucket(&self.bucket).key(key);
+        let out = self
+            .rt
+            .block_on(req.checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled).send())
+            .expect("head");
+        out.checksum_crc32().map(|c| c.split('-').next().unwrap_or_default().to_string())
+    }
+
     pub fn put(&self, key: &str, data: Vec<u8>) {
         let req = self.client.put_object().bucket(&self.bucket).key(key).body(data.into());
         self.rt.block_on(req.send()).expect("put");
@@ -119,6 +130,25 @@ impl Drop for S3Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// S3's composite CRC32 of `data` uploaded in parts of `part` bytes: the CRC32 of the parts'
+/// big-endian CRC32s, in base64.
+pub fn composite_crc32(data: &[u8], part: usize) -> String {
+    let crcs: Vec<u8> = data.chunks(part).flat_map(|c| crc32fast::hash(c).to_be_bytes()).collect();
+    base64(&crc32fast::hash(&crcs).to_be_bytes())
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in bytes.chunks(3) {
+        let n = c.iter().enumerate().fold(0u32, |n, (i, b)| n | (*b as u32) << (16 - 8 * i));
+        for i in 0..4 {
+            out.push(if i <= c.len() { A[(n >> (18 - 6 * i) & 63) as usize] as char } else { '=' });
+        }
+    }
+    out
 }
 
 fn http_get(endpoint: &str, path: &str) -> String {
