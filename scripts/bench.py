@@ -46,7 +46,8 @@ How
 
 Settings (environment): PGMEDIC_BENCH_ROWS (3,000,000 events in `pgmedic_bench`; another size
 gets its own `pgmedic_bench_<rows>`), PGMEDIC_BENCH_ROUNDS (3),
-PGMEDIC_BENCH_REBUILD=1 (rebuild the database), PGMEDIC_BENCH_AWS=0, PGMEDIC_BENCH_MANY (100
+PGMEDIC_BENCH_REBUILD=1 (rebuild the database), PGMEDIC_BENCH_AWS=0, PGMEDIC_BENCH_OTHER=<path to
+another pgmedic binary> (its snapshots to local and S3 join the snapshot part's rounds: an A/B), PGMEDIC_BENCH_MANY (100
 databases), PGMEDIC_BENCH_MANY_TIMEOUT (600 s), PGMEDIC_BENCH_JSON (target/bench-results.json).
 """
 import os

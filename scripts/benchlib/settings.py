@@ -5,6 +5,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 BIN = str(ROOT / "target/release/pgmedic")
+OTHER_BIN = os.environ.get("PGMEDIC_BENCH_OTHER")  # another pgmedic binary to compare with (snapshot part)
 ROWS = int(os.environ.get("PGMEDIC_BENCH_ROWS", "3000000"))
 DB = "pgmedic_bench" if ROWS == 3000000 else f"pgmedic_bench_{ROWS}"  # a small run keeps the big database
 RESTORE_DB = "pgmedic_bench_restore"

@@ -4,7 +4,7 @@ import os
 import sys
 
 from .measure import Command
-from .settings import BIN, DB, PG, WITH_AWS
+from .settings import BIN, DB, OTHER_BIN, PG, WITH_AWS
 
 
 def snapshot_commands(tmp, cfgs, endpoint, sizes):
@@ -30,4 +30,8 @@ def snapshot_commands(tmp, cfgs, endpoint, sizes):
         Command("pgmedic_local_age", "pgmedic snapshot → local, age-encrypted",
                 [BIN, "--config", str(cfgs["local_age"]), "snapshot"], (DB,)),
     ]
+    if OTHER_BIN:
+        # A/B: another build's snapshots in the same rounds, so a change is judged paired.
+        cmds += [Command(f"other_{k}", f"other build: snapshot → {where}", [OTHER_BIN, "--config", str(cfgs[k]), "snapshot"],
+                         (DB,)) for k, where in (("local", "local"), ("s3", "S3 (moto)"))]
     return cmds
