@@ -45,15 +45,13 @@ fn assigned(text: &str, name: &str) -> Option<Option<String>> {
 
 impl Alembic {
     fn revisions(&self) -> Vec<Revision> {
-        let Some(dir) = &self.0.dir else { return Vec::new() };
-        let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
-        entries
-            .filter_map(Result::ok)
-            .filter(|e| e.file_name().to_string_lossy().ends_with(".py"))
-            .filter_map(|e| {
-                let text = std::fs::read_to_string(e.path()).ok()?;
+        let scripts = self.0.scan(|name, path| name.ends_with(".py").then_some(path));
+        scripts
+            .into_iter()
+            .filter_map(|path| {
+                let text = std::fs::read_to_string(&path).ok()?;
                 let id = assigned(&text, "revision")??;
-                Some(Revision { id, down: assigned(&text, "down_revision")?, path: e.path() })
+                Some(Revision { id, down: assigned(&text, "down_revision")?, path })
             })
             .collect()
     }

@@ -22,20 +22,12 @@ pub struct Dbmate(pub Place);
 impl Dbmate {
     /// `(version, name without .sql, path)` of every migration file in `dir`, by version.
     fn files(&self) -> Vec<(String, String, PathBuf)> {
-        let Some(dir) = &self.0.dir else { return Vec::new() };
-        let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
-        let mut out: Vec<_> = entries
-            .filter_map(Result::ok)
-            .filter_map(|e| {
-                let file = e.file_name().to_string_lossy().into_owned();
-                let name = file.strip_suffix(".sql")?.to_string();
-                let version = name.split('_').next()?.to_string();
-                let digits = !version.is_empty() && version.bytes().all(|b| b.is_ascii_digit());
-                digits.then(|| (version, name, e.path()))
-            })
-            .collect();
-        out.sort();
-        out
+        self.0.scan(|file, path| {
+            let name = file.strip_suffix(".sql")?.to_string();
+            let version = name.split('_').next()?.to_string();
+            let digits = !version.is_empty() && version.bytes().all(|b| b.is_ascii_digit());
+            digits.then(|| (version, name, path))
+        })
     }
 
     fn migration(&self, version: &str, status: Status) -> Migration {

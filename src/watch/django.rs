@@ -27,18 +27,10 @@ impl Django {
 
     /// `(module, path)` of each migration file, by name.
     fn files(&self) -> Vec<(String, PathBuf)> {
-        let Some(dir) = &self.0.dir else { return Vec::new() };
-        let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
-        let mut out: Vec<(String, PathBuf)> = entries
-            .filter_map(Result::ok)
-            .filter_map(|e| {
-                let name = e.file_name().to_string_lossy().into_owned();
-                let module = name.strip_suffix(".py")?.to_string();
-                (module != "__init__" && !module.starts_with('.')).then(|| (module, e.path()))
-            })
-            .collect();
-        out.sort();
-        out
+        self.0.scan(|name, path| {
+            let module = name.strip_suffix(".py")?.to_string();
+            (module != "__init__" && !module.starts_with('.')).then_some((module, path))
+        })
     }
 
     /// `(app, module)` of a migration named `<app>.<module>`.

@@ -26,18 +26,7 @@ pub fn advisory_key(schema: &str, table: &str, database: &str) -> i64 {
 impl GolangMigrate {
     /// `(version, path)` of every `<version>_<name>.up.sql` in `dir`, by version.
     fn files(&self) -> Vec<(i64, PathBuf)> {
-        let Some(dir) = &self.0.dir else { return Vec::new() };
-        let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
-        let mut out: Vec<(i64, PathBuf)> = entries
-            .filter_map(Result::ok)
-            .filter_map(|e| {
-                let name = e.file_name().to_string_lossy().into_owned();
-                let version = name.strip_suffix(".up.sql")?.split('_').next()?.parse().ok()?;
-                Some((version, e.path()))
-            })
-            .collect();
-        out.sort();
-        out
+        self.0.scan(|name, path| Some((name.strip_suffix(".up.sql")?.split('_').next()?.parse().ok()?, path)))
     }
 
     fn version(m: &Migration) -> Option<i64> {

@@ -62,17 +62,10 @@ impl Knex {
 
     /// Every migration file in `dir`, as knex names and orders them (by file name).
     fn files(&self) -> Vec<(String, PathBuf)> {
-        let Some(dir) = &self.0.dir else { return Vec::new() };
-        let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
-        let mut out: Vec<(String, PathBuf)> = entries
-            .filter_map(Result::ok)
-            .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
-            .filter(|(n, p)| {
-                p.is_file() && !n.ends_with(".d.ts") && EXTENSIONS.iter().any(|x| n.ends_with(x))
-            })
-            .collect();
-        out.sort();
-        out
+        self.0.scan(|n, p| {
+            let ok = p.is_file() && !n.ends_with(".d.ts") && EXTENSIONS.iter().any(|x| n.ends_with(x));
+            ok.then_some((n, p))
+        })
     }
 
     async fn lock_rows(&self, s: &Session) -> Result<Vec<serde_json::Value>, String> {

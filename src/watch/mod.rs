@@ -272,6 +272,22 @@ pub struct Place {
     pub table_schema: Option<String>,
 }
 
+impl Place {
+    /// The migration folder's files that `pick` keeps, as it maps them (from the file's name and
+    /// path), sorted; none without a folder or when it cannot be read.
+    pub fn scan<T: Ord>(&self, mut pick: impl FnMut(String, PathBuf) -> Option<T>) -> Vec<T> {
+        let Some(entries) = self.dir.as_ref().and_then(|d| std::fs::read_dir(d).ok()) else {
+            return Vec::new();
+        };
+        let mut out: Vec<T> = entries
+            .filter_map(Result::ok)
+            .filter_map(|e| pick(e.file_name().to_string_lossy().into_owned(), e.path()))
+            .collect();
+        out.sort();
+        out
+    }
+}
+
 /// The dialect of `[databases.migrations]` (validation has already refused unknown tools).
 pub fn dialect(cfg: &MigrationsConfig) -> Box<dyn Dialect> {
     let at = Place {

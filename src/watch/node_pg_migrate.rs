@@ -27,20 +27,13 @@ impl NodePgMigrate {
     /// `(name without extension, path)` of every migration file, in node-pg-migrate's order (the
     /// numeric prefix, then the name).
     fn files(&self) -> Vec<(String, PathBuf)> {
-        let Some(dir) = &self.0.dir else { return Vec::new() };
-        let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
-        let mut out: Vec<(u128, String, PathBuf)> = entries
-            .filter_map(Result::ok)
-            .filter_map(|e| {
-                let file = e.file_name().to_string_lossy().into_owned();
-                let (stem, ext) = file.rsplit_once('.')?;
-                let digits: String = stem.chars().take_while(char::is_ascii_digit).collect();
-                let ok = !file.starts_with('.') && EXTENSIONS.contains(&ext) && e.path().is_file();
-                Some((digits.parse().ok().filter(|_| ok)?, stem.to_string(), e.path()))
-            })
-            .collect();
-        out.sort();
-        out.into_iter().map(|(_, n, p)| (n, p)).collect()
+        let numbered = self.0.scan(|file, path| {
+            let (stem, ext) = file.rsplit_once('.')?;
+            let digits: String = stem.chars().take_while(char::is_ascii_digit).collect();
+            let ok = !file.starts_with('.') && EXTENSIONS.contains(&ext) && path.is_file();
+            Some((digits.parse::<u128>().ok().filter(|_| ok)?, stem.to_string(), path))
+        });
+        numbered.into_iter().map(|(_, n, p)| (n, p)).collect()
     }
 
     fn path(&self, m: &Migration) -> Option<PathBuf> {

@@ -25,20 +25,14 @@ pub fn advisory_key(database: &str) -> i64 {
 impl Rails {
     /// `(version, name, path)` of each migration file, by version.
     fn files(&self) -> Vec<(String, String, PathBuf)> {
-        let Some(dir) = &self.0.dir else { return Vec::new() };
-        let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
-        let mut out: Vec<(String, String, PathBuf)> = entries
-            .filter_map(Result::ok)
-            .filter_map(|e| {
-                let file = e.file_name().to_string_lossy().into_owned();
-                let stem = file.strip_suffix(".rb")?.to_string();
-                let version = stem.split('_').next()?.to_string();
-                let ok = !version.is_empty() && version.bytes().all(|b| b.is_ascii_digit());
-                ok.then(|| (version, stem, e.path()))
-            })
-            .collect();
-        out.sort_by(|a, b| (a.0.len(), &a.0).cmp(&(b.0.len(), &b.0)));
-        out
+        // By the version as a number (shorter first), as ActiveRecord orders them.
+        let by_number = self.0.scan(|file, path| {
+            let stem = file.strip_suffix(".rb")?.to_string();
+            let version = stem.split('_').next()?.to_string();
+            let ok = !version.is_empty() && version.bytes().all(|b| b.is_ascii_digit());
+            ok.then(|| (version.len(), version, stem, path))
+        });
+        by_number.into_iter().map(|(_, v, s, p)| (v, s, p)).collect()
     }
 
     fn migration(&self, version: &str) -> Migration {

@@ -25,15 +25,7 @@ fn is_migration(name: &str) -> bool {
 
 impl Sequelize {
     fn files(&self) -> Vec<(String, PathBuf)> {
-        let Some(dir) = &self.0.dir else { return Vec::new() };
-        let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
-        let mut out: Vec<(String, PathBuf)> = entries
-            .filter_map(Result::ok)
-            .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
-            .filter(|(n, p)| is_migration(n) && p.is_file())
-            .collect();
-        out.sort();
-        out
+        self.0.scan(|n, p| (is_migration(&n) && p.is_file()).then_some((n, p)))
     }
 }
 

@@ -43,17 +43,14 @@ fn classes(text: &str) -> Vec<(String, i64)> {
 impl TypeOrm {
     /// `(class name, timestamp, file)` of every migration class in `dir`, by timestamp.
     fn migrations(&self) -> Vec<(String, i64, PathBuf)> {
-        let Some(dir) = &self.0.dir else { return Vec::new() };
-        let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
-        let mut out: Vec<(String, i64, PathBuf)> = Vec::new();
-        for e in entries.filter_map(Result::ok) {
-            let name = e.file_name().to_string_lossy().into_owned();
+        let code = self.0.scan(|name, path| {
             let code = [".js", ".cjs", ".mjs", ".ts", ".cts", ".mts"].iter().any(|x| name.ends_with(x));
-            if !code || name.ends_with(".d.ts") {
-                continue;
-            }
-            let Ok(text) = std::fs::read_to_string(e.path()) else { continue };
-            out.extend(classes(&text).into_iter().map(|(c, ts)| (c, ts, e.path())));
+            (code && !name.ends_with(".d.ts")).then_some(path)
+        });
+        let mut out: Vec<(String, i64, PathBuf)> = Vec::new();
+        for path in code {
+            let Ok(text) = std::fs::read_to_string(&path) else { continue };
+            out.extend(classes(&text).into_iter().map(|(c, ts)| (c, ts, path.clone())));
         }
         out.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
         out
