@@ -13,7 +13,7 @@ from .measure import Command
 from .settings import BIN, PG, PG_URL
 
 # Rows of ~300 bytes (text that compresses about as real rows do).
-SIZES = {"100mb": 330_000, "700mb": 2_300_000, "2gb": 6_600_000}
+SIZES = {"100mb": 330_000, "700mb": 2_300_000, "2gb": 8_000_000}
 FAILED = "20260101000000_add_thing"
 RESOLVE = f"UPDATE _prisma_migrations SET rolled_back_at = now() WHERE migration_name = '{FAILED}' AND finished_at IS NULL AND rolled_back_at IS NULL"
 RESET = f"UPDATE _prisma_migrations SET rolled_back_at = NULL WHERE migration_name = '{FAILED}'"
