@@ -28,9 +28,11 @@ What it measures
             pre-repair snapshot, the same with repair.snapshot = "full", and a full pgmedic snapshot
 
 How
-  Every command runs PGMEDIC_BENCH_ROUNDS times (default 3), interleaved (round 1: A B C D, round
-  2: A B C D, ...), so a slow spell of the machine hits every command alike. Reported per command:
-  the median wall time; the median CPU seconds, user + sys of the whole process tree (os.wait4's
+  Every command runs PGMEDIC_BENCH_ROUNDS times (default 3), interleaved, each round starting one
+  command further on (round 1: A B C D, round 2: B C D A, ...), so a slow spell of the machine hits
+  every command alike and none always follows the same neighbour. Reported per command: the median
+  wall time; the median of its per-round ratios to the part's base ("paired": each round's command
+  against the same round's base, which the targets use); the median CPU seconds, user + sys of the whole process tree (os.wait4's
   rusage covers the child and every descendant it reaped: sh reaps both sides of a pipe, pgmedic
   the pg_dump it spawns; this script is a child subreaper, so a descendant that escaped reaping
   would come back here, be added, and be counted as an orphan); and the max peak RSS, ru_maxrss,

@@ -221,9 +221,12 @@ class Meter:
 
 
 def run_rounds(meter, commands, title):
-    """Runs every command ROUNDS times, interleaved: A B C, A B C, ..."""
+    """Runs every command ROUNDS times, interleaved, each round starting one command further on
+    (A B C, B C A, C A B, ...): no command always runs right after the same neighbour (a cleanup,
+    a burst of writeback), and each takes every place in the round alike."""
     for r in range(ROUNDS):
-        for c in commands:
+        shift = r % len(commands)
+        for c in commands[shift:] + commands[:shift]:
             print(f"  {title} round {r + 1}/{ROUNDS}: {c.label} ...", end="", flush=True)
             if c.before:
                 c.before()

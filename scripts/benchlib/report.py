@@ -129,7 +129,7 @@ def print_targets(targets):
 
 def print_method():
     print(f"""
-how: every command ran {ROUNDS}x, interleaved (round 1: each command once, round 2: each once, ...), all in this run;
+how: every command ran {ROUNDS}x, interleaved (each round every command once, each round starting one further on), all in this run;
   wall and CPU are the medians; 'paired' is the median of each round's ratio to the first base (the
   targets use it: the machine's speed drifts between rounds, and a round's commands run moments apart). CPU = user+sys of the command's whole process tree (wait4's rusage of the
   child and every descendant it reaped). PostgreSQL backends and the S3 server are outside that tree:

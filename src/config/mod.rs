@@ -121,6 +121,9 @@ pub struct S3Config {
     /// Server-side encryption on every upload: `AES256` or `aws:kms` (with its key).
     pub sse: Option<String>,
     pub kms_key_id: Option<String>,
+    /// `storage.part_checksum`: each multipart part sent with its CRC32 (true, the default), or
+    /// none, for a store that refuses S3's checksum headers.
+    pub part_crc32: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -82,6 +82,8 @@ pub struct RawStorage {
     pub encryption: Option<RawEncryption>,
     /// S3 server-side encryption sent on every upload: "AES256" or "aws:kms".
     pub sse: Option<String>,
+    /// "crc32" (each multipart part with its CRC32) or "none".
+    pub part_checksum: Option<String>,
     pub kms_key_id: Option<String>,
 }
 

@@ -43,6 +43,7 @@ pub fn render(cfg: &Config) -> String {
             if let Some(k) = &c.kms_key_id {
                 out += &format!("kms_key_id = {k:?}\n");
             }
+            out += &format!("part_checksum = {:?}\n", if c.part_crc32 { "crc32" } else { "none" });
         }
     }
     out += &format!(

@@ -3,8 +3,8 @@
 //! parts), with a bounded number of parts in flight and the SDK's retries on each part. Every
 //! part carries its CRC32, which the store checks on arrival and keeps (a composite checksum of
 //! the object): the classic flexible-checksum header, not the SDK's default trailers that many
-//! S3-compatible stores reject. Any failure aborts the upload, so a failed snapshot leaves no
-//! object behind.
+//! S3-compatible stores reject; `storage.part_checksum = "none"` leaves it out for a store that
+//! refuses even that. Any failure aborts the upload, so a failed snapshot leaves no object behind.
 
 use std::time::Duration;
 
@@ -38,6 +38,8 @@ pub struct S3Storage {
     /// `storage.sse` and `kms_key_id`, sent on every upload.
     sse: Option<aws_sdk_s3::types::ServerSideEncryption>,
     kms_key_id: Option<String>,
+    /// Send each part's CRC32 (`storage.part_checksum`).
+    part_crc32: bool,
 }
 
 /// The size of part `n` (1-based): `base`, doubled every 1,000 parts, at most 5 GiB.
@@ -84,6 +86,7 @@ impl S3Storage {
             concurrency: cfg.upload_concurrency,
             sse: s3.sse.as_deref().map(aws_sdk_s3::types::ServerSideEncryption::from),
             kms_key_id: s3.kms_key_id.clone(),
+            part_crc32: s3.part_crc32,
         })
     }
 
@@ -105,6 +108,18 @@ impl S3Storage {
 
     fn err<E: std::error::Error>(&self, op: &'static str, key: &str, e: E) -> StorageError {
         backend_err(self.location(), op, key, e)
+    }
+
+    /// A refused upload start, when it named a checksum: say which key turns checksums off.
+    fn checksum_hint(&self, mut e: StorageError) -> StorageError {
+        if let StorageError::Backend { message, .. } = &mut e {
+            if self.part_crc32 && message.to_ascii_lowercase().contains("checksum") {
+                message.push_str(
+                    " (this store may not take S3's part checksums: set storage.part_checksum = \"none\")",
+                );
+            }
+        }
+        e
     }
 }
 
@@ -130,10 +145,10 @@ impl Storage for S3Storage {
         // With the algorithm named here the store checks each part's CRC32 and composes them at
         // completion instead of reading the whole object again for a checksum of its own.
         let start = (self.client.create_multipart_upload().bucket(&self.bucket).key(&full))
-            .checksum_algorithm(ChecksumAlgorithm::Crc32);
+            .set_checksum_algorithm(self.part_crc32.then_some(ChecksumAlgorithm::Crc32));
         let start =
             start.set_server_side_encryption(self.sse.clone()).set_ssekms_key_id(self.kms_key_id.clone());
-        let out = start.send().await.map_err(|e| self.err("start upload of", key, e))?;
+        let out = start.send().await.map_err(|e| self.checksum_hint(self.err("start upload of", key, e)))?;
         let upload_id = out.upload_id().unwrap_or_default().to_string();
         Ok(Box::new(S3Writer {
             client: self.client.clone(),
@@ -143,6 +158,7 @@ impl Storage for S3Storage {
             location: self.location(),
             upload_id: Some(upload_id),
             buf: BytesMut::with_capacity(self.part_size as usize + CHUNK_SLACK),
+            part_crc32: self.part_crc32,
             base_part: self.part_size,
             next_part: 1,
             concurrency: self.concurrency,
@@ -243,6 +259,7 @@ struct S3Writer {
     /// `None` once completed or aborted.
     upload_id: Option<String>,
     buf: BytesMut,
+    part_crc32: bool,
     base_part: u64,
     next_part: i32,
     concurrency: usize,
@@ -261,16 +278,16 @@ impl S3Writer {
         let next_size = part_size(self.base_part, self.next_part) as usize;
         let body =
             std::mem::replace(&mut self.buf, BytesMut::with_capacity(next_size + CHUNK_SLACK)).freeze();
-        let crc = crc32_base64(&body);
+        let crc = self.part_crc32.then(|| crc32_base64(&body));
         let req = (self.client.upload_part().bucket(&self.bucket).key(&self.full_key))
             .upload_id(self.upload_id.clone().unwrap_or_default())
             .part_number(n)
-            .checksum_crc32(&crc)
+            .set_checksum_crc32(crc.clone())
             .body(ByteStream::from(body));
         let (location, key) = (self.location.clone(), self.key.clone());
         self.in_flight.spawn(async move {
             let out = req.send().await.map_err(|e| backend_err(location, "upload part of", &key, e))?;
-            let part = CompletedPart::builder().part_number(n).checksum_crc32(crc);
+            let part = CompletedPart::builder().part_number(n).set_checksum_crc32(crc);
             Ok(part.set_e_tag(out.e_tag().map(str::to_string)).build())
         });
         Ok(())
@@ -294,12 +311,14 @@ impl S3Writer {
     }
 
     async fn complete(&mut self) -> Result<(), StorageError> {
+        let started = std::time::Instant::now();
         if !self.buf.is_empty() || self.next_part == 1 {
             self.send_part().await?;
         }
         while !self.in_flight.is_empty() {
             self.reap_one().await?;
         }
+        let parts_done = started.elapsed();
         self.done.sort_by_key(|p| p.part_number());
         let parts =
             CompletedMultipartUpload::builder().set_parts(Some(std::mem::take(&mut self.done))).build();
@@ -310,6 +329,14 @@ impl S3Writer {
             .await
             .map_err(|e| backend_err(self.location.clone(), "complete upload of", &self.key, e))?;
         self.upload_id = None;
+        // What the end of a stream waits for: its last parts, then the store's own completion.
+        tracing::debug!(
+            key = %self.key,
+            parts = self.next_part - 1,
+            last_parts_ms = parts_done.as_millis() as u64,
+            completion_ms = (started.elapsed() - parts_done).as_millis() as u64,
+            "multipart upload completed"
+        );
         Ok(())
     }
 }

@@ -266,6 +266,9 @@ fn storage(ctx: &Ctx, mut raw: RawStorage) -> Result<StorageConfig, ConfigError>
             if raw.sse.is_some() || raw.kms_key_id.is_some() {
                 return Err(ctx.err("storage.sse", "server-side encryption applies to backend = \"s3\""));
             }
+            if raw.part_checksum.is_some() {
+                return Err(ctx.err("storage.part_checksum", "applies to backend = \"s3\""));
+            }
             let path =
                 raw.path.ok_or_else(|| ctx.err("storage.path", "required when backend = \"local\""))?;
             StorageBackend::Local { path: ctx.path(&path) }
@@ -278,6 +281,14 @@ fn storage(ctx: &Ctx, mut raw: RawStorage) -> Result<StorageConfig, ConfigError>
                     .map_err(|err| ctx.err("storage.endpoint", format!("`{e}` is not a URL: {err}")))?;
             }
             let (sse, kms_key_id) = sse(ctx, raw.sse.take(), raw.kms_key_id.take())?;
+            let part_crc32 = match raw.part_checksum.as_deref().unwrap_or("crc32") {
+                "crc32" => true,
+                "none" => false,
+                other => {
+                    let why = format!("`{other}` is not \"crc32\" or \"none\"");
+                    return Err(ctx.err("storage.part_checksum", why));
+                }
+            };
             StorageBackend::S3(S3Config {
                 bucket,
                 endpoint: raw.endpoint,
@@ -285,6 +296,7 @@ fn storage(ctx: &Ctx, mut raw: RawStorage) -> Result<StorageConfig, ConfigError>
                 force_path_style: raw.force_path_style.unwrap_or(false),
                 sse,
                 kms_key_id,
+                part_crc32,
             })
         }
         other => {
@@ -416,6 +428,24 @@ url = "postgresql://app:pw@127.0.0.1/app"
     fn bad_value_names_key() {
         let err = load(&format!("{BASE}\n[snapshot]\ncompression_level = 40\n"), &[]).unwrap_err();
         assert!(err.contains("snapshot.compression_level"), "{err}");
+    }
+
+    #[test]
+    fn part_checksum_is_crc32_none_or_named_as_wrong() {
+        let s3 = |v: &str| {
+            format!("[storage]\nbackend = \"s3\"\nbucket = \"b\"\n{v}\n[[databases]]\nname = \"app\"\nurl = \"postgresql://app@h/app\"\n")
+        };
+        let crc = |cfg: super::super::Config| match cfg.storage.backend {
+            super::super::StorageBackend::S3(c) => c.part_crc32,
+            _ => unreachable!(),
+        };
+        assert!(crc(load(&s3(""), &[]).unwrap()), "crc32 by default");
+        assert!(!crc(load(&s3("part_checksum = \"none\""), &[]).unwrap()));
+        let err = load(&s3("part_checksum = \"md5\""), &[]).unwrap_err();
+        assert!(err.contains("storage.part_checksum") && err.contains("`md5`"), "{err}");
+        let local = "[storage]\npath = \"s\"\npart_checksum = \"none\"\n[[databases]]\nname = \"a\"\nurl = \"postgresql://a@h/a\"\n";
+        let err = load(local, &[]).unwrap_err();
+        assert!(err.contains("storage.part_checksum") && err.contains("s3"), "{err}");
     }
 
     #[test]
