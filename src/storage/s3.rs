@@ -110,17 +110,21 @@ impl S3Storage {
         backend_err(self.location(), op, key, e)
     }
 
-    /// A refused upload start, when it named a checksum: say which key turns checksums off.
-    fn checksum_hint(&self, mut e: StorageError) -> StorageError {
-        if let StorageError::Backend { message, .. } = &mut e {
-            if self.part_crc32 && message.to_ascii_lowercase().contains("checksum") {
-                message.push_str(
-                    " (this store may not take S3's part checksums: set storage.part_checksum = \"none\")",
-                );
-            }
-        }
-        e
+    fn checksum_hint(&self, e: StorageError) -> StorageError {
+        checksum_hint(e, self.part_crc32)
     }
+}
+
+/// An upload refused for a checksum, when pgmedic sent one: say which key turns them off.
+fn checksum_hint(mut e: StorageError, sent: bool) -> StorageError {
+    if let StorageError::Backend { message, .. } = &mut e {
+        if sent && message.to_ascii_lowercase().contains("checksum") {
+            message.push_str(
+                " (this store may not take S3's part checksums: set storage.part_checksum = \"none\")",
+            );
+        }
+    }
+    e
 }
 
 fn backend_err<E: std::error::Error>(location: String, op: &'static str, key: &str, e: E) -> StorageError {
@@ -286,7 +290,9 @@ impl S3Writer {
             .body(ByteStream::from(body));
         let (location, key) = (self.location.clone(), self.key.clone());
         self.in_flight.spawn(async move {
-            let out = req.send().await.map_err(|e| backend_err(location, "upload part of", &key, e))?;
+            let sent = crc.is_some();
+            let out = (req.send().await)
+                .map_err(|e| checksum_hint(backend_err(location, "upload part of", &key, e), sent))?;
             let part = CompletedPart::builder().part_number(n).set_checksum_crc32(crc);
             Ok(part.set_e_tag(out.e_tag().map(str::to_string)).build())
         });
@@ -327,7 +333,8 @@ impl S3Writer {
             .multipart_upload(parts)
             .send()
             .await
-            .map_err(|e| backend_err(self.location.clone(), "complete upload of", &self.key, e))?;
+            .map_err(|e| backend_err(self.location.clone(), "complete upload of", &self.key, e))
+            .map_err(|e| checksum_hint(e, self.part_crc32))?;
         self.upload_id = None;
         // What the end of a stream waits for: its last parts, then the store's own completion.
         tracing::debug!(
@@ -400,6 +407,19 @@ impl Drop for S3Writer {
 #[cfg(test)]
 mod tests {
     use super::{crc32_base64, part_size};
+
+    #[test]
+    fn a_refused_checksum_names_the_key_only_when_one_was_sent() {
+        let refused = || super::StorageError::Backend {
+            location: "s3://b/".into(),
+            op: "upload part of",
+            key: "k".into(),
+            message: "InvalidArgument: x-amz-checksum-crc32 is not supported".into(),
+        };
+        let hinted = super::checksum_hint(refused(), true).to_string();
+        assert!(hinted.contains("storage.part_checksum = \"none\""), "{hinted}");
+        assert!(!super::checksum_hint(refused(), false).to_string().contains("part_checksum"));
+    }
 
     #[test]
     fn crc32_header_is_base64_of_the_big_endian_value() {
