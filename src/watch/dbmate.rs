@@ -26,7 +26,7 @@ impl Dbmate {
             let name = file.strip_suffix(".sql")?.to_string();
             let version = name.split('_').next()?.to_string();
             let digits = !version.is_empty() && version.bytes().all(|b| b.is_ascii_digit());
-            digits.then(|| (version, name, path))
+            digits.then_some((version, name, path))
         })
     }
 

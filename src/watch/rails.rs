@@ -30,7 +30,7 @@ impl Rails {
             let stem = file.strip_suffix(".rb")?.to_string();
             let version = stem.split('_').next()?.to_string();
             let ok = !version.is_empty() && version.bytes().all(|b| b.is_ascii_digit());
-            ok.then(|| (version.len(), version, stem, path))
+            ok.then_some((version.len(), version, stem, path))
         });
         by_number.into_iter().map(|(_, v, s, p)| (v, s, p)).collect()
     }
