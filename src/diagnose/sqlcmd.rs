@@ -2,8 +2,9 @@
 //! (`python manage.py sqlmigrate shop {name}`, `alembic upgrade {prev}:{name} --sql`). It runs in
 //! `rehearse_cwd` (or the config file's folder) in its own process group, for at most a minute,
 //! with the connection variables of an empty database on pgmedic's scratch server — never the
-//! production one: Django's `sqlmigrate` connects, and a command that does more than print (an
-//! `alembic upgrade` without `--sql`) then changes a throw-away database. Its transaction control
+//! production database (with `scratch.server = "source"`, which the operator chose, that empty
+//! database is on the production server): Django's `sqlmigrate` connects, and a command that does
+//! more than print (an `alembic upgrade` without `--sql`) then changes a throw-away database. Its transaction control
 //! and its writes to the tool's own table are left out, so what remains is what the migration
 //! does, replayed like any SQL file's.
 

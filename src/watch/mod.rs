@@ -37,24 +37,6 @@ pub use auto::detect;
 pub use golang_migrate::advisory_key as golang_migrate_key;
 pub use prisma::PRISMA_LOCK;
 
-/// Every tool's default table, by `tool` name.
-pub const TOOLS: &[(&str, &str)] = &[
-    ("prisma", "_prisma_migrations"),
-    ("golang-migrate", "schema_migrations"),
-    ("knex", "knex_migrations"),
-    ("liquibase", "databasechangelog"),
-    ("sqlx", "_sqlx_migrations"),
-    ("flyway", "flyway_schema_history"),
-    ("dbmate", "schema_migrations"),
-    ("node-pg-migrate", "pgmigrations"),
-    ("drizzle", "__drizzle_migrations"),
-    ("sequelize", "SequelizeMeta"),
-    ("typeorm", "migrations"),
-    ("django", "django_migrations"),
-    ("alembic", "alembic_version"),
-    ("rails", "schema_migrations"),
-];
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
@@ -276,8 +258,17 @@ impl Place {
     /// The migration folder's files that `pick` keeps, as it maps them (from the file's name and
     /// path), sorted; none without a folder or when it cannot be read.
     pub fn scan<T: Ord>(&self, mut pick: impl FnMut(String, PathBuf) -> Option<T>) -> Vec<T> {
-        let Some(entries) = self.dir.as_ref().and_then(|d| std::fs::read_dir(d).ok()) else {
-            return Vec::new();
+        let Some(dir) = &self.dir else { return Vec::new() };
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) => {
+                // Without its files no pending or half-applied migration can be seen: say so,
+                // once per folder (this runs every watch tick).
+                if first_failure(dir) {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot read databases.migrations.dir: pending and half-applied migrations cannot be seen until it can be read; check the path and its permissions");
+                }
+                return Vec::new();
+            }
         };
         let mut out: Vec<T> = entries
             .filter_map(Result::ok)
@@ -286,6 +277,14 @@ impl Place {
         out.sort();
         out
     }
+}
+
+/// True the first time `dir` could not be read (in this process).
+fn first_failure(dir: &std::path::Path) -> bool {
+    static SEEN: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<PathBuf>>> =
+        std::sync::OnceLock::new();
+    let mut seen = SEEN.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    seen.insert(dir.to_path_buf())
 }
 
 /// The dialect of `[databases.migrations]` (validation has already refused unknown tools).
@@ -369,4 +368,28 @@ async fn read_table(session: &Session, dialect: &dyn Dialect) -> Result<TableSta
         }
         other => other,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{first_failure, Place};
+
+    fn place(dir: &std::path::Path) -> Place {
+        Place { schema: "public".into(), table: "t".into(), dir: Some(dir.into()), table_schema: None }
+    }
+
+    #[test]
+    fn scan_keeps_what_pick_keeps_sorted_and_warns_once_for_an_unreadable_folder() {
+        let tmp = tempfile::tempdir().unwrap();
+        for f in ["2_b.sql", "1_a.sql", "notes.txt"] {
+            std::fs::write(tmp.path().join(f), "").unwrap();
+        }
+        let got = place(tmp.path()).scan(|name, _| name.strip_suffix(".sql").map(str::to_string));
+        assert_eq!(got, ["1_a", "2_b"]);
+        let missing = tmp.path().join("missing");
+        assert!(place(&missing).scan(|n, _| Some(n)).is_empty());
+        // The scan above already met the missing folder: it is not warned about again.
+        assert!(!first_failure(&missing));
+        assert!(first_failure(&tmp.path().join("another")));
+    }
 }
