@@ -228,6 +228,8 @@ fn against_a_database_rows_that_break_a_new_constraint_are_counted() {
         "CREATE TABLE p (id int PRIMARY KEY); INSERT INTO p VALUES (1); \
             CREATE TABLE t (id int PRIMARY KEY, email text, n int, p_id int); \
             INSERT INTO t VALUES (1, 'a', 1, 1), (2, 'a', NULL, 7), (3, 'b', -1, 8), (4, 'b', 2, 1); \
+            CREATE FUNCTION noisy(int, int) RETURNS bool LANGUAGE sql VOLATILE AS 'SELECT $1 > $2'; \
+            CREATE OPERATOR ### (LEFTARG = int, RIGHTARG = int, FUNCTION = noisy); \
             SET maintenance_work_mem = '1MB'",
     );
     // A failed CONCURRENTLY build leaves email_key invalid.
@@ -253,6 +255,7 @@ ALTER TABLE t ADD CONSTRAINT t_p FOREIGN KEY (p_id) REFERENCES p;
 ALTER TABLE t ADD CONSTRAINT t_n CHECK (n > 0);
 ALTER TABLE t ADD CONSTRAINT t_id_ok CHECK (id > 0);
 ALTER TABLE t ADD CONSTRAINT t_random CHECK (n > random() * 0);
+ALTER TABLE t ADD CONSTRAINT t_operator CHECK (n ### 0);
 ";
     migrate::write_migration(dir.path(), "0002_constraints", sql);
     let pgm = migrate::config(&db, dir.path(), "");
@@ -268,7 +271,7 @@ ALTER TABLE t ADD CONSTRAINT t_random CHECK (n > random() * 0);
     };
     let fails = at("might-fail");
     let lines: Vec<u64> = fails.iter().map(|(l, _)| *l).collect();
-    assert_eq!(lines, [2, 3, 4, 5], "t_id_ok holds for every row; t_random calls a volatile function, which never runs on the live database: {found:#?}");
+    assert_eq!(lines, [2, 3, 4, 5], "t_id_ok holds for every row; t_random calls a volatile function and t_operator is a user's operator over one, which never run on the live database: {found:#?}");
     assert!(fails[0].1.contains("2 values are duplicated"), "{fails:?}");
     assert!(fails[1].1.contains("1 rows hold NULL"), "{fails:?}");
     assert!(fails[2].1.contains("2 rows reference nothing"), "{fails:?}");

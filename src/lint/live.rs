@@ -166,22 +166,26 @@ async fn constraint(c: &Client, t: &ObjName, k: &protobuf::Constraint) -> Option
     }
 }
 
-/// Whether every function `expr` calls is immutable in the live catalog (every overload).
+/// Whether `expr` can run on the live database without running anyone's code with effects:
+/// every function it calls is immutable (every overload), and every operator it uses is
+/// PostgreSQL's own or immutable (a user's operator is a function call by another name).
 async fn immutable_calls(c: &Client, expr: &NodeEnum) -> bool {
-    let mut called: Vec<String> = expr
-        .nodes()
-        .into_iter()
-        .filter_map(|(n, ..)| match n {
-            pg_query::NodeRef::FuncCall(f) => f.funcname.iter().filter_map(names::string).next_back(),
-            _ => None,
-        })
-        .collect();
-    if let NodeEnum::FuncCall(f) = expr {
-        called.extend(f.funcname.iter().filter_map(names::string).next_back());
+    let last = |names: &[pg_query::protobuf::Node]| names.iter().filter_map(names::string).next_back();
+    let (mut funcs, mut ops) = (Vec::new(), Vec::new());
+    let root = std::iter::once((expr.to_ref(), 0, pg_query::Context::None, false));
+    for (n, ..) in root.chain(expr.nodes()) {
+        match n {
+            pg_query::NodeRef::FuncCall(f) => funcs.extend(last(&f.funcname)),
+            pg_query::NodeRef::AExpr(a) => ops.extend(last(&a.name)),
+            _ => {}
+        }
     }
-    for f in called {
-        let q = "SELECT coalesce(bool_and(provolatile = 'i'), false) FROM pg_proc WHERE proname = $1";
-        match c.query_one(q, &[&f]).await {
+    const FUNC: &str = "SELECT coalesce(bool_and(provolatile = 'i'), false) FROM pg_proc WHERE proname = $1";
+    const OP: &str = "SELECT coalesce(bool_and(p.provolatile = 'i' OR p.pronamespace = 'pg_catalog'::regnamespace), false) \
+        FROM pg_operator o JOIN pg_proc p ON p.oid = o.oprcode WHERE o.oprname = $1";
+    let checks = funcs.iter().map(|f| (FUNC, f)).chain(ops.iter().map(|o| (OP, o)));
+    for (q, name) in checks {
+        match c.query_one(q, &[name]).await {
             Ok(r) if r.get::<_, bool>(0) => {}
             _ => return false,
         }
